@@ -1,0 +1,1 @@
+"""dmc: a causal U-Net diffusion model that composes music as MIDI."""

@@ -1,0 +1,189 @@
+"""Load and validate params.yaml: types, ranges, and one-line errors that name the key."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import DmcError
+
+# PyYAML follows YAML 1.1, where `1e-06` (no dot) is a string. DVC writes `-S lr=1e-6` exactly so.
+_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+DATASETS = ("bach", "renaissance", "folder", "maestro", "lakh", "classical", "final-fantasy", "freemidi")
+PRESETS = ("tiny", "small", "full")
+
+
+def _number(lo: float | None = None, hi: float | None = None, integer: bool = False, lo_open: bool = False):
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int | float) or (integer and not isinstance(v, int)):
+            return f"must be {'an integer' if integer else 'a number'}, got {v!r}"
+        if not math.isfinite(v):
+            return f"must be finite, got {v!r}"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'>' if lo_open else '>='} {lo}, got {v!r}"
+        if hi is not None and v > hi:
+            return f"must be <= {hi}, got {v!r}"
+        return None
+
+    return check
+
+
+def _choice(*options: str):
+    def check(v: Any) -> str | None:
+        return None if v in options else f"must be one of {', '.join(options)}; got {v!r}"
+
+    return check
+
+
+def _kind(t: type, what: str):
+    def check(v: Any) -> str | None:
+        return None if isinstance(v, t) and not isinstance(v, bool) or t is bool and isinstance(v, bool) \
+            else f"must be {what}, got {v!r}"
+
+    return check
+
+
+def _int_list(lo: int, hi: int):
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or not v or not all(isinstance(x, int) and lo <= x <= hi for x in v):
+            return f"must be a non-empty list of integers in [{lo}, {hi}], got {v!r}"
+        return None
+
+    return check
+
+
+def _str_list(v: Any) -> str | None:
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+        return f"must be a non-empty list of names, got {v!r}"
+    if len(set(v)) != len(v):
+        return f"must not repeat a name, got {v!r}"
+    return None
+
+
+def _seq_len(v: Any) -> str | None:
+    return _number(8, integer=True)(v) or (None if v % 8 == 0 else f"must be a multiple of 8 (the U-Net pools three times), got {v}")
+
+
+_POS = _number(0, lo_open=True)
+_POS_INT = _number(1, integer=True)
+_NONNEG_INT = _number(0, integer=True)
+_FRACTION = _number(0, 1)
+_STR = _kind(str, "a string")
+_BOOL = _kind(bool, "true or false")
+
+SCHEMA: dict[str, Callable[[Any], str | None]] = {
+    "dataset": _choice(*DATASETS),
+    "raw_dir": _STR,
+    "seq_len": _seq_len,
+    "seed": _NONNEG_INT,
+    "preset": _choice(*PRESETS),
+    "steps": _POS_INT,
+    "batch_size": _POS_INT,
+    "lr": _POS,
+    "lr_final": _POS,
+    "instruments": _str_list,
+    "prepare.programs": _int_list(0, 127),
+    "prepare.max_duration": _POS,
+    "prepare.max_delta": _POS,
+    "prepare.threshold_policy": _choice("segment", "file"),
+    "prepare.hop": _NONNEG_INT,
+    "prepare.min_instruments": _POS_INT,
+    "prepare.split.train": _FRACTION,
+    "prepare.split.val": _FRACTION,
+    "prepare.split.test": _FRACTION,
+    "prepare.n_jobs": _NONNEG_INT,
+    "train.lr_switch": _FRACTION,
+    "train.weight_decay": _number(0),
+    "train.grad_clip": _number(0),
+    "train.ema_decay": _FRACTION,
+    "train.val_every": _POS_INT,
+    "train.checkpoint_every": _POS_INT,
+    "train.compile": _BOOL,
+    "train.causal": _BOOL,
+    "diffusion.timesteps": _POS_INT,
+    "diffusion.beta_start": _number(0, 1, lo_open=True),
+    "diffusion.beta_end": _number(0, 1, lo_open=True),
+    "sample.n": _POS_INT,
+    "sample.sampler": _choice("ddpm", "ddim"),
+    "sample.steps": _POS_INT,
+    "sample.eta": _number(0),
+    "sample.length": _POS_INT,
+    "sample.tempo": _POS,
+    "sample.quantize": _STR,
+    "sample.audio": _choice("", "wav", "ogg", "mp3"),
+    "sample.plot": _BOOL,
+    "evaluate.n_baseline": _POS_INT,
+    "download.concurrency": _POS_INT,
+    "download.rate_limit": _POS,
+    "download.timeout": _POS,
+    "download.retries": _NONNEG_INT,
+}
+# URLs are free-form strings, one per downloadable dataset.
+_URL_KEYS = ("maestro", "lakh", "classical", "final-fantasy", "freemidi")
+SCHEMA.update({f"urls.{name}": _STR for name in _URL_KEYS})
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr_switch": 0.75}}` -> `{"train.lr_switch": 0.75}`; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def validate(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every key against SCHEMA; raise DmcError naming the first bad key."""
+    flat = flatten(params)
+    for key in flat:
+        if key not in SCHEMA:
+            raise DmcError(f"params: unknown key '{key}'")
+    for key, check in SCHEMA.items():
+        if key not in flat:
+            raise DmcError(f"params: missing key '{key}'")
+        problem = check(flat[key])
+        if problem:
+            raise DmcError(f"params: '{key}' {problem}")
+    split = params["prepare"]["split"]
+    if abs(sum(split.values()) - 1.0) > 1e-6:
+        raise DmcError(f"params: 'prepare.split' fractions must sum to 1, got {sum(split.values()):g}")
+    if split["train"] <= 0:
+        raise DmcError("params: 'prepare.split.train' must be > 0")
+    if params["diffusion"]["beta_start"] >= params["diffusion"]["beta_end"]:
+        raise DmcError("params: 'diffusion.beta_start' must be below 'diffusion.beta_end'")
+    return dict(params)
+
+
+def parse(text: str) -> dict[str, Any]:
+    """Parse YAML with YAML 1.2 floats (so `1e-06` is a number)."""
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise DmcError(f"params: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise DmcError("params: the file must hold a mapping of keys")
+    return data
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read and validate params.yaml; every error is one line naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise DmcError(f"params: no such file {path}")
+    return validate(parse(path.read_text()))

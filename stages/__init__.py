@@ -1,0 +1,17 @@
+"""One thin module per DVC stage: read params, call the library, write outputs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import DmcError
+
+
+def run(stage: str, main: Callable[[], None]) -> None:
+    """Run a stage's main; a DmcError becomes one line on stderr and exit code 2."""
+    try:
+        main()
+    except DmcError as err:
+        print(f"{stage}: error: {err}", file=sys.stderr)
+        sys.exit(2)
