@@ -1,0 +1,37 @@
+"""freemidi.org: user-uploaded MIDI files of popular songs, one numbered download page per song.
+
+The site: `download3-<id>` (redirecting to `download3-<id>-<title>`) is a song's page, and its
+`getter-<id>` link serves the file. Ids run from 1 to `download.freemidi_ids`; absent ids answer 404 and
+are logged as such, so a re-run does not ask again.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.datasets import Dataset
+
+
+def _name(link: str) -> str:
+    """`getter-<id>` -> `<id>.mid`: the id is stable, titles are not."""
+    return re.sub(r"^getter-(\d+)$", r"\1.mid", link)
+
+
+def fetch(dest: Path, params: dict[str, Any]) -> Path:
+    from pipeline.download import Site, crawl
+
+    ids = range(1, params["download"]["freemidi_ids"] + 1)
+    crawl("freemidi", dest, params, Site(seeds=tuple(f"download3-{i}" for i in ids), follow=(),
+                                         files=r"^getter-\d+$", name=_name))
+    return dest
+
+
+DATASET = Dataset(
+    name="freemidi",
+    source="https://freemidi.org (crawled: numbered download3-<id> pages -> getter-<id> files)",
+    licence="user uploads under the site's terms; no licence granted: research use, do not redistribute",
+    size="about 27K ids (pages), tens of MB of MIDI",
+    fetch=fetch,
+)
