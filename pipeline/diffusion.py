@@ -73,8 +73,9 @@ class GaussianDiffusion(nn.Module):
         steps = self.timesteps if steps is None else steps
         if not 1 <= steps <= self.timesteps:
             raise ValueError(f"steps must be in [1, {self.timesteps}], got {steps}")
-        # Evenly spaced, always ending at t=0 ("trailing" would skip it; see Lin et al. 2024 for both).
-        return sorted({round(i * (self.timesteps - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
+        # Evenly spaced from T-1 down to 0, so DDIM starts from pure noise and ends on the data.
+        stride = (self.timesteps - 1) / max(steps - 1, 1)
+        return sorted({round(i * stride) for i in range(steps)}, reverse=True)
 
     def predict_x0(self, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         return ((x - _gather(self.sqrt_one_minus_alphas_cumprod, t, x.ndim) * eps)
@@ -84,7 +85,8 @@ class GaussianDiffusion(nn.Module):
         """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2)."""
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         beta = _gather(self.betas, tt, x.ndim)
-        mean = (x - beta / _gather(self.sqrt_one_minus_alphas_cumprod, tt, x.ndim) * eps) / (1.0 - beta).sqrt()
+        sigma_t = _gather(self.sqrt_one_minus_alphas_cumprod, tt, x.ndim)
+        mean = (x - beta / sigma_t * eps) / (1.0 - beta).sqrt()
         if t == 0:
             return mean
         noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
@@ -99,7 +101,8 @@ class GaussianDiffusion(nn.Module):
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
         x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
         if eta > 0 and t_prev >= 0:
-            x_prev = x_prev + sigma * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            x_prev = x_prev + sigma * noise
         return x_prev
 
     def denoise_steps(self, model: Denoiser, x: Tensor, sampler: str = "ddim", steps: int | None = 50,
@@ -133,6 +136,6 @@ class GaussianDiffusion(nn.Module):
                known: Tensor | None = None, known_mask: Tensor | None = None) -> Tensor:
         """Draw samples x_0 of `shape`, starting from standard normal noise."""
         x = torch.randn(shape, device=device, generator=generator)
-        for x in self.denoise_steps(model, x, sampler, steps, eta, generator, known, known_mask):  # noqa: B007
-            pass
+        for x_step in self.denoise_steps(model, x, sampler, steps, eta, generator, known, known_mask):
+            x = x_step
         return x

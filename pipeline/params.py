@@ -13,7 +13,9 @@ import yaml
 from pipeline.errors import DmcError
 
 # PyYAML follows YAML 1.1, where `1e-06` (no dot) is a string. DVC writes `-S lr=1e-6` exactly so.
-_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+_FLOAT = re.compile(
+    r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+)
 
 
 class _Loader(yaml.SafeLoader):
@@ -74,7 +76,10 @@ def _str_list(v: Any) -> str | None:
 
 
 def _seq_len(v: Any) -> str | None:
-    return _number(8, integer=True)(v) or (None if v % 8 == 0 else f"must be a multiple of 8 (the U-Net pools three times), got {v}")
+    problem = _number(8, integer=True)(v)
+    if problem or v % 8 == 0:
+        return problem
+    return f"must be a multiple of 8 (the U-Net pools three times), got {v}"
 
 
 _POS = _number(0, lo_open=True)
@@ -126,14 +131,32 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "sample.audio": _choice("", "wav", "ogg", "mp3"),
     "sample.plot": _BOOL,
     "evaluate.n_baseline": _POS_INT,
+    "evaluate.frame_beats": _POS,
+    "evaluate.hop_beats": _POS,
     "download.concurrency": _POS_INT,
     "download.rate_limit": _POS,
     "download.timeout": _POS,
     "download.retries": _NONNEG_INT,
+    "download.backoff": _number(0),
+    "download.freemidi_ids": _POS_INT,
 }
 # URLs are free-form strings, one per downloadable dataset.
 _URL_KEYS = ("maestro", "lakh", "classical", "final-fantasy", "freemidi")
 SCHEMA.update({f"urls.{name}": _STR for name in _URL_KEYS})
+_DIGEST_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64}
+
+
+def _checksum(v: Any) -> str | None:
+    """"" (use the dataset's published checksum) or `<algorithm>:<hex digest>`."""
+    if v == "":
+        return None
+    algorithm, _, digest = str(v).partition(":") if isinstance(v, str) else ("", "", "")
+    if _DIGEST_LENGTHS.get(algorithm) != len(digest) or not re.fullmatch(r"[0-9a-fA-F]+", digest):
+        return f"must be \"\" or md5:/sha1:/sha256: followed by the hex digest, got {v!r}"
+    return None
+
+
+SCHEMA.update({f"download.checksums.{name}": _checksum for name in ("maestro", "lakh")})
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,31 @@
+"""`folder`: a local folder of .mid/.midi files, searched recursively (the `raw_dir` param).
+
+This is how users bring data they already have. Nothing is copied: the manifest points at the folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.datasets import Dataset, midi_files
+from pipeline.errors import DmcError
+
+
+def fetch(dest: Path, params: dict[str, Any]) -> Path:
+    """Check that `raw_dir` is a folder holding MIDI files and return it (`dest` is not used)."""
+    root = Path(params["raw_dir"]).expanduser()
+    if not root.is_dir():
+        raise DmcError(f"params: 'raw_dir' {root} is not a folder (dataset=folder needs your MIDI folder)")
+    if not midi_files(root):
+        raise DmcError(f"params: 'raw_dir' {root} holds no .mid/.midi files")
+    return root
+
+
+DATASET = Dataset(
+    name="folder",
+    source="a local folder of .mid/.midi files (raw_dir), searched recursively",
+    licence="yours",
+    size="any",
+    fetch=fetch,
+)

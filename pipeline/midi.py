@@ -1,0 +1,218 @@
+"""MIDI file <-> note arrays. The note contract lives here.
+
+For each file (parsed with symusic, which is C++):
+1. A file that does not parse, has ticks-per-quarter <= 0 (or SMPTE timing), or has no usable track is
+   rejected with a reason (`RejectedFile`); nothing is dropped silently.
+2. Candidate tracks: non-drum tracks whose General MIDI program is in `programs`. A track is the notes
+   of one (MIDI track chunk, channel, program) as symusic splits them; no program change means 0.
+3. Main track: the candidate with the most notes (after step 4), the first in file order on ties.
+4. Notes sorted by (onset, pitch); zero-length notes and exact duplicates (same onset and pitch, the
+   longest kept) dropped.
+5. Times in beats: ticks / the file's own ticks-per-quarter. `delta` = onset - previous onset (0 first).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import symusic
+
+from pipeline.errors import DmcError
+from pipeline.files import atomic_path
+
+# The original's piano set: GM 0-7 (pianos) and 16-23 (organs).
+DEFAULT_PROGRAMS: tuple[int, ...] = (*range(0, 8), *range(16, 24))
+
+
+class RejectedFile(DmcError):
+    """A MIDI file the pipeline cannot use. `code` is a short category for counting, `reason` one line."""
+
+    def __init__(self, reason: str, code: str = "unreadable") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass
+class Notes:
+    """The notes of a file's main track. Times are in beats (quarter notes), float64."""
+
+    track_index: int  # position among the file's note-bearing tracks (symusic's split, file order)
+    program: int
+    name: str
+    ticks_per_quarter: int
+    pitch: np.ndarray  # int16
+    onset: np.ndarray
+    duration: np.ndarray
+    delta: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pitch)
+
+
+def frequency(pitch: np.ndarray | int) -> np.ndarray:
+    """Equal-tempered frequency in Hz of a MIDI pitch: 440 * 2**((pitch - 69) / 12)."""
+    return 440.0 * 2.0 ** ((np.asarray(pitch, dtype=np.float64) - 69.0) / 12.0)
+
+
+def pitch_of(freq: np.ndarray) -> np.ndarray:
+    """The nearest MIDI pitch (int16, clipped to 0..127) of a frequency in Hz; inverts `frequency`."""
+    freq = np.maximum(np.asarray(freq, dtype=np.float64), 1e-6)
+    return np.clip(np.rint(69.0 + 12.0 * np.log2(freq / 440.0)), 0, 127).astype(np.int16)
+
+
+def _midi_bytes(path: Path) -> tuple[bytes, int]:
+    """The file's SMF bytes and its ticks-per-quarter, after the header checks symusic does not do."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RejectedFile(f"cannot read file: {err.strerror}", "unreadable") from None
+    if not data:
+        raise RejectedFile("empty file", "empty")
+    start = data.find(b"MThd", 0, 64)  # RIFF-wrapped (RMID) files carry the SMF a few bytes in
+    if start < 0:
+        raise RejectedFile("not a MIDI file (no MThd header)", "unreadable")
+    data = data[start:]
+    if len(data) < 14:
+        raise RejectedFile("truncated MIDI header", "unreadable")
+    fmt = int.from_bytes(data[8:10], "big")
+    division = int.from_bytes(data[12:14], "big")
+    if fmt > 2:
+        raise RejectedFile(f"unknown MIDI format {fmt}", "unreadable")
+    if division & 0x8000:
+        # SMPTE division counts frames per second, not ticks per beat: there are no beats to measure in.
+        raise RejectedFile("SMPTE time division (no ticks-per-quarter)", "smpte")
+    if division == 0:
+        raise RejectedFile("ticks-per-quarter is 0", "bad-ticks-per-quarter")
+    return data, division
+
+
+def _clean(time: np.ndarray, duration: np.ndarray, pitch: np.ndarray) -> np.ndarray:
+    """Indices of the notes to keep, in (onset, pitch) order: no zero-length notes, no duplicates."""
+    keep = np.flatnonzero(duration > 0)
+    # One int64 key orders by onset then pitch (ticks are int32, pitches 7 bits).
+    key = (time[keep].astype(np.int64) << 7) | pitch[keep]
+    idx = np.argsort(key, kind="stable")
+    sorted_key = key[idx]
+    if not (sorted_key[1:] == sorted_key[:-1]).any():
+        return keep[idx]
+    # Duplicates are rare: only then sort again with the longest first within each (onset, pitch).
+    order = keep[np.lexsort((-duration[keep].astype(np.int64), key))]
+    k = (time[order].astype(np.int64) << 7) | pitch[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = k[1:] != k[:-1]
+    return order[first]
+
+
+def extract_notes(path: str | Path, programs: Sequence[int] = DEFAULT_PROGRAMS) -> Notes:
+    """The main track's notes of one MIDI file, following the note contract (module docstring).
+
+    Raises RejectedFile for a file that cannot be used, with a one-line reason.
+    """
+    path = Path(path)
+    data, tpq = _midi_bytes(path)
+    try:
+        score = symusic.Score.from_midi(data)
+    except Exception as err:  # symusic raises RuntimeError/ValueError/IndexError on malformed data
+        detail = str(err).removeprefix("MiniMidi: ").removesuffix(": iostream error")
+        raise RejectedFile(f"unreadable MIDI: {detail}", "unreadable") from None
+    wanted = set(int(p) for p in programs)
+    best = None
+    index = -1
+    for track in score.tracks:
+        if track.note_num() == 0:  # lyric-only tracks, or note-ons that were never released
+            continue
+        index += 1
+        if track.is_drum or track.program not in wanted:
+            continue
+        if best is not None and track.note_num() <= len(best[2]):
+            continue  # cleaning only removes notes: this track cannot win
+        arr = track.notes.numpy()
+        keep = _clean(arr["time"], arr["duration"], arr["pitch"])
+        if best is None or len(keep) > len(best[2]):
+            best = (index, track, keep, arr)
+    if best is None:
+        raise RejectedFile(f"no track with a program in {_ranges(wanted)} (piano set)", "no-piano-track")
+    index, track, keep, arr = best
+    if len(keep) == 0:
+        raise RejectedFile("the piano track has only zero-length notes", "no-notes")
+    onset = arr["time"][keep].astype(np.float64) / tpq
+    delta = np.diff(onset, prepend=onset[0])
+    return Notes(
+        track_index=index,
+        program=int(track.program),
+        name=track.name,
+        ticks_per_quarter=tpq,
+        pitch=arr["pitch"][keep].astype(np.int16),
+        onset=onset,
+        duration=arr["duration"][keep].astype(np.float64) / tpq,
+        delta=delta,
+    )
+
+
+def _ranges(values: set[int]) -> str:
+    """{0,1,2,3,16,17} -> '0-3,16-17': short enough for a one-line reason."""
+    out: list[str] = []
+    for v in sorted(values):
+        if out and int(out[-1].split("-")[-1]) == v - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{v}"
+        else:
+            out.append(str(v))
+    return ",".join(out)
+
+
+@dataclass
+class TrackNotes:
+    """Notes to write as one MIDI track; onset and duration in beats."""
+
+    pitch: np.ndarray
+    onset: np.ndarray
+    duration: np.ndarray
+    program: int = 0
+    is_drum: bool = False
+    name: str = ""
+    velocity: int = 80
+
+
+def write_midi(path: str | Path, tracks: Sequence[TrackNotes], tempo: float = 120.0,
+               ticks_per_quarter: int = 480) -> None:
+    """Write tracks as a type-1 MIDI file, atomically. Durations shorter than one tick become one tick."""
+    score = symusic.Score(ticks_per_quarter)
+    score.tempos.append(symusic.Tempo(0, qpm=float(tempo)))
+    for t in tracks:
+        onset = np.rint(np.asarray(t.onset, dtype=np.float64) * ticks_per_quarter)
+        duration = np.rint(np.asarray(t.duration, dtype=np.float64) * ticks_per_quarter)
+        if len(onset) and (onset.min() < 0 or not np.isfinite(onset).all()):
+            raise DmcError(f"write_midi: track '{t.name}' has a negative or non-finite onset")
+        track = symusic.Track(name=t.name, program=int(t.program), is_drum=bool(t.is_drum))
+        track.notes = symusic.Note.from_numpy(
+            time=onset.astype(np.int32),
+            duration=np.maximum(np.nan_to_num(duration, nan=1.0), 1).astype(np.int32),
+            pitch=np.clip(np.asarray(t.pitch), 0, 127).astype(np.int8),
+            velocity=np.full(len(onset), t.velocity, dtype=np.int8),
+        )
+        score.tracks.append(track)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(score.dumps_midi())
+
+
+def programs_from_params(path: str | Path = "params.yaml") -> tuple[int, ...]:
+    """`prepare.programs` from a params file; the default piano set when there is no such file."""
+    from pipeline.params import load_params
+
+    if not Path(path).is_file():
+        return DEFAULT_PROGRAMS
+    return tuple(load_params(path)["prepare"]["programs"])
+
+
+def notes_json(path: str | Path, programs: Sequence[int] = DEFAULT_PROGRAMS) -> str:
+    """What the pipeline takes from one file, as JSON (`dmc notes`). Raises RejectedFile."""
+    n = extract_notes(path, programs)
+    notes = [{"pitch": int(p), "onset": float(o), "duration": float(d), "delta": float(dt)}
+             for p, o, d, dt in zip(n.pitch, n.onset, n.duration, n.delta, strict=True)]
+    return json.dumps({"track": {"index": n.track_index, "program": n.program, "name": n.name},
+                       "ticks_per_quarter": n.ticks_per_quarter, "notes": notes}, indent=1)

@@ -1,0 +1,79 @@
+"""Shared fixtures. Everything here is real data: the music21 corpus and the MIDI files in its wheel.
+
+Session-scoped fixtures other test files reuse:
+- `bach_midi_dir`: a folder of 12 Bach chorales materialized as one-track piano MIDI (bwv*.mid).
+- `prepared_dir`: a prepared-data folder (segments.parquet, stats.json, rejects.parquet) made from those
+  chorales with seq_len 32 and a 0.5/0.25/0.25 split, so train, val and test all hold segments.
+- `wheel_midi_files`: the small MIDI files inside the music21 wheel (testPrimitive/*.mid, k525short.mid).
+- `repo_params()`: the repository's params.yaml as a dict, to copy and modify in tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/mido_oracle.py
+
+PREPARED_SEQ_LEN = 32
+PREPARED_SPLIT = (0.5, 0.25, 0.25)
+N_CHORALES = 12
+
+
+def repo_params() -> dict[str, Any]:
+    """A fresh, validated copy of the repository's params.yaml."""
+    from pipeline.params import load_params
+
+    return copy.deepcopy(load_params(REPO / "params.yaml"))
+
+
+@pytest.fixture(scope="session")
+def wheel_midi_files() -> list[Path]:
+    """The MIDI files that ship inside the music21 wheel."""
+    import music21
+
+    root = Path(music21.__file__).parent
+    files = sorted((root / "midi" / "testPrimitive").glob("test*.mid")) + [root / "omr" / "k525short.mid"]
+    assert len(files) > 20
+    return files
+
+
+@pytest.fixture(scope="session")
+def bach_midi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 Bach chorales from the music21 corpus as one-track program-0 MIDI files (about 5 s)."""
+    from pipeline.datasets import bach
+
+    dest = tmp_path_factory.mktemp("bach")
+    params = repo_params()
+    params["prepare"]["n_jobs"] = 1
+    bach.fetch(dest, params, limit=N_CHORALES)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(bach_midi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared folder from `bach_midi_dir`: seq_len 32, every split non-empty. Read it with
+    `pipeline.segments.load_split / load_pitches / load_stats`."""
+    from pipeline.segments import PrepareConfig, write_prepared
+
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    files = sorted(p.name for p in bach_midi_dir.glob("*.mid"))
+    config = PrepareConfig(seq_len=PREPARED_SEQ_LEN, split=PREPARED_SPLIT)
+    summary = write_prepared(out, "bach", bach_midi_dir, files, config, n_jobs=1)
+    assert all(summary["segments"][s] > 0 for s in ("train", "val", "test")), summary
+    return out
+
+
+@pytest.fixture()
+def in_tmp_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp working directory with the repo's params.yaml, for running stages against."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return tmp_path

@@ -1,0 +1,76 @@
+"""params.yaml loading and validation (pipeline/params.py): YAML 1.2 floats and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import REPO, repo_params
+
+from pipeline.errors import DmcError
+from pipeline.params import load_params, parse, validate
+
+
+def test_repo_params_yaml_is_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params["dataset"] == "bach" and params["seq_len"] % 8 == 0
+
+
+@pytest.mark.parametrize("text", ["lr: 1e-6", "lr: 1e-06", "lr: 1.0e-6", "lr: -2E+3", "lr: .5"])
+def test_scientific_notation_without_a_dot_is_a_float(text):
+    assert isinstance(parse(text)["lr"], float)
+
+
+def test_dvc_set_override_1e_minus_6_validates(tmp_path):
+    text = (REPO / "params.yaml").read_text().replace("lr_final: 1.0e-6", "lr_final: 1e-06")
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml")["lr_final"] == 1e-6
+
+
+def _with(key: str, value) -> dict:
+    params = repo_params()
+    *path, last = key.split(".")
+    node = params
+    for part in path:
+        node = node[part]
+    node[last] = value
+    return params
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("seq_len", 0), ("seq_len", -8), ("seq_len", 100), ("seq_len", "128"), ("seq_len", True),
+    ("dataset", "mozart"), ("prepare.max_duration", 0.0), ("prepare.threshold_policy", "drop"),
+    ("prepare.programs", [0, 200]), ("prepare.programs", []), ("prepare.n_jobs", -1),
+    ("prepare.split.train", 1.5), ("lr", float("nan")), ("instruments", []),
+])
+def test_an_invalid_value_is_one_line_naming_the_key(key, value):
+    with pytest.raises(DmcError) as err:
+        validate(_with(key, value))
+    message = str(err.value)
+    assert f"'{key}'" in message and "\n" not in message
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(DmcError, match="'prepare.split' fractions must sum to 1"):
+        validate(_with("prepare.split.val", 0.3))
+
+
+def test_unknown_and_missing_keys_are_named():
+    params = repo_params()
+    params["prepare"]["hopp"] = 4
+    with pytest.raises(DmcError, match="unknown key 'prepare.hopp'"):
+        validate(params)
+    params = repo_params()
+    del params["prepare"]["hop"]
+    with pytest.raises(DmcError, match="missing key 'prepare.hop'"):
+        validate(params)
+
+
+def test_a_missing_or_broken_file_is_a_dmc_error(tmp_path):
+    with pytest.raises(DmcError, match="no such file"):
+        load_params(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("seq_len: [1, 2\n")
+    with pytest.raises(DmcError, match="not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(DmcError, match="mapping"):
+        load_params(tmp_path / "list.yaml")
