@@ -1,0 +1,79 @@
+"""Seconds to generate 8 pieces of 128 notes with the `full` U-Net: DDIM-50 and DDPM-1000, CPU and CUDA.
+
+Random weights time the same as trained ones. The goal is DDIM-50 under 3 s on a 2-core CPU; the
+original TensorFlow code needs about 95 s for its 1000-step sampling there.
+
+    python benchmarks/sample_bench.py                      # everything (DDPM-1000 on CPU takes minutes)
+    python benchmarks/sample_bench.py --samplers ddim-50   # the quick one
+    python benchmarks/sample_bench.py --preset tiny --pieces 2 --samplers ddim-5   # a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from pipeline.diffusion import GaussianDiffusion
+from pipeline.model import PRESETS, UNet
+from pipeline.sampling import Sampler, generate
+
+
+def time_sampler(model: UNet, diffusion: GaussianDiffusion, sampler: Sampler, pieces: int, notes: int,
+                 device: torch.device, repeats: int) -> float:
+    """Best wall-clock seconds of `repeats` runs (after one warm-up window) for `pieces` pieces."""
+    rows = 1  # piano, as the original
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        generate(model, diffusion, pieces, rows, notes, notes, sampler, batch_size=pieces, seed=0,
+                 device=device, progress=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    generate(model, diffusion, pieces, rows, notes, notes, Sampler("ddim", 2), batch_size=pieces,
+             device=device, progress=False)  # warm-up: allocator, kernels, thread pool
+    return min(once() for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="full", choices=sorted(PRESETS))
+    parser.add_argument("--pieces", type=int, default=8)
+    parser.add_argument("--notes", type=int, default=128)
+    parser.add_argument("--samplers", nargs="+", default=["ddim-50", "ddpm-1000"],
+                        help="name-steps pairs, e.g. ddim-50 ddim-20 ddpm-1000")
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results = []
+    for name in args.devices:
+        if name == "cuda" and not torch.cuda.is_available():
+            print("cuda: not present, skipped")
+            continue
+        device = torch.device(name)
+        model = UNet(PRESETS[args.preset]).to(device).eval()
+        diffusion = GaussianDiffusion(1000).to(device)
+        for spec in args.samplers:
+            kind, _, steps = spec.partition("-")
+            sampler = Sampler(kind, int(steps or 1000))
+            seconds = time_sampler(model, diffusion, sampler, args.pieces, args.notes, device, args.repeats)
+            row = {"device": name, "threads": torch.get_num_threads() if name == "cpu" else None,
+                   "preset": args.preset, "sampler": spec, "pieces": args.pieces, "notes": args.notes,
+                   "seconds": round(seconds, 3),
+                   "ms_per_step": round(1000 * seconds / sampler.n_steps(diffusion.timesteps), 2)}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

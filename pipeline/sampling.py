@@ -1,0 +1,418 @@
+"""From a trained model to MIDI files: sample, decode to notes, continue a prompt, grow long pieces.
+
+One sample is a float array [3, H, W]: the normalized (frequency, duration, delta) of W notes on each of
+H instrument rows, the layout `pipeline.segments` writes. Decoding inverts that layout:
+
+    clip to [0, 1] -> denormalize -> pitch = round(69 + 12 log2(f / 440)) -> onset = running sum of delta
+    -> ticks at TICKS_PER_QUARTER (optionally snapped to a grid) -> `pipeline.midi.write_midi`.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import midi
+from pipeline.errors import DmcError
+
+TICKS_PER_QUARTER = 480
+# Shortest note written when no grid is asked for: a 128th note. A decoded duration can round to 0 ticks.
+MIN_DURATION_TICKS = TICKS_PER_QUARTER // 32
+SAMPLERS = ("ddpm", "ddim")
+MODEL_PATH = Path("models/model.pt")
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# -- decoding: normalized features -> notes -----------------------------------------------------------
+
+
+def parse_quantize(grid: str) -> int | None:
+    """A rhythm grid such as "1/16" (a sixteenth note) -> its length in ticks; "" -> None (no grid)."""
+    grid = grid.strip()
+    if not grid:
+        return None
+    try:
+        value = Fraction(grid)
+    except (ValueError, ZeroDivisionError):
+        raise DmcError(f"--quantize: expected a note value such as 1/16, got {grid!r}") from None
+    ticks = value * 4 * TICKS_PER_QUARTER  # a whole note is four quarters
+    if value <= 0 or ticks.denominator != 1:
+        raise DmcError(f"--quantize: {grid} is not a whole number of ticks "
+                       f"at {TICKS_PER_QUARTER} per quarter note")
+    return int(ticks)
+
+
+def frequency_to_pitch(frequency: np.ndarray) -> np.ndarray:
+    """Nearest MIDI pitch in log-frequency (semitones), clipped to 0..127; non-positive Hz maps to 0."""
+    f = np.asarray(frequency, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        semitones = 69.0 + 12.0 * np.log2(np.where(f > 0, f, np.nan) / 440.0)
+    semitones = np.nan_to_num(np.rint(semitones), nan=0.0, posinf=127.0, neginf=0.0)
+    return np.clip(semitones, 0, 127).astype(np.int16)
+
+
+@dataclass
+class DecodedTrack:
+    """Notes of one instrument row, times in ticks at TICKS_PER_QUARTER, sorted by (onset, pitch)."""
+
+    pitch: np.ndarray
+    onset: np.ndarray
+    duration: np.ndarray
+
+
+def decode_row(frequency: np.ndarray, duration: np.ndarray, delta: np.ndarray,
+               grid: int | None = None) -> DecodedTrack:
+    """Denormalized features of one row -> notes in ticks.
+
+    The first note starts at tick 0 (its delta is the gap to a note before the window). Onsets round
+    the running sum, not each delta, so rounding errors do not accumulate over a long piece. Notes that
+    land on the same pitch and tick keep only the first in sequence order (a prompt's note wins over a
+    generated one), as the note contract has no duplicates.
+    """
+    pitch = frequency_to_pitch(frequency)
+    delta = np.maximum(np.asarray(delta, dtype=np.float64), 0.0)
+    beats = np.cumsum(delta) - delta[:1] if len(delta) else delta
+    onset = np.rint(beats * TICKS_PER_QUARTER).astype(np.int64)
+    duration = np.maximum(np.asarray(duration, dtype=np.float64), 0.0)
+    length = np.rint(duration * TICKS_PER_QUARTER).astype(np.int64)
+    if grid:
+        onset = np.rint(onset / grid).astype(np.int64) * grid
+        length = np.maximum(np.rint(length / grid).astype(np.int64), 1) * grid
+    else:
+        length = np.maximum(length, MIN_DURATION_TICKS)
+    order = np.lexsort((pitch, onset))  # stable: among equal (onset, pitch) the earlier note comes first
+    pitch, onset, length = pitch[order], onset[order], length[order]
+    first = np.ones(len(pitch), dtype=bool)
+    first[1:] = (onset[1:] != onset[:-1]) | (pitch[1:] != pitch[:-1])
+    return DecodedTrack(pitch[first], onset[first], length[first])
+
+
+def decode(x: np.ndarray, normalizer: Any, grid: int | None = None,
+           keep: np.ndarray | None = None) -> list[DecodedTrack]:
+    """One normalized sample [3, H, W] -> one DecodedTrack per row.
+
+    Values are clipped to [0, 1] (the training range) before denormalizing, except where `keep` (bool,
+    same shape) marks given values such as a prompt, which are decoded exactly as they came in.
+    """
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0)  # a diverged model must not crash decoding
+    clipped = np.clip(x, 0.0, 1.0)
+    if keep is not None:
+        clipped = np.where(keep, x, clipped)
+    features = np.asarray(normalizer.denormalize(clipped[None]), dtype=np.float64)[0]
+    return [decode_row(features[0, h], features[1, h], features[2, h], grid) for h in range(x.shape[1])]
+
+
+def encode_notes(pitch: np.ndarray, duration: np.ndarray, delta: np.ndarray, normalizer: Any) -> np.ndarray:
+    """Notes of one row -> normalized features [3, W], the inverse of `decode` for in-range notes."""
+    raw = np.stack([midi.frequency(pitch), np.asarray(duration, np.float64),
+                    np.asarray(delta, np.float64)])
+    return np.asarray(normalizer.normalize(raw[None, :, None, :]), dtype=np.float32)[0, :, 0, :]
+
+
+def read_prompt(path: str | Path, normalizer: Any, n_notes: int,
+                programs: Sequence[int] | None = None) -> np.ndarray:
+    """The first `n_notes` notes of a MIDI file, extracted as the prepare stage does, normalized: [3, K].
+
+    Raises DmcError when the file is missing, not MIDI, or has no usable track.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DmcError(f"--prompt: no such file {path}")
+    try:
+        notes = midi.extract_notes(path) if programs is None else midi.extract_notes(path, programs)
+    except DmcError as err:  # RejectedFile: not MIDI, or no usable track
+        raise DmcError(f"--prompt: {path}: {err}") from None
+    k = min(n_notes, len(notes.pitch))
+    if k == 0:
+        raise DmcError(f"--prompt: {path} has no notes to continue")
+    return encode_notes(notes.pitch[:k], notes.duration[:k], notes.delta[:k], normalizer)
+
+
+# -- sampling -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sampler:
+    """How to run the reverse process: `ddpm` visits all T steps, `ddim` visits `steps` of them."""
+
+    name: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise DmcError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.steps <= 0:
+            raise DmcError(f"--steps must be positive, got {self.steps}")
+        if self.eta < 0:
+            raise DmcError(f"--eta must be >= 0, got {self.eta}")
+
+    def n_steps(self, timesteps: int) -> int:
+        return timesteps if self.name == "ddpm" else min(self.steps, timesteps)
+
+
+def window_starts(length: int, seq_len: int, overlap: int) -> list[int]:
+    """Where each window's new notes begin in a piece of `length` notes.
+
+    The first window makes notes [0, seq_len); every later one re-reads the last `overlap` notes as its
+    prompt and adds seq_len - overlap new ones, until `length` notes exist.
+    """
+    starts, made = [0], seq_len
+    while made < length:
+        starts.append(made)
+        made += seq_len - overlap
+    return starts
+
+
+def check_prompt(k: int, seq_len: int, length: int) -> None:
+    """A prompt must leave room in the first window and in the piece."""
+    if k >= seq_len:
+        raise DmcError(f"--prompt-notes must be below the model's {seq_len} notes per window, got {k}")
+    if k >= length:
+        raise DmcError(f"--length ({length}) must exceed the prompt's {k} notes")
+
+
+def generate(model: Denoiser, diffusion: Any, n: int, rows: int, seq_len: int, length: int,
+             sampler: Sampler, batch_size: int = 8, seed: int = 0, device: torch.device | str = "cpu",
+             prompt: np.ndarray | None = None, overlap: int | None = None,
+             progress: bool | None = None) -> np.ndarray:
+    """Draw `n` pieces of `length` notes: float32 [n, 3, rows, length], normalized (not yet clipped).
+
+    `prompt` [3, K] (K < seq_len) is kept as the first K notes of row 0 by inpainting. Pieces longer than
+    seq_len grow window by window, each window continuing the previous one's last `overlap` notes
+    (default seq_len // 2). The same seed, arguments and device give the same numbers.
+    """
+    if n <= 0:
+        raise DmcError(f"--n must be positive, got {n}")
+    if length <= 0:
+        raise DmcError(f"--length must be positive, got {length}")
+    if batch_size <= 0:
+        raise DmcError(f"--batch-size must be positive, got {batch_size}")
+    overlap = seq_len // 2 if overlap is None else overlap
+    if not 0 < overlap < seq_len:
+        raise ValueError(f"overlap must be in (0, {seq_len}), got {overlap}")
+    k = 0 if prompt is None else prompt.shape[-1]
+    check_prompt(k, seq_len, length)
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    starts = window_starts(length, seq_len, overlap)
+    n_batches = math.ceil(n / batch_size)
+    total = n_batches * len(starts) * sampler.n_steps(diffusion.timesteps)
+    pieces = []
+    with torch.inference_mode(), tqdm(total=total, desc="denoising", unit="step", disable=None
+                                      if progress is None else not progress) as bar:
+        for first in range(0, n, batch_size):
+            b = min(batch_size, n - first)
+            known = torch.zeros(b, 3, rows, seq_len, device=device)
+            mask = torch.zeros(1, 1, rows, seq_len, dtype=torch.bool, device=device)
+            if prompt is not None:
+                known[:, :, 0, :k] = torch.as_tensor(prompt, dtype=torch.float32, device=device)
+                mask[..., 0, :k] = True
+            piece = _window(model, diffusion, sampler, known, mask if k else None, generator, bar)
+            for _ in starts[1:]:
+                known = torch.zeros_like(known)
+                known[..., :overlap] = piece[..., -overlap:]
+                mask = torch.zeros_like(mask)
+                mask[..., :overlap] = True
+                piece = torch.cat([piece, _window(model, diffusion, sampler, known, mask, generator, bar)
+                                   [..., overlap:]], dim=-1)
+            pieces.append(piece[..., :length].float().cpu().numpy())
+    return np.concatenate(pieces)
+
+
+def _window(model: Denoiser, diffusion: Any, sampler: Sampler, known: torch.Tensor, mask: torch.Tensor | None,
+            generator: torch.Generator, bar: tqdm) -> torch.Tensor:
+    x = torch.randn(known.shape, device=known.device, generator=generator)
+    steps = sampler.n_steps(diffusion.timesteps)  # more DDIM steps than timesteps means all of them
+    for step in diffusion.denoise_steps(model, x, sampler.name, steps, sampler.eta, generator,
+                                        known if mask is not None else None, mask):
+        x = step
+        bar.update()
+    return x
+
+
+# -- from a checkpoint to a folder of files ---------------------------------------------------------
+
+
+def find_model(start: str | Path | None = None) -> Path:
+    """models/model.pt of the project: under the nearest folder above `start` (default: the cwd) that
+    holds dvc.yaml, else under the checkout this package lives in."""
+    here = Path.cwd() if start is None else Path(start)
+    for folder in (here.resolve(), *here.resolve().parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder / MODEL_PATH
+    return Path(__file__).resolve().parents[1] / MODEL_PATH
+
+
+def programs_for(stats: dict[str, Any], rows: int) -> list[tuple[int, bool, str]]:
+    """(GM program, is_drum, name) for each model row, from the training data's stats."""
+    names = list(stats.get("instruments") or ["piano"])[:rows]
+    names += [f"row {h}" for h in range(len(names), rows)]
+    # stats["programs"] (one GM program per row) is written by multi-instrument prepare; piano is 0.
+    programs = stats.get("programs")
+    if not (isinstance(programs, list) and len(programs) >= rows):
+        programs = [0] * rows
+    return [(int(programs[h]), names[h] == "drums", names[h]) for h in range(rows)]
+
+
+@dataclass
+class GenerateOptions:
+    """Everything `dmc generate` and the sample stage decide besides the model."""
+
+    n: int = 8
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    length: int | None = None  # notes per piece; None means the model's seq_len
+    batch_size: int = 8
+    seed: int = 0
+    tempo: float = 120.0
+    quantize: str = ""
+    audio: str = ""  # "" | wav | ogg | mp3
+    plot: bool = False
+    prompt: Path | None = None
+    prompt_notes: int = 32
+    device: str | None = None
+    progress: bool | None = None
+
+
+def check_options(opts: GenerateOptions) -> None:
+    """Refuse bad options before any model is loaded or any file is touched."""
+    from pipeline.audio import FORMATS
+
+    if opts.n <= 0:
+        raise DmcError(f"--n must be positive, got {opts.n}")
+    if opts.length is not None and opts.length <= 0:
+        raise DmcError(f"--length must be positive, got {opts.length}")
+    if opts.batch_size <= 0:
+        raise DmcError(f"--batch-size must be positive, got {opts.batch_size}")
+    if opts.prompt_notes <= 0:
+        raise DmcError(f"--prompt-notes must be positive, got {opts.prompt_notes}")
+    if not opts.tempo > 0:
+        raise DmcError(f"--tempo must be positive, got {opts.tempo}")
+    if opts.audio and opts.audio not in FORMATS:
+        raise DmcError(f"--audio must be one of {', '.join(FORMATS)}, got {opts.audio!r}")
+    Sampler(opts.sampler, opts.steps, opts.eta)
+    parse_quantize(opts.quantize)
+
+
+def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str | Path | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sample `opts.n` pieces with the trained model and write sample_000.mid, ... into `out_dir`.
+
+    Every file is first written into a temp folder inside `out_dir` and moved in at the end, so an
+    error leaves no partial file behind. Returns a summary (files, seconds, notices).
+    """
+    from pipeline.diffusion import GaussianDiffusion
+    from pipeline.model import default_device, load_trained
+    from pipeline.segments import Normalizer
+
+    check_options(opts)
+    sampler = Sampler(opts.sampler, opts.steps, opts.eta)
+    grid = parse_quantize(opts.quantize)
+    path = Path(checkpoint) if checkpoint is not None else find_model()
+    if not path.is_file():
+        raise DmcError(f"no trained model at {path}; train one with `dvc repro train`"
+                       + ("" if checkpoint is None else " or pass --checkpoint PATH"))
+    device = _device(opts.device) if opts.device else default_device()
+    model, stats, diffusion_kwargs = load_trained(path, device)
+    diffusion = GaussianDiffusion(**diffusion_kwargs).to(device)
+    normalizer = Normalizer.from_stats(stats)
+    seq_len = int(stats["seq_len"])
+    rows = len(stats.get("instruments") or ["piano"])
+    prompt = None if opts.prompt is None else read_prompt(opts.prompt, normalizer, opts.prompt_notes)
+    length = opts.length or seq_len
+    k = 0 if prompt is None else prompt.shape[-1]
+    check_prompt(k, seq_len, length)
+    notices: list[str] = []
+    if opts.audio:
+        from pipeline.audio import missing_tools
+
+        notice = missing_tools(opts.audio)
+        if notice:
+            notices.append(notice)
+            log(notice)
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".dmc-generate-", dir=out_dir))
+    except OSError as err:
+        raise DmcError(f"cannot write to output folder {out_dir}: {err.strerror or err}") from None
+    ok = False
+    try:
+        start = time.perf_counter()
+        x = generate(model, diffusion, opts.n, rows, seq_len, length, sampler, opts.batch_size, opts.seed,
+                     device, prompt, progress=opts.progress)
+        seconds = time.perf_counter() - start
+        keep = None
+        if prompt is not None:
+            keep = np.zeros(x.shape[1:], dtype=bool)
+            keep[:, 0, : prompt.shape[-1]] = True
+        tracks_of = programs_for(stats, rows)
+        names = _write_pieces(staging, x, normalizer, grid, keep, tracks_of, opts, notices, log)
+        for name in names:
+            (staging / name).replace(out_dir / name)
+        ok = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not ok and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+    return {"files": names, "seconds": seconds, "pieces": opts.n, "notes_per_piece": length,
+            "sampler": sampler.name, "steps": sampler.n_steps(diffusion.timesteps), "notices": notices}
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DmcError(f"--device: unknown device {name!r}; use cpu, cuda or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DmcError("--device cuda: no CUDA GPU is available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DmcError("--device mps: Apple's MPS is not available here")
+    return device
+
+
+def _write_pieces(folder: Path, x: np.ndarray, normalizer: Any, grid: int | None, keep: np.ndarray | None,
+                  tracks_of: list[tuple[int, bool, str]], opts: GenerateOptions, notices: list[str],
+                  log: Callable[[str], None]) -> list[str]:
+    """Decode each sample and write its MIDI (and audio, piano roll) into `folder`; returns file names."""
+    from pipeline import audio
+
+    names: list[str] = []
+    render = bool(opts.audio) and audio.can_render()
+    for i, sample in enumerate(tqdm(x, desc="writing", unit="piece", disable=None if opts.progress is None
+                                    else not opts.progress)):
+        tracks = [midi.TrackNotes(pitch=t.pitch, onset=t.onset / TICKS_PER_QUARTER,
+                                  duration=t.duration / TICKS_PER_QUARTER,
+                                  program=program, is_drum=drum, name=name)
+                  for t, (program, drum, name) in zip(decode(sample, normalizer, grid, keep), tracks_of,
+                                                      strict=True)]
+        stem = f"sample_{i:03d}"
+        midi.write_midi(folder / f"{stem}.mid", tracks, tempo=opts.tempo, ticks_per_quarter=TICKS_PER_QUARTER)
+        names.append(f"{stem}.mid")
+        if render:
+            try:
+                names.append(audio.render_audio_file(folder / f"{stem}.mid", folder / f"{stem}.{opts.audio}",
+                                                     opts.audio).name)
+            except RuntimeError as err:  # the MIDI is the product; a failed rendering is only noted
+                notices.append(f"notice: no audio for {stem}: {err}")
+                log(notices[-1])
+        if opts.plot:
+            from pipeline.plots import write_piano_roll
+
+            names.append(write_piano_roll(folder / f"{stem}.png", tracks, title=stem).name)
+    return names

@@ -1,0 +1,38 @@
+"""Stage `sample`: a fixed, seeded set of pieces from the trained model, for evaluation and listening."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.files import atomic_path, write_json
+from pipeline.params import load_params
+from pipeline.sampling import MODEL_PATH, GenerateOptions, generate_files
+from stages import run
+
+SAMPLES = Path("samples")
+METRICS = Path("metrics/sample.json")
+
+
+def main() -> None:
+    params = load_params()
+    p = params["sample"]
+    opts = GenerateOptions(n=p["n"], sampler=p["sampler"], steps=p["steps"], eta=p["eta"], length=p["length"],
+                           batch_size=min(p["n"], 64), seed=params["seed"], tempo=p["tempo"],
+                           quantize=p["quantize"], audio=p["audio"], plot=p["plot"])
+    # The whole folder is replaced at once: evaluation never sees a mix of two runs.
+    with atomic_path(SAMPLES) as tmp:
+        summary = generate_files(tmp, opts, MODEL_PATH)
+    write_json(METRICS, {
+        "pieces": summary["pieces"],
+        "notes_per_piece": summary["notes_per_piece"],
+        "sampler": summary["sampler"],
+        "steps": summary["steps"],
+        "seconds": round(summary["seconds"], 3),
+        "seconds_per_piece": round(summary["seconds"] / summary["pieces"], 4),
+    })
+    print(f"sample: {summary['pieces']} pieces of {summary['notes_per_piece']} notes in {SAMPLES}/ "
+          f"({summary['sampler']}-{summary['steps']}, {summary['seconds']:.1f} s)")
+
+
+if __name__ == "__main__":
+    run("sample", main)
