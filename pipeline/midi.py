@@ -17,6 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import symusic
@@ -65,10 +66,11 @@ def pitch_of(freq: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(69.0 + 12.0 * np.log2(freq / 440.0)), 0, 127).astype(np.int16)
 
 
-def _midi_bytes(path: Path) -> tuple[bytes, int]:
+def _midi_bytes(path: str | Path) -> tuple[bytes, int]:
     """The file's SMF bytes and its ticks-per-quarter, after the header checks symusic does not do."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:  # cheaper than Path.read_bytes, and this runs once per file
+            data = f.read()
     except OSError as err:
         raise RejectedFile(f"cannot read file: {err.strerror}", "unreadable") from None
     if not data:
@@ -91,21 +93,49 @@ def _midi_bytes(path: Path) -> tuple[bytes, int]:
     return data, division
 
 
-def _clean(time: np.ndarray, duration: np.ndarray, pitch: np.ndarray) -> np.ndarray:
-    """Indices of the notes to keep, in (onset, pitch) order: no zero-length notes, no duplicates."""
-    keep = np.flatnonzero(duration > 0)
-    # One int64 key orders by onset then pitch (ticks are int32, pitches 7 bits).
-    key = (time[keep].astype(np.int64) << 7) | pitch[keep]
-    idx = np.argsort(key, kind="stable")
-    sorted_key = key[idx]
-    if not (sorted_key[1:] == sorted_key[:-1]).any():
-        return keep[idx]
-    # Duplicates are rare: only then sort again with the longest first within each (onset, pitch).
-    order = keep[np.lexsort((-duration[keep].astype(np.int64), key))]
-    k = (time[order].astype(np.int64) << 7) | pitch[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = k[1:] != k[:-1]
-    return order[first]
+def _clean(time: np.ndarray, duration: np.ndarray, pitch: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(time, duration, pitch) of the notes to keep, in (onset, pitch) order: no zero-length notes, and
+    of notes with the same onset and pitch only the longest."""
+    # One int64 key orders by onset then pitch (ticks are int32, pitches 7 bits), and gives both back.
+    key = (time.astype(np.int64) << 7) | pitch
+    order = np.argsort(key)
+    key, duration = key[order], duration[order]
+    new = np.empty(len(key), dtype=bool)
+    new[0] = True
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    if not new.all():  # duplicates: one note per key, with the key's longest duration
+        first = np.flatnonzero(new)
+        key, duration = key[first], np.maximum.reduceat(duration, first)
+    keep = duration > 0
+    if not keep.all():  # zero-length notes (a key whose longest note has length 0)
+        key, duration = key[keep], duration[keep]
+    return key >> 7, duration, (key & 127).astype(np.int16)
+
+
+def _main_track(score: symusic.Score, programs: Sequence[int]) -> tuple[int, Any, tuple[np.ndarray, ...]]:
+    """(index, track, cleaned (time, duration, pitch)) of the main track; RejectedFile when there is none."""
+    best = None
+    index = -1
+    for track in score.tracks:
+        count = track.note_num()
+        if count == 0:  # lyric-only tracks, or note-ons that were never released
+            continue
+        index += 1
+        if track.is_drum or track.program not in programs:
+            continue
+        if best is not None and count <= len(best[2][0]):
+            continue  # cleaning only removes notes: this track cannot win
+        arrays = track.notes.numpy()
+        notes = _clean(arrays["time"], arrays["duration"], arrays["pitch"])
+        if best is None or len(notes[0]) > len(best[2][0]):
+            best = (index, track, notes)
+    if best is None:
+        raise RejectedFile(f"no track with a program in {_ranges(set(programs))} (piano set)",
+                           "no-piano-track")
+    if len(best[2][0]) == 0:
+        raise RejectedFile("the piano track has only zero-length notes", "no-notes")
+    return best
 
 
 def extract_notes(path: str | Path, programs: Sequence[int] = DEFAULT_PROGRAMS) -> Notes:
@@ -113,45 +143,19 @@ def extract_notes(path: str | Path, programs: Sequence[int] = DEFAULT_PROGRAMS) 
 
     Raises RejectedFile for a file that cannot be used, with a one-line reason.
     """
-    path = Path(path)
     data, tpq = _midi_bytes(path)
     try:
         score = symusic.Score.from_midi(data)
     except Exception as err:  # symusic raises RuntimeError/ValueError/IndexError on malformed data
         detail = str(err).removeprefix("MiniMidi: ").removesuffix(": iostream error")
         raise RejectedFile(f"unreadable MIDI: {detail}", "unreadable") from None
-    wanted = set(int(p) for p in programs)
-    best = None
-    index = -1
-    for track in score.tracks:
-        if track.note_num() == 0:  # lyric-only tracks, or note-ons that were never released
-            continue
-        index += 1
-        if track.is_drum or track.program not in wanted:
-            continue
-        if best is not None and track.note_num() <= len(best[2]):
-            continue  # cleaning only removes notes: this track cannot win
-        arr = track.notes.numpy()
-        keep = _clean(arr["time"], arr["duration"], arr["pitch"])
-        if best is None or len(keep) > len(best[2]):
-            best = (index, track, keep, arr)
-    if best is None:
-        raise RejectedFile(f"no track with a program in {_ranges(wanted)} (piano set)", "no-piano-track")
-    index, track, keep, arr = best
-    if len(keep) == 0:
-        raise RejectedFile("the piano track has only zero-length notes", "no-notes")
-    onset = arr["time"][keep].astype(np.float64) / tpq
-    delta = np.diff(onset, prepend=onset[0])
-    return Notes(
-        track_index=index,
-        program=int(track.program),
-        name=track.name,
-        ticks_per_quarter=tpq,
-        pitch=arr["pitch"][keep].astype(np.int16),
-        onset=onset,
-        duration=arr["duration"][keep].astype(np.float64) / tpq,
-        delta=delta,
-    )
+    index, track, (time, duration, pitch) = _main_track(score, programs)
+    onset = time / tpq  # int64 / int divides in float64
+    delta = np.empty_like(onset)
+    delta[0] = 0.0
+    np.subtract(onset[1:], onset[:-1], out=delta[1:])
+    return Notes(track_index=index, program=int(track.program), name=track.name, ticks_per_quarter=tpq,
+                 pitch=pitch, onset=onset, duration=duration / tpq, delta=delta)
 
 
 def _ranges(values: set[int]) -> str:

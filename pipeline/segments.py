@@ -40,6 +40,7 @@ STATS_FILE = "stats.json"
 REJECTS_FILE = "rejects.parquet"
 ROWS_PER_GROUP = 2048
 FILES_PER_WORKER = 500
+FILES_PER_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -106,44 +107,96 @@ class FileSegments:
     reason: str | None = None
 
 
+@dataclass
+class Windows:
+    """The kept windows of a batch of files, all in one set of arrays: row s is window `windows[s]` of
+    file `owner[s]` (an index into the batch). Per-file numpy calls would cost more than parsing a file,
+    so a batch is cut with a fixed number of array operations."""
+
+    owner: np.ndarray  # [S] int
+    windows: np.ndarray  # [S] int32, the window's index within its file
+    pitch: np.ndarray  # [S, H, W] int16
+    features: np.ndarray  # [S, 3, H, W] float64, raw
+    notes: np.ndarray  # [F] notes of each kept file's main track (0 when rejected)
+    dropped: np.ndarray  # [F] windows dropped for a threshold violation
+    rejects: dict[int, RejectedFile]  # file index -> why it gave no window
+
+
+def _concat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+
+
+def cut_windows(files: Sequence[Notes | RejectedFile], config: PrepareConfig) -> Windows:
+    """Cut each file's notes into windows and apply the thresholds; a file with no window left (or one
+    that came in rejected) gets its RejectedFile in `rejects`."""
+    notes = [f for f in files if isinstance(f, Notes)]
+    n = np.array([len(f) if isinstance(f, Notes) else 0 for f in files], dtype=np.int64)
+    pitch = _concat([f.pitch for f in notes], np.int16)
+    duration = _concat([f.duration for f in notes], np.float64)
+    delta = _concat([f.delta for f in notes], np.float64)
+    first_note = np.concatenate([[0], np.cumsum(n)])  # file f's notes are first_note[f]:first_note[f + 1]
+    bad = (duration > config.max_duration) | (delta > config.max_delta)
+    bad_before = np.concatenate([[0], np.cumsum(bad)])  # a prefix sum counts bad notes in any range
+    file_bad = bad_before[first_note[1:]] > bad_before[first_note[:-1]]
+
+    # Window w of file f starts at note first_note[f] + w * step; a short tail is dropped.
+    seq_len, step = config.seq_len, config.step
+    count = np.where(n >= seq_len, (n - seq_len) // step + 1, 0)
+    owner = np.repeat(np.arange(len(files)), count)
+    window = np.arange(len(owner)) - np.repeat(np.cumsum(count) - count, count)
+    start = first_note[owner] + window * step
+    ok = bad_before[start + seq_len] == bad_before[start]
+    if config.policy == "file":
+        ok &= ~file_bad[owner]
+    kept = np.bincount(owner[ok], minlength=len(files))
+
+    rejects: dict[int, RejectedFile] = {}
+    for f in np.flatnonzero(kept == 0).tolist():  # the rare files with nothing left: say why
+        if isinstance(files[f], RejectedFile):
+            rejects[f] = files[f]
+        elif config.policy == "file" and file_bad[f]:
+            i = first_note[f] + int(np.argmax(bad[first_note[f]:first_note[f + 1]]))
+            rejects[f] = RejectedFile(f"note {i - first_note[f]} exceeds max_duration/max_delta (duration "
+                                      f"{duration[i]:g}, delta {delta[i]:g} beats)", "threshold")
+        elif count[f] == 0:
+            rejects[f] = RejectedFile(f"{n[f]} notes, fewer than seq_len={seq_len}", "too-short")
+        else:
+            rejects[f] = RejectedFile(f"every window exceeds max_duration/max_delta ({count[f]} windows)",
+                                      "threshold")
+    dropped = count - kept
+    dropped[list(rejects)] = 0
+    n[list(rejects)] = 0
+
+    index = start[ok][:, None] + np.arange(seq_len)  # [S, W] note indices
+    features = np.stack([frequency(pitch), duration, delta])[:, index]  # [3, S, W]
+    return Windows(owner=owner[ok], windows=window[ok].astype(np.int32), pitch=pitch[index][:, None, :],
+                   features=features.transpose(1, 0, 2)[:, :, None, :], notes=n, dropped=dropped,
+                   rejects=rejects)
+
+
 def file_segments(notes: Notes, config: PrepareConfig, file: str = "", split: str = "train") -> FileSegments:
     """Cut one file's notes into windows and apply the thresholds. Raises RejectedFile when none is left."""
-    feats = note_features(notes)
-    bad = (notes.duration > config.max_duration) | (notes.delta > config.max_delta)
-    if config.policy == "file" and bad.any():
-        first = int(np.argmax(bad))
-        raise RejectedFile(f"note {first} exceeds max_duration/max_delta (duration "
-                           f"{notes.duration[first]:g}, delta {notes.delta[first]:g} beats)", "threshold")
-    starts = window_starts(len(notes), config.seq_len, config.step)
-    if len(starts) == 0:
-        raise RejectedFile(f"{len(notes)} notes, fewer than seq_len={config.seq_len}", "too-short")
-    # A window is bad when any of its notes is: count bad notes per window with a prefix sum.
-    bad_before = np.concatenate([[0], np.cumsum(bad)])
-    ok = bad_before[starts + config.seq_len] == bad_before[starts]
-    if not ok.any():
-        raise RejectedFile(f"every window exceeds max_duration/max_delta ({len(starts)} windows)",
-                           "threshold")
-    kept = starts[ok]
-    index = kept[:, None] + np.arange(config.seq_len)  # [S, W] note indices
-    return FileSegments(
-        file=file, split=split, notes=len(notes),
-        windows=(kept // config.step).astype(np.int32),
-        pitch=notes.pitch[index][:, None, :],
-        features=feats[:, index].transpose(1, 0, 2)[:, :, None, :],
-        dropped=int((~ok).sum()),
-    )
+    cut = cut_windows([notes], config)
+    if cut.rejects:
+        raise cut.rejects[0]
+    return FileSegments(file=file, split=split, notes=int(cut.notes[0]), windows=cut.windows, pitch=cut.pitch,
+                        features=cut.features, dropped=int(cut.dropped[0]))
 
 
-def _process(job: tuple[Path, str, PrepareConfig]) -> FileSegments:
-    """Worker: one file from disk to its raw segments, or the reason it has none. Never raises."""
-    root, rel, config = job
-    split = split_of(rel, config.split)
+def _extract(path: Path, programs: Sequence[int]) -> Notes | RejectedFile:
+    """One file's notes, or why it has none. Never raises."""
     try:
-        return file_segments(extract_notes(root / rel, config.programs), config, rel, split)
+        return extract_notes(path, programs)
     except RejectedFile as err:
-        return FileSegments(file=rel, split=split, code=err.code, reason=err.reason)
+        return err
     except Exception as err:  # a file that breaks the parser in an unforeseen way is a reject, not a crash
-        return FileSegments(file=rel, split=split, code="error", reason=f"{type(err).__name__}: {err}")
+        return RejectedFile(f"{type(err).__name__}: {err}", "error")
+
+
+def _process(job: tuple[Path, list[str], PrepareConfig]) -> tuple[list[str], Windows]:
+    """Worker: a batch of files from disk to their raw windows (and rejects). Never raises."""
+    root, rels, config = job
+    return rels, cut_windows([_extract(root / rel, config.programs) for rel in rels], config)
 
 
 @dataclass(frozen=True)
@@ -207,18 +260,26 @@ def _fixed(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), width)
 
 
-class _RowGroups:
-    """Collect rows and write them to Parquet a row group at a time, so memory stays bounded.
+def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    # Dictionary-encode and keep statistics only for the scalar columns (statistics let readers skip row
+    # groups by split); on float lists both cost time and give nothing.
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    scalars = [f.name for f in schema if not pa.types.is_fixed_size_list(f.type)]
+    return pq.ParquetWriter(path, schema, use_dictionary=strings, write_statistics=scalars,
+                            compression="zstd")
 
-    `add` takes one file's worth of columns (numpy arrays or lists); tables are built only per row group,
+
+class _RowGroups:
+    """Collect rows and write them a row group at a time (Parquet, or Arrow IPC for the raw pass), so
+    memory stays bounded.
+
+    `add` takes a batch's worth of columns (numpy arrays or lists); tables are built only per row group,
     because building an Arrow table per file would cost more than parsing the file.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, rows_per_group: int = ROWS_PER_GROUP,
-                 compression: str = "zstd") -> None:
-        # Dictionary-encode only the repetitive string columns: on float lists it costs time, saves nothing.
-        strings = [f.name for f in schema if pa.types.is_string(f.type)]
-        self.writer = pq.ParquetWriter(path, schema, use_dictionary=strings, compression=compression)
+    def __init__(self, writer: pq.ParquetWriter | pa.ipc.RecordBatchFileWriter, schema: pa.Schema,
+                 rows_per_group: int = ROWS_PER_GROUP) -> None:
+        self.writer = writer
         self.schema = schema
         self.rows_per_group = rows_per_group
         self.parts: list[dict[str, Any]] = []
@@ -244,7 +305,7 @@ class _RowGroups:
             else:
                 arrays.append(pa.array([v for part in values for v in part], f.type))
         table = pa.Table.from_arrays(arrays, schema=self.schema)
-        self.writer.write_table(table, row_group_size=self.rows_per_group)
+        self.writer.write_table(table)
         self.parts, self.rows = [], 0
 
     def close(self) -> None:
@@ -252,15 +313,15 @@ class _RowGroups:
         self.writer.close()
 
 
-def _results(jobs: list[tuple[Path, str, PrepareConfig]], n_jobs: int) -> Iterator[FileSegments]:
-    """Process files in order, in `n_jobs` processes (in this one when 1)."""
+def _results(jobs: list[tuple[Path, list[str], PrepareConfig]], n_jobs: int
+             ) -> Iterator[tuple[list[str], Windows]]:
+    """Process batches of files in order, in `n_jobs` processes (in this one when 1)."""
     if n_jobs <= 1:
         yield from map(_process, jobs)
         return
-    chunk = max(1, min(64, len(jobs) // (n_jobs * 8)))
     # spawn, not fork: a forked child would inherit pyarrow's and tqdm's threads mid-flight.
     with mp.get_context("spawn").Pool(n_jobs) as pool:
-        yield from pool.imap(_process, jobs, chunksize=chunk)
+        yield from pool.imap(_process, jobs)
 
 
 def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: Sequence[str],
@@ -277,35 +338,45 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
     rejected: Counter[str] = Counter()
     segments: Counter[str] = Counter()
     kept = notes = dropped = 0
-    jobs = [(Path(root), rel, config) for rel in files]
     # A worker costs about a second to start and then does hundreds of files a second: only worth it
     # for big collections.
-    n_jobs = max(1, min(n_jobs, len(jobs) // FILES_PER_WORKER))
+    n_jobs = max(1, min(n_jobs, len(files) // FILES_PER_WORKER))
+    size = max(1, min(FILES_PER_BATCH, -(-len(files) // (4 * n_jobs))))  # >= 4 batches per worker
+    jobs = [(Path(root), list(files[i:i + size]), config) for i in range(0, len(files), size)]
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        raw_path = tmp / "raw.parquet"
-        raw = _RowGroups(raw_path, _schema(width, pa.float64()), compression="none")  # read back once
-        rejects = _RowGroups(tmp / REJECTS_FILE, pa.schema([("file", pa.string()), ("code", pa.string()),
-                                                            ("reason", pa.string())]))
+        raw_path = tmp / "raw.arrow"
+        # The raw pass is read back once, by the second pass: Arrow IPC writes and maps it back at memory
+        # speed, where Parquet would encode and decode every value.
+        raw_schema = _schema(width, pa.float64())
+        raw = _RowGroups(pa.ipc.new_file(str(raw_path), raw_schema), raw_schema)
+        rejects_schema = pa.schema([("file", pa.string()), ("code", pa.string()), ("reason", pa.string())])
+        rejects = _RowGroups(_parquet_writer(tmp / REJECTS_FILE, rejects_schema), rejects_schema)
+        bar = tqdm(total=len(files), desc="prepare", unit="file", disable=None)
         try:
-            for result in tqdm(_results(jobs, n_jobs), total=len(jobs), desc="prepare", unit="file",
-                               disable=None):
-                if result.code is not None:
-                    rejected[result.code] += 1
-                    rejects.add(1, file=[result.file], code=[result.code], reason=[result.reason])
-                    continue
-                kept += 1
-                notes += result.notes
-                dropped += result.dropped
-                segments[result.split] += len(result.windows)
-                if result.split == "train":
-                    lo = np.minimum(lo, result.features.min(axis=(0, 2, 3)))
-                    hi = np.maximum(hi, result.features.max(axis=(0, 2, 3)))
-                n = len(result.windows)
-                raw.add(n, dataset=[dataset] * n, file=[result.file] * n, segment=result.windows,
-                        split=[result.split] * n, pitch=result.pitch.reshape(-1),
-                        **{f: result.features[:, i].reshape(-1) for i, f in enumerate(FEATURES)})
+            for rels, cut in _results(jobs, n_jobs):
+                bar.update(len(rels))
+                for f, err in cut.rejects.items():
+                    rejected[err.code] += 1
+                    rejects.add(1, file=[rels[f]], code=[err.code], reason=[err.reason])
+                kept += len(rels) - len(cut.rejects)
+                notes += int(cut.notes.sum())
+                dropped += int(cut.dropped.sum())
+                row_split = np.array([SPLITS.index(split_of(rel, config.split)) for rel in rels],
+                                     dtype=np.int64)[cut.owner]
+                segments.update(dict(zip(SPLITS, np.bincount(row_split, minlength=len(SPLITS)).tolist(),
+                                         strict=True)))
+                train = cut.features[row_split == 0]
+                if len(train):
+                    lo = np.minimum(lo, train.min(axis=(0, 2, 3)))
+                    hi = np.maximum(hi, train.max(axis=(0, 2, 3)))
+                n = len(cut.owner)
+                raw.add(n, dataset=[dataset] * n, file=[rels[f] for f in cut.owner.tolist()],
+                        segment=cut.windows, split=[SPLITS[s] for s in row_split.tolist()],
+                        pitch=cut.pitch.reshape(-1),
+                        **{f: cut.features[:, i].reshape(-1) for i, f in enumerate(FEATURES)})
         finally:
+            bar.close()
             raw.close()
             rejects.close()
         if segments["train"] == 0:
@@ -348,17 +419,16 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
 def _normalize_file(src: Path, dest: Path, normalizer: Normalizer, width: int) -> None:
     """Second pass: raw float64 features -> normalized float32, one row group at a time."""
     schema = _schema(width, pa.float32())
-    strings = [f.name for f in schema if pa.types.is_string(f.type)]
-    with pq.ParquetWriter(dest, schema, use_dictionary=strings, compression="zstd") as writer:
-        source = pq.ParquetFile(src)
-        for group in range(source.num_row_groups):
-            table = source.read_row_group(group)
-            columns = {name: table.column(name) for name in ("dataset", "file", "segment", "split", "pitch")}
-            raw = np.stack([_flat(table.column(f), np.float64) for f in FEATURES])
-            scaled = normalizer.normalize(raw, axis=0)
-            for i, f in enumerate(FEATURES):
-                columns[f] = _fixed(scaled[i].astype(np.float32), width)
-            writer.write_table(pa.table(columns, schema=schema), row_group_size=ROWS_PER_GROUP)
+    with _parquet_writer(dest, schema) as writer, pa.memory_map(str(src)) as source:
+        reader = pa.ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            columns = {name: batch.column(name) for name in ("dataset", "file", "segment", "split", "pitch")}
+            raw = np.stack([batch.column(f).flatten().to_numpy() for f in FEATURES])
+            scaled = normalizer.normalize(raw, axis=0).astype(np.float32)
+            for f, values in zip(FEATURES, scaled, strict=True):
+                columns[f] = _fixed(values, width)
+            writer.write_table(pa.table(columns, schema=schema))
 
 
 def _flat(column: pa.ChunkedArray, dtype: type) -> np.ndarray:

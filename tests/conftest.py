@@ -26,6 +26,14 @@ PREPARED_SPLIT = (0.5, 0.25, 0.25)
 N_CHORALES = 12
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests run tiny models; on a 2-core box two intra-op threads fight each other and a forward pass
+    # gets ~100x slower under load. One thread keeps every test fast and deterministic.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def repo_params() -> dict[str, Any]:
     """A fresh, validated copy of the repository's params.yaml."""
     from pipeline.params import load_params
