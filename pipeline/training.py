@@ -1,0 +1,497 @@
+"""The training loop: data order, LR schedule, EMA, checkpoints and resume, DDP.
+
+Read `train()` top to bottom. Everything random in a step is a pure function of (seed, step, rank):
+the data order is a seeded permutation per epoch and the diffusion noise comes from a generator
+reseeded every step. A checkpoint therefore needs only the step to replay the future exactly, which
+is what makes a resumed CPU run end bitwise-identical to an uninterrupted one. (The global RNG states
+are saved and restored too, for anything outside the loop that draws from them.)
+
+DDP switches on when `torchrun` sets RANK/WORLD_SIZE: each rank takes its share of every global batch,
+and only rank 0 prints, validates and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from pipeline.diffusion import GaussianDiffusion
+from pipeline.errors import DmcError
+from pipeline.files import atomic_path, write_json
+from pipeline.model import UNet, UNetConfig, count, default_device, get_config
+
+VAL_BATCHES = 8   # validation looks at most this many batches, so it costs a few steps' time
+LOG_EVERY = 10    # steps between loss read-backs (each one waits for the GPU)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The params the train stage reads."""
+
+    preset: str = "tiny"
+    steps: int = 400
+    batch_size: int = 64
+    lr: float = 1e-4
+    lr_final: float = 1e-6
+    lr_switch: float = 0.75
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    causal: bool = True
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    val_every: int = 100
+    checkpoint_every: int = 100
+    compile: bool = False
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrainSettings:
+        t, d = params["train"], params["diffusion"]
+        return cls(preset=params["preset"], steps=params["steps"], batch_size=params["batch_size"],
+                   lr=params["lr"], lr_final=params["lr_final"], lr_switch=t["lr_switch"],
+                   weight_decay=t["weight_decay"], grad_clip=t["grad_clip"], ema_decay=t["ema_decay"],
+                   seed=params["seed"], causal=t["causal"], timesteps=d["timesteps"],
+                   beta_start=d["beta_start"], beta_end=d["beta_end"], val_every=t["val_every"],
+                   checkpoint_every=t["checkpoint_every"], compile=t["compile"])
+
+    @property
+    def diffusion(self) -> dict[str, Any]:
+        return {"timesteps": self.timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end}
+
+    def lr_at(self, step: int) -> float:
+        """`lr` for the first `lr_switch` of the steps, then `lr_final` (the original: 150K + 50K)."""
+        return self.lr if step < round(self.lr_switch * self.steps) else self.lr_final
+
+
+@dataclass
+class TrainData:
+    """Normalized segments `[N, 3, H, W]` and the stats.json they were normalized with."""
+
+    train: np.ndarray
+    val: np.ndarray
+    stats: dict[str, Any]
+
+    def digest(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps(self.stats, sort_keys=True).encode())
+        for a in (self.train, self.val):
+            h.update(str(a.shape).encode())
+            h.update(np.ascontiguousarray(a).data)
+        return h.hexdigest()
+
+
+def load_data(prepared_dir: str | Path, seq_len: int | None = None) -> TrainData:
+    """The train and val splits of a prepared folder; one-line errors for missing or unusable data."""
+    from pipeline.segments import load_split, load_stats
+
+    stats = load_stats(prepared_dir)
+    if seq_len is not None and stats["seq_len"] != seq_len:
+        raise DmcError(f"{prepared_dir} holds segments of seq_len {stats['seq_len']} but params say "
+                       f"{seq_len}; run the prepare stage again (dvc repro prepare)")
+    train = load_split(prepared_dir, "train")
+    if len(train) == 0:
+        raise DmcError(f"the train split in {prepared_dir} is empty; add MIDI files or lower seq_len")
+    return TrainData(train=train, val=load_split(prepared_dir, "val"), stats=stats)
+
+
+def fingerprint(settings: TrainSettings, data: TrainData) -> str:
+    """What the weights depend on: every setting but logging and compile, and the data itself."""
+    ignored = ("val_every", "checkpoint_every", "compile")
+    relevant = {k: v for k, v in asdict(settings).items() if k not in ignored}
+    text = json.dumps({"settings": relevant, "data": data.digest()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """The global batch of `step`: positions step*B .. step*B+B-1 of an endless stream of epochs,
+    each epoch a permutation of the n segments seeded by (seed, epoch)."""
+    positions = np.arange(step * batch_size, (step + 1) * batch_size)
+    epochs = positions // n
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        here = epochs == epoch
+        out[here] = _permutation(n, seed, int(epoch))[positions[here] % n]
+    return out
+
+
+_PERMUTATION_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    key = (n, seed, epoch)
+    if key not in _PERMUTATION_CACHE:
+        if len(_PERMUTATION_CACHE) > 4:
+            _PERMUTATION_CACHE.clear()
+        _PERMUTATION_CACHE[key] = np.random.default_rng([seed, epoch]).permutation(n)
+    return _PERMUTATION_CACHE[key]
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The noise generator's seed for one step on one rank."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0])
+
+
+class EMA:
+    """An exponential moving average of the weights, kept as a second U-Net for sampling.
+
+    As TensorFlow's ExponentialMovingAverage with `num_updates`, the decay warms up as
+    min(decay, (1 + step) / (10 + step)), so short runs are not dominated by the random init.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        # One fused call for all tensors: on a GPU, a kernel per parameter would cost more than the math.
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
+
+
+# -- RNG states as tensors and lists, so checkpoints load with weights_only=True ----------------------
+
+
+def rng_state() -> dict[str, Any]:
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    version, state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+                  "gauss": gauss},
+        "python": {"version": version, "state": list(state), "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    # RNG states must be CPU byte tensors, wherever map_location put the rest of the checkpoint.
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    key = n["key"].cpu().numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# -- distributed ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[Rank, torch.device]:
+    """Join the process group torchrun describes in the environment; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Rank(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Rank(dist.get_rank(), dist.get_world_size()), device
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+
+
+def checkpoint_path(models_dir: str | Path) -> Path:
+    return Path(models_dir) / "checkpoints" / "last.pt"
+
+
+def _history_tensor(rows: list[tuple[int, float]]) -> Tensor:
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
+
+
+def _history_rows(t: Tensor) -> list[tuple[int, float]]:
+    return [(int(s), float(v)) for s, v in t.tolist()]
+
+
+def write_csv(path: Path, header: tuple[str, str], rows: list[tuple[int, float]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows((s, f"{v:.6g}") for s, v in rows)
+
+
+@dataclass
+class State:
+    """What a checkpoint restores besides the networks and the optimizer."""
+
+    step: int = 0
+    train_loss: list[tuple[int, float]] | None = None
+    val_loss: list[tuple[int, float]] | None = None
+
+    def __post_init__(self) -> None:
+        self.train_loss = self.train_loss or []
+        self.val_loss = self.val_loss or []
+
+
+def _resume(path: Path, fp: str, model: UNet, ema: EMA, opt: torch.optim.Optimizer,
+            device: torch.device, log: Callable[[str], None]) -> State:
+    """Restore from last.pt when it was written for the same params and data; else start fresh."""
+    if not path.is_file():
+        return State()
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        same = ckpt["fingerprint"] == fp
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line advice
+        raise DmcError(f"cannot read checkpoint {path} ({type(err).__name__}); "
+                       "delete it to start fresh") from None
+    if not same:
+        log(f"train: {path} was written for other params or data; starting fresh")
+        return State()
+    try:
+        model.load_state_dict(ckpt["model"])
+        ema.model.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"])
+        set_rng_state(ckpt["rng"])
+        state = State(ckpt["step"], _history_rows(ckpt["train_loss"]), _history_rows(ckpt["val_loss"]))
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DmcError(f"checkpoint {path} does not fit this config ({reason[:200]}); "
+                       "delete it to start fresh") from None
+    log(f"train: resuming from {path} at step {state.step}")
+    return state
+
+
+def save_checkpoint(path: Path, state: State, model: UNet, ema: EMA, opt: torch.optim.Optimizer,
+                    settings: TrainSettings, data: TrainData, fp: str) -> None:
+    ckpt = {
+        "step": state.step,
+        "model": model.state_dict(),
+        "ema": ema.model.state_dict(),
+        "opt": opt.state_dict(),
+        "lr_schedule": {"lr": settings.lr, "lr_final": settings.lr_final, "now": settings.lr_at(state.step),
+                        "switch_step": round(settings.lr_switch * settings.steps)},
+        "rng": rng_state(),
+        "data_position": state.step * settings.batch_size,  # segments consumed from the epoch stream
+        "config": asdict(model.config),
+        "stats": data.stats,
+        "diffusion": settings.diffusion,
+        "fingerprint": fp,
+        "train_loss": _history_tensor(state.train_loss),
+        "val_loss": _history_tensor(state.val_loss),
+    }
+    _save(ckpt, path)
+
+
+def save_model(path: Path, ema: EMA, data: TrainData, settings: TrainSettings, step: int) -> None:
+    """models/model.pt: what sampling needs (EMA weights, config, normalization, schedule)."""
+    _save({"config": asdict(ema.model.config), "ema": ema.model.state_dict(), "stats": data.stats,
+           "diffusion": settings.diffusion, "step": step}, path)
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    # Through a file object: torch.save(obj, name) stores the (random) temp name inside the zip, so
+    # identical weights would hash differently and DVC would re-run every stage downstream.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
+# -- the step -------------------------------------------------------------------------------------------
+
+
+def build(settings: TrainSettings, config: UNetConfig, device: torch.device
+          ) -> tuple[UNet, EMA, torch.optim.Optimizer, GaussianDiffusion]:
+    """A fresh U-Net, its EMA copy, AdamW and the diffusion schedule, on `device`."""
+    model = UNet(config).to(device)
+    ema = EMA(model, settings.ema_decay)
+    fused = device.type in ("cpu", "cuda")  # one pass over the weights per step instead of several
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
+                            fused=fused)
+    return model, ema, opt, GaussianDiffusion(**settings.diffusion).to(device)
+
+
+def optimize(net: nn.Module, model: UNet, ema: EMA, opt: torch.optim.Optimizer, diffusion: GaussianDiffusion,
+             x0: Tensor, gen: torch.Generator, step: int, grad_clip: float,
+             autocast: contextlib.AbstractContextManager) -> Tensor:
+    """One training step: diffusion loss through `net` (the model, maybe DDP- or compile-wrapped),
+    backward, gradient clipping, AdamW, EMA. Returns the loss, still on the device."""
+    with autocast:
+        loss = diffusion.loss(net, x0, generator=gen)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    ema.update(model, step)
+    return loss.detach()
+
+
+# -- the loop -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, diffusion: GaussianDiffusion, val: Tensor, batch_size: int,
+                    seed: int, autocast: contextlib.AbstractContextManager) -> float | None:
+    """Mean diffusion loss on the first VAL_BATCHES batches of val, with fixed noise (comparable in time)."""
+    if len(val) == 0:
+        return None
+    gen = torch.Generator(val.device).manual_seed(seed)
+    losses = []
+    for start in range(0, min(len(val), VAL_BATCHES * batch_size), batch_size):
+        with autocast:
+            losses.append(diffusion.loss(model, val[start:start + batch_size], generator=gen).item())
+    return float(np.mean(losses))
+
+
+def train(settings: TrainSettings, data: TrainData, models_dir: str | Path = "models",
+          metrics_dir: str | Path = "metrics", stop_at: int | None = None,
+          device: torch.device | str | None = None,
+          log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Train (or resume) to `settings.steps`; write checkpoints, models/model.pt and metrics.
+
+    `stop_at` ends the run after that step's checkpoint without the final outputs, as a kill would
+    (for tests). Returns the metrics written to metrics/train.json (None on other ranks or when stopped).
+    """
+    models_dir, metrics_dir = Path(models_dir), Path(metrics_dir)
+    rank, device = init_distributed(torch.device(device) if device else default_device())
+    try:
+        return _train(settings, data, models_dir, metrics_dir, stop_at, device, rank, log)
+    finally:
+        if rank.world > 1:
+            dist.destroy_process_group()
+
+
+def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_dir: Path, stop_at: int | None,
+           device: torch.device, rank: Rank, log: Callable[[str], None]) -> dict[str, Any] | None:
+    config: UNetConfig = get_config(settings.preset, settings.causal)
+    width = data.train.shape[-1]
+    if width % config.stride:
+        raise DmcError(f"seq_len {width} is not a multiple of {config.stride} (the U-Net halves it "
+                       f"{len(config.channels) - 1} times)")
+    if settings.batch_size % rank.world:
+        raise DmcError(f"batch_size {settings.batch_size} does not split evenly over {rank.world} processes")
+    log = log if rank.main else (lambda *_: None)
+
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    random.seed(settings.seed)
+    model, ema, opt, diffusion = build(settings, config, device)
+    fp = fingerprint(settings, data)
+    ckpt_path = checkpoint_path(models_dir)
+    state = _resume(ckpt_path, fp, model, ema, opt, device, log)
+
+    net: nn.Module = model
+    if rank.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if settings.compile:
+        # On one GPU, CUDA graphs ("reduce-overhead") remove the kernel-launch cost that bounds this small
+        # net: 63 steps/s instead of 26 for `full` on an H200. They do not mix with DDP's hooks.
+        mode = "reduce-overhead" if device.type == "cuda" and rank.world == 1 else None
+        net = torch.compile(net, mode=mode)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    # Small datasets live on the device, so a step never waits for a host-to-device copy.
+    data_device = device if data.train.nbytes < 2**30 else torch.device("cpu")
+    train_x = torch.from_numpy(data.train).to(data_device)
+    val_x = torch.from_numpy(data.val).to(device)
+    gen = torch.Generator(device)
+    local = settings.batch_size // rank.world
+    end = min(settings.steps, stop_at) if stop_at is not None else settings.steps
+    pending: list[Tensor] = []  # losses not yet read back from the device
+
+    def flush() -> None:
+        """Read the pending losses back (averaged over ranks) and stop on a non-finite one."""
+        if not pending:
+            return
+        losses = torch.stack(pending).float()
+        if rank.world > 1:
+            dist.all_reduce(losses)
+            losses /= rank.world
+        first = state.step - len(pending) + 1
+        values = losses.tolist()
+        pending.clear()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                kept = f"kept the last good checkpoint {ckpt_path}" if ckpt_path.is_file() else "none saved"
+                raise DmcError(f"loss became {v} at step {first + i}; stopped ({kept}); try a lower lr")
+        state.train_loss.extend(zip(range(first, first + len(values)), values, strict=True))
+        bar.set_postfix(loss=f"{values[-1]:.4f}")
+
+    def write_metrics() -> None:
+        write_csv(metrics_dir / "train_loss.csv", ("step", "loss"), state.train_loss)
+        write_csv(metrics_dir / "val_loss.csv", ("step", "val_loss"), state.val_loss)
+
+    model.train()
+    bar = tqdm(total=settings.steps, initial=state.step, desc="train", unit="step",
+               disable=None if rank.main else True)
+    start_step, t0 = state.step, time.perf_counter()
+    while state.step < end:
+        for group in opt.param_groups:
+            group["lr"] = settings.lr_at(state.step)
+        idx = torch.from_numpy(batch_indices(state.step, len(train_x), settings.batch_size, settings.seed))
+        mine = idx[rank.rank * local:(rank.rank + 1) * local].to(data_device)
+        x0 = train_x[mine].to(device, non_blocking=True)
+        gen.manual_seed(step_seed(settings.seed, state.step, rank.rank))
+        loss = optimize(net, model, ema, opt, diffusion, x0, gen, state.step, settings.grad_clip, autocast)
+        pending.append(loss)
+        state.step += 1
+        bar.update(1)
+
+        at_val = state.step % settings.val_every == 0 or state.step == settings.steps
+        at_ckpt = state.step % settings.checkpoint_every == 0 or state.step == end
+        if at_val or at_ckpt or len(pending) >= LOG_EVERY:
+            flush()
+        if at_val and rank.main:
+            v = validation_loss(ema.model, diffusion, val_x, settings.batch_size, settings.seed, autocast)
+            if v is not None:
+                state.val_loss.append((state.step, v))
+        if at_ckpt and rank.main:
+            save_checkpoint(ckpt_path, state, model, ema, opt, settings, data, fp)
+            write_metrics()
+    elapsed = time.perf_counter() - t0
+    bar.close()
+    if state.step < settings.steps or not rank.main:
+        return None
+
+    save_model(models_dir / "model.pt", ema, data, settings, state.step)
+    write_metrics()
+    ran = state.step - start_step
+    tail = [v for _, v in state.train_loss[-100:]]
+    metrics = {
+        "loss": float(np.mean(tail)) if tail else None,
+        "val_loss": state.val_loss[-1][1] if state.val_loss else None,
+        "steps": state.step,
+        "steps_per_s": round(ran / elapsed, 3) if ran else None,
+        "samples_per_s": round(ran * settings.batch_size / elapsed, 1) if ran else None,
+        "parameters": count(model),
+        "preset": settings.preset,
+        "device": device.type,
+        "processes": rank.world,
+    }
+    write_json(metrics_dir / "train.json", metrics)
+    return metrics

@@ -1,0 +1,34 @@
+"""Stage `train`: data/prepared -> models/model.pt (EMA weights), with resumable checkpoints.
+
+`python -m stages.train` trains on one device (CUDA, then MPS, then CPU);
+`torchrun --nproc_per_node=N -m stages.train` trains with DDP. Re-running after an interruption
+resumes from models/checkpoints/last.pt when params and data are unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import training
+from pipeline.params import load_params
+from stages import run
+
+PREPARED = Path("data/prepared")
+MODELS = Path("models")
+METRICS = Path("metrics")
+
+
+def main() -> None:
+    params = load_params()
+    settings = training.TrainSettings.from_params(params)
+    data = training.load_data(PREPARED, seq_len=params["seq_len"])
+    metrics = training.train(settings, data, models_dir=MODELS, metrics_dir=METRICS)
+    if metrics:
+        print(f"train: {metrics['steps']} steps of preset {settings.preset} on {metrics['device']} "
+              f"({metrics['parameters']:,} parameters): loss {metrics['loss']:.4f}, val loss "
+              f"{metrics['val_loss'] if metrics['val_loss'] is None else round(metrics['val_loss'], 4)}, "
+              f"{metrics['steps_per_s']} steps/s; wrote {MODELS / 'model.pt'}")
+
+
+if __name__ == "__main__":
+    run("train", main)

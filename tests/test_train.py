@@ -1,0 +1,237 @@
+"""Training: checkpoints, bitwise resume (also after kill -9), failures, DDP on gloo, the stage's errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from conftest import REPO, repo_params
+
+from pipeline.errors import DmcError
+from pipeline.params import validate
+from pipeline.training import TrainData, TrainSettings, batch_indices, checkpoint_path, load_data, train
+
+SETTINGS = TrainSettings(preset="tiny", steps=6, batch_size=8, val_every=3, checkpoint_every=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Bitwise comparisons need one thread count throughout, and one thread is fastest on shared cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(prepared_dir: Path) -> TrainData:
+    return load_data(prepared_dir, seq_len=32)
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _weights(path: Path, key: str) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)[key]
+
+
+def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_data_order_visits_every_segment_once_per_epoch():
+    n, b = 10, 4
+    stream = np.concatenate([batch_indices(s, n, b, seed=3) for s in range(5)])  # 2 epochs exactly
+    assert sorted(stream[:n]) == list(range(n)) and sorted(stream[n:]) == list(range(n))
+    assert not np.array_equal(stream[:n], stream[n:])  # reshuffled each epoch
+
+
+def test_lr_switches_to_lr_final_after_lr_switch_of_the_steps():
+    s = TrainSettings(steps=200, lr=1e-4, lr_final=1e-6, lr_switch=0.75)
+    assert [s.lr_at(i) for i in (0, 149, 150, 199)] == [1e-4, 1e-4, 1e-6, 1e-6]
+
+
+def test_training_writes_model_checkpoint_and_metrics(data, tmp_path):
+    metrics = train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", log=_quiet)
+    assert metrics["steps"] == 6 and metrics["parameters"] == 292_307 and np.isfinite(metrics["loss"])
+    ckpt = torch.load(checkpoint_path(tmp_path / "models"), weights_only=True)
+    assert ckpt["step"] == 6 and ckpt["data_position"] == 6 * 8
+    assert {"model", "ema", "opt", "lr_schedule", "rng", "config", "stats", "fingerprint"} <= ckpt.keys()
+    assert ckpt["stats"] == data.stats and ckpt["config"]["channels"] == (16, 32, 32, 32)
+    final = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert set(final) == {"config", "ema", "stats", "diffusion", "step"}
+    _assert_identical(final["ema"], ckpt["ema"])
+    lines = (tmp_path / "metrics" / "train_loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss" and [int(r.split(",")[0]) for r in lines[1:]] == list(range(1, 7))
+    assert (tmp_path / "metrics" / "val_loss.csv").read_text().splitlines()[1:][-1].startswith("6,")
+
+
+def test_resumed_run_ends_bitwise_identical_to_an_uninterrupted_one(data, tmp_path):
+    train(SETTINGS, data, tmp_path / "a" / "models", tmp_path / "a" / "metrics", device="cpu", log=_quiet)
+    assert train(SETTINGS, data, tmp_path / "b" / "models", tmp_path / "b" / "metrics", device="cpu",
+                 stop_at=3, log=_quiet) is None
+    assert not (tmp_path / "b" / "models" / "model.pt").exists()
+    # Scramble the global RNGs: the resumed run must not depend on them.
+    torch.manual_seed(123)
+    np.random.seed(123)
+    notes: list[str] = []
+    train(SETTINGS, data, tmp_path / "b" / "models", tmp_path / "b" / "metrics", device="cpu",
+          log=notes.append)
+    assert any("resuming" in n and "step 3" in n for n in notes)
+    for key in ("model", "ema", "opt"):
+        a = _weights(checkpoint_path(tmp_path / "a" / "models"), key)
+        b = _weights(checkpoint_path(tmp_path / "b" / "models"), key)
+        if key == "opt":
+            a, b = ({f"{i}.{k}": v for i, s in d["state"].items() for k, v in s.items()} for d in (a, b))
+        _assert_identical(a, b)
+    assert ((tmp_path / "a" / "metrics" / "train_loss.csv").read_text()
+            == (tmp_path / "b" / "metrics" / "train_loss.csv").read_text())
+
+
+def test_changed_params_start_fresh_with_a_notice(data, tmp_path):
+    train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", stop_at=2, log=_quiet)
+    notes: list[str] = []
+    changed = TrainSettings(**{**SETTINGS.__dict__, "lr": 3e-4, "steps": 2})
+    train(changed, data, tmp_path / "models", tmp_path / "metrics", device="cpu", log=notes.append)
+    assert any("starting fresh" in n for n in notes)
+    assert not any("resuming" in n for n in notes)
+
+
+def test_unreadable_or_misfit_checkpoint_is_a_one_line_error(data, tmp_path):
+    path = checkpoint_path(tmp_path / "models")
+    train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", stop_at=2, log=_quiet)
+    ckpt = torch.load(path, weights_only=True)
+    from pipeline.model import UNet, get_config
+    ckpt["model"] = UNet(get_config("small")).state_dict()  # same fingerprint, other network
+    torch.save(ckpt, path)
+    with pytest.raises(DmcError, match="does not fit this config") as err:
+        train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", log=_quiet)
+    assert "\n" not in str(err.value)
+    path.write_bytes(b"garbage")
+    with pytest.raises(DmcError, match="cannot read checkpoint"):
+        train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", log=_quiet)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    # Poison one segment first drawn after the step-2 checkpoint.
+    seen = set(np.concatenate([batch_indices(s, len(data.train), 8, 0) for s in range(2)]))
+    later = np.concatenate([batch_indices(s, len(data.train), 8, 0) for s in range(2, 6)])
+    victim = next(i for i in later if i not in seen)
+    first_bad = next(s for s in range(2, 6) if victim in batch_indices(s, len(data.train), 8, 0)) + 1
+    train_x = data.train.copy()
+    train_x[victim] = np.nan
+    bad = TrainData(train_x, data.val, data.stats)
+    with pytest.raises(DmcError, match=f"loss became nan at step {first_bad}"):
+        train(SETTINGS, bad, tmp_path / "models", tmp_path / "metrics", device="cpu", log=_quiet)
+    ckpt = torch.load(checkpoint_path(tmp_path / "models"), weights_only=True)
+    assert ckpt["step"] < first_bad
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_bad_inputs_are_one_line_errors(data, prepared_dir, tmp_path):
+    with pytest.raises(DmcError, match="unknown preset"):
+        train(TrainSettings(preset="huge"), data, tmp_path / "m", tmp_path / "x", device="cpu", log=_quiet)
+    params = repo_params()
+    params["seq_len"] = 20
+    with pytest.raises(DmcError, match="seq_len.*multiple of 8"):
+        validate(params)
+    narrow = TrainData(data.train[..., :20], data.val[..., :20], data.stats)
+    with pytest.raises(DmcError, match="seq_len 20 is not a multiple of 8"):
+        train(SETTINGS, narrow, tmp_path / "m", tmp_path / "x", device="cpu", log=_quiet)
+    with pytest.raises(DmcError, match="run the prepare stage"):
+        load_data(tmp_path / "nowhere")
+    with pytest.raises(DmcError, match="seq_len 32 but params say 64"):
+        load_data(prepared_dir, seq_len=64)
+    empty = tmp_path / "empty"
+    shutil.copytree(prepared_dir, empty)
+    table = pq.read_table(empty / "segments.parquet")
+    pq.write_table(table.filter(pc.not_equal(table.column("split"), "train")), empty / "segments.parquet")
+    with pytest.raises(DmcError, match="train split .* is empty"):
+        load_data(empty)
+
+
+# -- the stage as a process: kill -9 and resume, DDP with torchrun ---------------------------------------
+
+
+def _stage_repo(root: Path, prepared_dir: Path, **changes) -> Path:
+    """A working directory with params.yaml (tiny, small batches) and data/prepared."""
+    params = repo_params()
+    params.update(preset="tiny", seq_len=32, batch_size=8, steps=6)
+    params["train"].update(val_every=3, checkpoint_every=1)
+    for key, value in changes.items():
+        params[key] = value
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(prepared_dir, root / "data" / "prepared")
+    return root
+
+
+def _env() -> dict[str, str]:
+    # One thread as in this process (bitwise comparisons); no MLflow record of these throwaway runs.
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DMC_TRACKING": "0"}
+
+
+def test_kill_9_then_rerun_resumes_to_the_same_weights(data, prepared_dir, tmp_path):
+    steps = 8
+    work = _stage_repo(tmp_path / "work", prepared_dir, steps=steps)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=work, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = checkpoint_path(work / "models")
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert killed_at < steps
+    done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=work, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"at step {killed_at}" in done.stdout
+    settings = TrainSettings.from_params(yaml.safe_load((work / "params.yaml").read_text()))
+    train(settings, data, tmp_path / "straight" / "models", tmp_path / "straight" / "metrics", device="cpu",
+          log=_quiet)
+    _assert_identical(_weights(work / "models" / "model.pt", "ema"),
+                      _weights(tmp_path / "straight" / "models" / "model.pt", "ema"))
+
+
+def test_stage_reports_missing_prepared_data_in_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("train: error:") and done.stderr.count("\n") == 1
+
+
+def test_ddp_with_two_cpu_processes_on_gloo(prepared_dir, tmp_path):
+    work = _stage_repo(tmp_path / "work", prepared_dir, steps=4)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run([*torchrun, "-m", "stages.train"],
+                          cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("train: 4 steps") == 1  # rank 0 alone reports
+    metrics = yaml.safe_load((work / "metrics" / "train.json").read_text())
+    assert metrics["processes"] == 2 and np.isfinite(metrics["loss"])
+    assert torch.load(work / "models" / "model.pt", weights_only=True)["step"] == 4
+
+
+def test_dvc_keeps_checkpoints_between_runs():
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o: o for o in stage["outs"]}
+    assert outs["models/checkpoints"]["models/checkpoints"]["persist"] is True
+    assert "models/model.pt" in outs
