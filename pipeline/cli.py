@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline.errors import DmcError
 
@@ -37,10 +38,70 @@ def _run_model(args: argparse.Namespace) -> None:
     print(model.summary(args.preset))
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="compose new pieces as MIDI with the trained model")
+    p.add_argument("out", help="output folder (created if missing); files are sample_000.mid, ...")
+    p.add_argument("--n", type=int, default=8, help="pieces to generate (default 8)")
+    p.add_argument("--checkpoint", help="trained weights (default: models/model.pt of this project)")
+    p.add_argument("--sampler", default="ddim", help="ddpm (all T steps) or ddim (default)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
+    p.add_argument("--length", type=int, help="notes per piece (default: the model's seq_len); "
+                   "longer pieces are generated window by window")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives identical files")
+    p.add_argument("--tempo", type=float, default=120.0, help="beats per minute (default 120)")
+    p.add_argument("--quantize", default="", metavar="GRID", help="snap the rhythm to a grid such as 1/16")
+    p.add_argument("--prompt", type=Path, metavar="FILE.mid", help="continue the start of this MIDI file")
+    p.add_argument("--prompt-notes", type=int, default=32, metavar="K", help="prompt notes kept (default 32)")
+    p.add_argument("--audio", default="", metavar="FORMAT", help="also render wav, ogg or mp3 (fluidsynth)")
+    p.add_argument("--plot", action="store_true", help="also write a piano-roll PNG per piece")
+    p.add_argument("--device", help="cpu, cuda, mps (default: the fastest present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from pipeline import sampling
+
+    opts = sampling.GenerateOptions(
+        n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, length=args.length,
+        batch_size=args.batch_size, seed=args.seed, tempo=args.tempo, quantize=args.quantize,
+        audio=args.audio, plot=args.plot, prompt=args.prompt, prompt_notes=args.prompt_notes,
+        device=args.device, progress=False if args.quiet else None)
+    summary = sampling.generate_files(args.out, opts, args.checkpoint,
+                                      log=lambda line: print(line, file=sys.stderr))
+    midis = sum(name.endswith(".mid") for name in summary["files"])
+    print(f"generate: {midis} pieces of {summary['notes_per_piece']} notes in {args.out} "
+          f"({summary['sampler']}-{summary['steps']}, {summary['seconds']:.1f} s)")
+
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="list the datasets, or fetch one into raw_dir/NAME outside DVC")
+    p.add_argument("name", nargs="?", help="the dataset to fetch (see --list)")
+    p.add_argument("--list", action="store_true",
+                   help="show each dataset: present locally?, size, licence, source")
+    p.add_argument("--params", default="params.yaml", help="where to read raw_dir, urls and download.*")
+    p.set_defaults(run=_run_download)
+
+
+def _run_download(args: argparse.Namespace) -> None:
+    from pipeline import datasets, download
+    from pipeline.params import load_params
+
+    params = load_params(args.params)
+    if args.list or not args.name:
+        print(download.describe_datasets(params))
+        return
+    dataset = datasets.get(args.name)
+    root = dataset.fetch(Path(params["raw_dir"]) / dataset.name, params)
+    print(f"download: {dataset.name}: {len(datasets.midi_files(root)):,} MIDI files under {root}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dmc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    for add in (_add_notes, _add_model):
+    for add in (_add_notes, _add_model, _add_generate, _add_download):
         add(sub)
     args = parser.parse_args(argv)
     try:

@@ -24,7 +24,8 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
-DATASETS = ("bach", "renaissance", "folder", "maestro", "lakh", "classical", "final-fantasy", "freemidi")
+DATASETS = ("bach", "bach-satb", "renaissance", "folder", "maestro", "lakh", "classical", "final-fantasy",
+            "freemidi")
 PRESETS = ("tiny", "small", "full")
 
 

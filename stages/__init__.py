@@ -1,4 +1,7 @@
-"""One thin module per DVC stage: read params, call the library, write outputs."""
+"""One thin module per DVC stage: read params, call the library, write outputs.
+
+Stage modules hold no MLflow code: `run` records each execution through `pipeline.tracking`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,12 @@ from pipeline.errors import DmcError
 
 
 def run(stage: str, main: Callable[[], None]) -> None:
-    """Run a stage's main; a DmcError becomes one line on stderr and exit code 2."""
+    """Run a stage's main, recorded in MLflow; a DmcError becomes one line on stderr and exit code 2."""
+    from pipeline.tracking import track_stage
+
     try:
-        main()
+        with track_stage(stage):
+            main()
     except DmcError as err:
         print(f"{stage}: error: {err}", file=sys.stderr)
         sys.exit(2)

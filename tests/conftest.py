@@ -34,6 +34,12 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages run in tests log nothing to MLflow; tests/test_tracking.py switches it back on."""
+    monkeypatch.setenv("DMC_TRACKING", "0")
+
+
 def repo_params() -> dict[str, Any]:
     """A fresh, validated copy of the repository's params.yaml."""
     from pipeline.params import load_params

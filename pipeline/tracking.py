@@ -1,0 +1,592 @@
+"""MLflow wiring, in one place: where the store lives, how an execution is grouped, what a stage records.
+
+`stages.run` wraps every stage's main in `track_stage(stage)`. Nothing touches MLflow until the stage has
+finished (or failed); then, under a file lock, the stage is recorded as a child run under a parent run
+that stands for one pipeline execution, one row in `mlflow ui`.
+
+Store: `MLFLOW_TRACKING_URI` when set, else `sqlite:///$DVC_ROOT/mlflow.db` with artifacts in
+`$DVC_ROOT/mlartifacts`. DVC sets `DVC_ROOT` to the original repository even when `dvc exp run --temp`
+or `--queue` runs the stage in a copy under .dvc/tmp/exps, so every experiment lands in one store.
+
+Grouping: the parent is found by a key, a hash of params.yaml, the code the pipeline runs and the DVC
+experiment name. A stage DVC skips logs nothing, and the next executed stage still finds the parent.
+A stage that the parent already holds (or a later one) starts a new parent: that is a new execution.
+
+What a stage records is read from its block in dvc.yaml: JSON `metrics` become MLflow metrics, CSV
+`plots` with a `step` column become per-step metrics, `data/` dependencies become dataset inputs with
+their DVC hash as digest, `models/*.pt` outputs become a logged PyTorch model, and the remaining outputs
+become artifacts. The sample stage also gets a self-contained HTML gallery.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import html
+import inspect
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pipeline.errors import DmcError
+
+EXPERIMENT = "dmc"
+STAGE_ORDER = ("download", "prepare", "train", "sample", "evaluate")
+# The code whose change makes a new execution; its digest is part of the grouping key.
+CODE_GLOBS = ("dvc.yaml", "pipeline/**/*.py", "stages/*.py")
+PACKAGES = ("torch", "numpy", "symusic", "mlflow", "dvc", "pandas", "pyarrow", "music21", "muspy")
+# Dependencies that are datasets: logged as MLflow inputs named after the dataset plus this suffix.
+DATA_DEPS = {"data/manifest.json": "raw", "data/prepared": "prepared"}
+LOCK_TIMEOUT_S = 600
+GROUP_TAG = "dmc.group"
+STAGES_TAG = "dmc.stages"
+
+T = TypeVar("T")
+
+
+# -- where the store lives ------------------------------------------------------------------------------
+
+def enabled() -> bool:
+    """False when DMC_TRACKING=0/off/false, and on every torchrun rank but 0 (only rank 0 logs)."""
+    if os.environ.get("DMC_TRACKING", "1").strip().lower() in ("0", "off", "false", "no"):
+        return False
+    return os.environ.get("RANK", "0") == "0"
+
+
+def repo_root(workdir: str | Path = ".") -> Path:
+    """The original repository: DVC_ROOT under DVC (even in an experiment's temp copy), else `workdir`."""
+    return Path(os.environ.get("DVC_ROOT") or workdir).resolve()
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _default_store() -> bool:
+    return not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+# -- retries and the lock ------------------------------------------------------------------------------
+
+def retry_locked(call: Callable[[], T], tries: int = 8, delay: float = 0.2) -> T:
+    """Run `call`, retrying with exponential backoff while SQLite answers 'database is locked'.
+
+    The file lock keeps dmc's own writers apart; this covers other readers and writers of the store
+    (an open `mlflow ui`, a second tool), whose transactions can still hold SQLite's lock for a moment.
+    """
+    for attempt in range(tries):
+        try:
+            return call()
+        except Exception as err:
+            if "database is locked" not in str(err) or attempt == tries - 1:
+                raise
+            time.sleep(delay * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class _Retrying:
+    """An MlflowClient whose every call goes through `retry_locked`."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: retry_locked(lambda: attr(*args, **kwargs))
+
+
+@contextlib.contextmanager
+def store_lock(root: Path) -> Iterator[None]:
+    """Serialize dmc's writers (e.g. `dvc queue start -j 2`) on one store: a file lock beside it."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(root / "mlflow.db.lock"), timeout=LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise DmcError(f"tracking: waited {LOCK_TIMEOUT_S} s for {root / 'mlflow.db.lock'}; "
+                       "is another process stuck logging?") from None
+
+
+# -- what identifies an execution ---------------------------------------------------------------------
+
+def git_commit(workdir: Path) -> str:
+    """HEAD of the repository at `workdir` ('' outside git). In a DVC temp copy it is the baseline."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def code_digest(workdir: Path) -> str:
+    """sha256 over the pipeline's code (dvc.yaml, pipeline/, stages/): names and contents."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in CODE_GLOBS for p in workdir.glob(pattern) if p.is_file()})
+    for path in files:
+        digest.update(path.relative_to(workdir).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def grouping_key(params_text: str, code: str, exp_name: str) -> str:
+    """The parent run's key: same params, same code and same DVC experiment make one execution."""
+    payload = json.dumps({"params": params_text, "code": code, "exp": exp_name}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def dvc_md5(path: Path) -> str:
+    """The hash DVC records in dvc.lock: md5 of a file, or `<md5 of the listing>.dir` of a folder."""
+    if path.is_file():
+        return _md5_file(path)
+    entries = [{"md5": _md5_file(p), "relpath": p.relative_to(path).as_posix()}
+               for p in path.rglob("*") if p.is_file()]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+# -- what a stage declares in dvc.yaml ----------------------------------------------------------------
+
+@dataclass
+class StageFiles:
+    """A stage's block in dvc.yaml, reduced to paths."""
+
+    deps: list[str] = field(default_factory=list)
+    outs: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+
+def _paths(entries: list[Any] | None) -> list[str]:
+    # An entry is a path, or a one-key mapping {path: options}.
+    return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
+
+
+def stage_files(dvc_yaml: Path, stage: str) -> StageFiles:
+    if not dvc_yaml.is_file():
+        return StageFiles()
+    block = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).get(stage) or {}
+    return StageFiles(*(_paths(block.get(key)) for key in ("deps", "outs", "metrics", "plots")))
+
+
+_METRIC_NAME = re.compile(r"[^\w\-. /]")
+
+
+def metrics_from_json(path: Path, prefix: str = "") -> dict[str, float]:
+    """Every finite number in a (nested) JSON file, keyed by its dotted path; booleans and text skipped."""
+    from pipeline.params import flatten
+
+    data = json.loads(path.read_text())
+    flat = flatten(data, prefix) if isinstance(data, dict) else {}
+    return {_METRIC_NAME.sub("_", k): float(v) for k, v in flat.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def series_from_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per-step values of a CSV with a `step` column: {name: [(step, value), ...]}.
+
+    A file with one value column is named after the file (train_loss.csv -> train_loss), otherwise
+    each column is `<file>.<column>`. A CSV without `step` is a table, not a series: {}.
+    """
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    if "step" not in frame.columns:
+        return {}
+    columns = [c for c in frame.columns if c != "step" and pd.api.types.is_numeric_dtype(frame[c])]
+    series = {}
+    for column in columns:
+        name = path.stem if len(columns) == 1 else f"{path.stem}.{column}"
+        points = zip(frame["step"], frame[column], strict=True)
+        series[_METRIC_NAME.sub("_", name)] = [(int(s), float(v)) for s, v in points if math.isfinite(v)]
+    return series
+
+
+# -- the gallery ----------------------------------------------------------------------------------------
+
+AUDIO_TYPES = {".wav": "audio/wav", ".ogg": "audio/ogg", ".mp3": "audio/mpeg"}
+# A WAV is embedded as its first 30 s in 22 kHz mono (1.3 MB): eight long pieces at full quality would
+# pass the 50 MiB the MLflow viewer previews. The full files are the sample run's artifacts.
+PREVIEW_SECONDS = 30.0
+PREVIEW_NOTE = "<small>the first 30 s; the whole piece is samples/&lt;name&gt;.wav in the sample run</small>"
+
+
+def _data_uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def compact_wav(data: bytes, rate: int = 22050, seconds: float | None = None) -> bytes:
+    """A 16-bit WAV as mono at `rate` (or the nearest rate above that divides the original), cut to
+    its first `seconds`.
+
+    Each kept frame is the mean of the frames it replaces, a box filter that keeps most aliasing out.
+    At 22.05 kHz mono it is a quarter of fluidsynth's 44.1 kHz stereo, still fine for judging a piece.
+    """
+    import numpy as np
+
+    with wave.open(io.BytesIO(data)) as src:
+        channels, width, src_rate = src.getnchannels(), src.getsampwidth(), src.getframerate()
+        n = src.getnframes() if seconds is None else min(src.getnframes(), int(seconds * src_rate))
+        frames = src.readframes(n)
+    if width != 2:
+        return data
+    x = np.frombuffer(frames, dtype="<i2").reshape(-1, channels).astype(np.float32).mean(axis=1)
+    step = max(1, src_rate // rate)
+    x = x[: len(x) - len(x) % step].reshape(-1, step).mean(axis=1)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as dst:
+        dst.setnchannels(1)
+        dst.setsampwidth(2)
+        dst.setframerate(src_rate // step)
+        dst.writeframes(np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+def write_gallery(samples: Path, path: Path, title: str = "dmc samples") -> Path:
+    """One HTML page: each piece's piano roll, an audio player and its MIDI, all embedded.
+
+    MLflow's artifact viewer shows HTML from a blob URL in a sandboxed frame, where relative links
+    resolve nowhere; data URIs are what works there, in a download, and straight from disk alike.
+    """
+    pieces = []
+    for mid in sorted(samples.glob("*.mid")):
+        parts = [f"<h2>{html.escape(mid.stem)}</h2>"]
+        png = mid.with_suffix(".png")
+        if png.is_file():
+            parts.append(f'<img alt="piano roll of {html.escape(mid.stem)}" '
+                         f'src="{_data_uri("image/png", png.read_bytes())}">')
+        for suffix, mime in AUDIO_TYPES.items():
+            audio = mid.with_suffix(suffix)
+            if audio.is_file():
+                if suffix == ".wav":
+                    data, note = compact_wav(audio.read_bytes(), seconds=PREVIEW_SECONDS), PREVIEW_NOTE
+                else:  # already compressed: whole
+                    data, note = audio.read_bytes(), ""
+                parts.append(f'<audio controls preload="none" src="{_data_uri(mime, data)}"></audio>{note}')
+                break
+        parts.append(f'<a download="{html.escape(mid.name)}" '
+                     f'href="{_data_uri("audio/midi", mid.read_bytes())}">{html.escape(mid.name)}</a>')
+        pieces.append('<section>' + "\n".join(parts) + "</section>")
+    if not pieces:
+        raise DmcError(f"tracking: no .mid files in {samples} for the gallery")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:1em}} section{{margin-bottom:2em}}
+img{{display:block;max-width:100%}} audio{{display:block;width:100%;max-width:640px;margin:.3em 0}}</style>
+</head><body><h1>{html.escape(title)}</h1>
+{chr(10).join(pieces)}
+</body></html>
+"""
+    path.write_text(page)
+    return path
+
+
+# -- recording a stage -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def track_stage(stage: str, workdir: str | Path = ".") -> Iterator[None]:
+    """Run the body as stage `stage`; when it ends, record it in MLflow (see the module docstring).
+
+    A failed stage is recorded as FAILED and its error re-raised; a store that cannot record a
+    failure does not hide the stage's own error. A store that cannot record a success is a DmcError.
+    """
+    if not enabled():
+        yield
+        return
+    start = time.time()
+    try:
+        yield
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        try:
+            log_stage(stage, workdir, status, start)
+        except Exception as log_err:
+            print(f"{stage}: note: the failure was not recorded in MLflow ({_one_line(log_err)})",
+                  file=sys.stderr)
+        raise
+    try:
+        log_stage(stage, workdir, "FINISHED", start)
+    except DmcError:
+        raise
+    except Exception as err:
+        raise DmcError(f"tracking: could not record stage {stage}: {_one_line(err)}") from err
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@dataclass
+class Recorded:
+    """The runs `log_stage` wrote to."""
+
+    uri: str
+    experiment_id: str
+    parent_id: str
+    child_id: str
+
+
+def log_stage(stage: str, workdir: str | Path = ".", status: str = "FINISHED",
+              start: float | None = None) -> Recorded:
+    """Record one executed stage as a child run (name = stage) under its execution's parent run."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    workdir = Path(workdir).resolve()
+    root = repo_root(workdir)
+    uri = tracking_uri(root)
+    ctx = _Context.gather(stage, workdir, root)
+    start_ms = int((start or time.time()) * 1000)
+    with store_lock(root):
+        client = _Retrying(MlflowClient(uri))
+        experiment_id = _experiment(client, root)
+        parent_id = _parent(client, experiment_id, ctx, start_ms)
+        tags = {**ctx.tags, "dmc.stage": stage, "mlflow.parentRunId": parent_id}
+        child = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=stage)
+        child_id = child.info.run_id
+        try:
+            _log_params(client, child_id, ctx.params)
+            if status == "FINISHED":
+                _log_outputs(client, mlflow, uri, ctx, parent_id, child_id)
+        except BaseException:
+            status = "FAILED"  # a half-recorded stage must not look like a complete one
+            raise
+        finally:
+            client.set_terminated(child_id, status)
+            stages = [s for s in client.get_run(parent_id).data.tags.get(STAGES_TAG, "").split(",") if s]
+            client.set_tag(parent_id, STAGES_TAG, ",".join([*stages, stage]))
+            client.set_terminated(parent_id, status)
+    return Recorded(uri, experiment_id, parent_id, child_id)
+
+
+@dataclass
+class _Context:
+    """What a stage knows about its execution, gathered before the store is opened."""
+
+    stage: str
+    workdir: Path
+    root: Path
+    params: dict[str, Any]
+    key: str
+    run_name: str
+    tags: dict[str, str]
+    files: StageFiles
+
+    @classmethod
+    def gather(cls, stage: str, workdir: Path, root: Path) -> _Context:
+        from pipeline.params import flatten, load_params, parse
+
+        params_path = workdir / "params.yaml"
+        params_text = params_path.read_text() if params_path.is_file() else ""
+        try:
+            params = load_params(params_path)
+        except DmcError:  # a stage that failed on bad params is still recorded, with what parses
+            try:
+                params = parse(params_text)
+            except DmcError:
+                params = {}
+        flat = {k: json.dumps(v) if isinstance(v, list | dict) else str(v)
+                for k, v in flatten(params).items()}
+        exp_name = os.environ.get("DVC_EXP_NAME", "")
+        code = code_digest(workdir)
+        key = grouping_key(params_text, code, exp_name)
+        commit = git_commit(workdir)
+        dataset, preset = str(params.get("dataset", "")), str(params.get("preset", ""))
+        tags = {
+            "dataset": dataset,
+            "preset": preset,
+            "mlflow.source.git.commit": commit,
+            "mlflow.source.name": "dvc.yaml",
+            "mlflow.source.type": "PROJECT",
+            "dmc.code_digest": code,
+            "dvc.exp_name": exp_name,
+            "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+            **{f"dmc.version.{name}": version for name, version in package_versions().items()},
+        }
+        tags = {k: v for k, v in tags.items() if v}
+        run_name = exp_name or f"{dataset}-{preset}-{key[:6]}"
+        return cls(stage, workdir, root, flat, key, run_name, tags, stage_files(workdir / "dvc.yaml", stage))
+
+
+def _experiment(client: Any, root: Path) -> str:
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # Without a server the artifact root would default to ./mlruns of whichever copy runs first.
+    location = (root / "mlartifacts").as_uri() if _default_store() else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _parent(client: Any, experiment_id: str, ctx: _Context, start_ms: int) -> str:
+    """The execution's parent: the newest run with this key, unless it holds this stage or a later one.
+
+    download is `always_changed` and re-scans on every `dvc repro`: it joins the newest parent while
+    the files it lists are the ones that parent recorded.
+    """
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{GROUP_TAG}` = '{ctx.key}'",
+                               order_by=["attribute.start_time DESC"], max_results=1)
+    if found:
+        run = found[0]
+        done = [s for s in run.data.tags.get(STAGES_TAG, "").split(",") if s]
+        order = STAGE_ORDER.index(ctx.stage) if ctx.stage in STAGE_ORDER else len(STAGE_ORDER)
+        later = any(STAGE_ORDER.index(s) >= order for s in done if s in STAGE_ORDER)
+        if ctx.stage == "download":
+            manifest = ctx.workdir / "data/manifest.json"
+            if manifest.is_file():
+                digest = dvc_md5(manifest)
+                later = run.data.tags.get("dmc.data.raw", digest) != digest
+        if not later:
+            return run.info.run_id
+    tags = {**ctx.tags, GROUP_TAG: ctx.key}
+    parent = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=ctx.run_name)
+    parent_id = parent.info.run_id
+    _log_params(client, parent_id, ctx.params)
+    return parent_id
+
+
+def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def _log_metrics(client: Any, run_ids: list[str], values: dict[str, float],
+                 series: dict[str, list[tuple[int, float]]]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in values.items()]
+    metrics += [Metric(k, v, now, step) for k, points in series.items() for step, v in points]
+    for run_id in run_ids:
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def _log_outputs(client: Any, mlflow: Any, uri: str, ctx: _Context, parent_id: str, child_id: str) -> None:
+    wd, files = ctx.workdir, ctx.files
+    values: dict[str, float] = {}
+    series: dict[str, list[tuple[int, float]]] = {}
+    for rel in files.metrics:
+        if (wd / rel).is_file() and rel.endswith(".json"):
+            values.update(metrics_from_json(wd / rel, prefix=f"{Path(rel).stem}."))
+    for rel in files.plots:
+        if (wd / rel).is_file() and rel.endswith(".csv"):
+            series.update(series_from_csv(wd / rel))
+    _log_metrics(client, [child_id, parent_id], values, series)
+    _log_datasets(client, ctx, parent_id, child_id)
+    for rel in [*files.outs, *files.metrics, *files.plots]:
+        path = wd / rel
+        if rel.startswith("data/") or not path.exists():
+            continue
+        if rel.startswith("models/"):
+            if path.suffix == ".pt":
+                _log_model(mlflow, uri, ctx, child_id, path)
+        elif path.is_dir():
+            client.log_artifacts(child_id, str(path), rel)
+        else:
+            client.log_artifact(child_id, str(path), str(Path(rel).parent) if "/" in rel else None)
+    if ctx.stage == "sample" and (wd / "samples").is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            title = f"dmc samples: {ctx.run_name} ({ctx.tags.get('dataset', '')})"
+            gallery = write_gallery(wd / "samples", Path(tmp) / "gallery.html", title=title)
+            client.log_artifact(parent_id, str(gallery))  # on the row users open; once, it is large
+
+
+def _log_datasets(client: Any, ctx: _Context, parent_id: str, child_id: str) -> None:
+    """Each `data/` dependency as an MLflow input; the parent gets the prepared data once."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    dataset = ctx.tags.get("dataset", "data")
+    for rel, kind in DATA_DEPS.items():
+        path = ctx.workdir / rel
+        if rel not in ctx.files.deps or not path.exists():
+            continue
+        with warnings.catch_warnings():  # several registered sources claim local paths, all alike
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source((ctx.root / rel).as_uri())
+        entity = MetaDataset(source, name=f"{dataset}-{kind}", digest=dvc_md5(path))._to_mlflow_entity()
+        context = InputTag("mlflow.data.context", ctx.stage)
+        client.log_inputs(child_id, datasets=[DatasetInput(entity, [context])])
+        client.set_tag(parent_id, f"dmc.data.{kind}", entity.digest)
+        if kind == "prepared" and not client.get_run(parent_id).inputs.dataset_inputs:
+            context = InputTag("mlflow.data.context", "training")
+            client.log_inputs(parent_id, datasets=[DatasetInput(entity, [context])])
+    manifest = ctx.workdir / "data/manifest.json"
+    if ctx.stage == "download" and manifest.is_file():
+        client.set_tag(parent_id, "dmc.data.raw", dvc_md5(manifest))
+
+
+def _log_model(mlflow: Any, uri: str, ctx: _Context, run_id: str, path: Path) -> None:
+    """The trained U-Net (EMA weights) as an MLflow PyTorch model, with the code that defines it."""
+    import mlflow.pytorch
+
+    from pipeline.model import load_trained
+
+    model, _, _ = load_trained(path, "cpu")
+    versions = package_versions()
+    requirements = [f"{name}=={versions[name]}" for name in ("torch", "numpy") if name in versions]
+    # Pickled, with the package that defines the U-Net (code_paths) so it loads anywhere. The graph
+    # format (pt2) would need a TensorSpec signature for the (x, t) pair and a torch.export trace.
+    options = {"serialization_format": "pickle"} \
+        if "serialization_format" in inspect.signature(mlflow.pytorch.log_model).parameters else {}
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id), _quiet("mlflow.pytorch"):
+        retry_locked(lambda: mlflow.pytorch.log_model(
+            model, name="model", pip_requirements=requirements, code_paths=[str(ctx.workdir / "pipeline")],
+            **options))
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Hide a logger's warnings: pickle's caution is for models from strangers, not one's own."""
+    import logging
+
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -1,0 +1,403 @@
+"""MLflow tracking: the store's location, grouping of one execution's stages, what each stage records.
+
+Every test records into its own SQLite store, copied from one migrated at session start (creating the
+MLflow schema takes seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import wave
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import tracking
+from pipeline.errors import DmcError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A dvc.yaml shaped like the project's, reduced to what tracking reads.
+DVC_YAML = """
+stages:
+  download:
+    cmd: python -m stages.download
+    outs: [data/manifest.json]
+  prepare:
+    cmd: python -m stages.prepare
+    deps: [data/manifest.json]
+    outs: [data/prepared]
+    metrics: [{metrics/prepare.json: {cache: false}}]
+  train:
+    cmd: python -m stages.train
+    deps: [data/prepared]
+    outs: [models/model.pt]
+    metrics: [{metrics/train.json: {cache: false}}]
+    plots: [{metrics/train_loss.csv: {cache: false}}, {metrics/val_loss.csv: {cache: false}}]
+  sample:
+    cmd: python -m stages.sample
+    deps: [models/model.pt]
+    outs: [samples]
+"""
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture()
+def repo(tmp_path: Path, template_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working copy (params.yaml, dvc.yaml, data files) with an empty store at its root; cwd = it."""
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "dvc.yaml").write_text(DVC_YAML)
+    for folder in ("pipeline", "stages"):
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    (tmp_path / "data/manifest.json").write_text('{"dataset": "bach", "files": []}\n')
+    (tmp_path / "data/prepared/segments.parquet").write_bytes(b"segments")
+    (tmp_path / "data/prepared/stats.json").write_text("{}")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/prepare.json").write_text(json.dumps({"files": 12, "segments": {"train": 40}}))
+    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI", "RANK",
+                 "DMC_TRACKING", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def client_for(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def runs(root: Path) -> list:
+    client = client_for(root)
+    experiment = client.get_experiment_by_name("dmc")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def parents(root: Path) -> list:
+    return [r for r in runs(root) if "mlflow.parentRunId" not in r.data.tags]
+
+
+def children(root: Path, parent_id: str) -> list:
+    return sorted((r for r in runs(root) if r.data.tags.get("mlflow.parentRunId") == parent_id),
+                  key=lambda r: r.info.start_time)
+
+
+def test_store_is_sqlite_at_dvc_root_even_from_an_experiment_temp_copy(tmp_path, monkeypatch):
+    copy = tmp_path / ".dvc/tmp/exps/standalone/tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking.repo_root(copy) == tmp_path.resolve()
+    assert tracking.tracking_uri(tracking.repo_root(copy)) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+    monkeypatch.delenv("DVC_ROOT")
+    assert tracking.repo_root(copy) == copy.resolve()
+
+
+def test_importing_the_stage_wrapper_and_tracking_touches_no_store(tmp_path):
+    code = "import sys, stages, pipeline.tracking; print('mlflow' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tracking_is_off_on_request_and_on_every_torchrun_rank_but_zero(monkeypatch):
+    monkeypatch.delenv("DMC_TRACKING", raising=False)
+    monkeypatch.setenv("RANK", "0")
+    assert tracking.enabled()
+    monkeypatch.setenv("RANK", "1")
+    assert not tracking.enabled()
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("DMC_TRACKING", "off")
+    assert not tracking.enabled()
+
+
+def test_stage_is_a_child_run_under_a_parent_with_params_tags_metrics_and_raw_data_digest(repo, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-oboe")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    with tracking.track_stage("prepare"):
+        pass
+    (parent,) = parents(repo)
+    (child,) = children(repo, parent.info.run_id)
+    assert parent.info.run_name == "brisk-oboe" and child.info.run_name == "prepare"
+    assert parent.info.status == child.info.status == "FINISHED"
+    for run in (parent, child):
+        assert run.data.params["lr"] == "0.0001" and run.data.params["dataset"] == "bach"
+        assert run.data.params["prepare.split.train"] == "0.8"
+        assert run.data.tags["dataset"] == "bach" and run.data.tags["preset"] == "tiny"
+        assert run.data.tags["dvc.exp_name"] == "brisk-oboe" and run.data.tags["dvc.baseline_rev"] == "a" * 40
+        assert run.data.tags["dmc.version.torch"] and run.data.tags["dmc.version.dvc"]
+        assert run.data.metrics["prepare.files"] == 12 and run.data.metrics["prepare.segments.train"] == 40
+    assert child.data.tags["dmc.stage"] == "prepare"
+    (data,) = child.inputs.dataset_inputs
+    assert data.dataset.name == "bach-raw"
+    assert data.dataset.digest == tracking.dvc_md5(repo / "data/manifest.json")
+    artifacts = [a.path for a in client_for(repo).list_artifacts(child.info.run_id, "metrics")]
+    assert artifacts == ["metrics/prepare.json"]
+    assert (repo / "mlartifacts").is_dir()
+
+
+def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(repo):
+    import mlflow.pytorch
+    import torch
+
+    from pipeline.model import UNet, get_config
+
+    config = get_config("tiny")
+    model = UNet(config)
+    (repo / "models").mkdir()
+    diffusion = {"timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02}
+    torch.save({"config": asdict(config), "ema": model.state_dict(), "stats": {}, "step": 3,
+                "diffusion": diffusion}, repo / "models/model.pt")
+    (repo / "metrics/train.json").write_text(json.dumps({"final_loss": 0.25, "device": "cpu"}))
+    (repo / "metrics/train_loss.csv").write_text("step,loss\n1,0.9\n2,0.5\n3,0.25\n")
+    (repo / "metrics/val_loss.csv").write_text("step,loss\n3,0.3\n")
+    with tracking.track_stage("train"):
+        pass
+    (parent,) = parents(repo)
+    (child,) = children(repo, parent.info.run_id)
+    client = client_for(repo)
+    for run in (parent, child):
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        points = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
+        assert points == [(1, 0.9), (2, 0.5), (3, 0.25)]
+        assert run.data.metrics["val_loss"] == 0.3 and run.data.metrics["train.final_loss"] == 0.25
+    prepared = tracking.dvc_md5(repo / "data/prepared")
+    assert [d.dataset.digest for d in child.inputs.dataset_inputs] == [prepared]
+    assert [d.dataset.digest for d in parent.inputs.dataset_inputs] == [prepared]
+    assert parent.data.tags["dmc.data.prepared"] == prepared
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    loaded = mlflow.pytorch.load_model(f"runs:/{child.info.run_id}/model")
+    x, t = torch.randn(1, 3, 1, 32), torch.tensor([5])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), model.eval()(x, t))
+
+
+def write_samples(folder: Path, n: int = 2) -> None:
+    from pipeline.midi import TrackNotes, write_midi
+    from pipeline.plots import write_piano_roll
+
+    folder.mkdir()
+    for i in range(n):
+        track = TrackNotes(pitch=np.array([60, 64, 67]), onset=np.array([0.0, 1.0, 2.0]),
+                           duration=np.array([1.0, 1.0, 2.0]))
+        write_midi(folder / f"sample_{i:03d}.mid", [track])
+        write_piano_roll(folder / f"sample_{i:03d}.png", [track], title=f"sample_{i:03d}")
+        with wave.open(str(folder / f"sample_{i:03d}.wav"), "wb") as w:
+            w.setnchannels(2)
+            w.setsampwidth(2)
+            w.setframerate(44100)
+            w.writeframes(np.zeros((44100, 2), dtype="<i2").tobytes())
+
+
+def test_sample_stage_logs_the_samples_and_a_self_contained_gallery_on_the_parent(repo):
+    write_samples(repo / "samples")
+    with tracking.track_stage("sample"):
+        pass
+    (parent,) = parents(repo)
+    (child,) = children(repo, parent.info.run_id)
+    client = client_for(repo)
+    logged = {a.path for a in client.list_artifacts(child.info.run_id, "samples")}
+    assert {"samples/sample_000.mid", "samples/sample_000.wav", "samples/sample_001.png"} <= logged
+    page = Path(client.download_artifacts(parent.info.run_id, "gallery.html", str(repo / "download")))
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 2 and text.count("data:audio/wav;base64,") == 2
+    assert text.count("data:audio/midi;base64,") == 2 and 'src="samples/' not in text
+
+
+def test_compact_wav_is_mono_at_half_rate_and_keeps_the_signal():
+    import io
+
+    t = np.arange(44100) / 44100
+    tone = (10000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes(np.stack([tone, tone], axis=1).tobytes())
+    small = tracking.compact_wav(buffer.getvalue())
+    with wave.open(io.BytesIO(small)) as w:
+        assert (w.getnchannels(), w.getframerate(), w.getnframes()) == (1, 22050, 22050)
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    expected = tone.astype(np.float64).reshape(-1, 2).mean(axis=1)
+    assert np.abs(x - expected).max() <= 1 and np.corrcoef(x, tone[::2])[0, 1] > 0.99
+    assert len(small) < len(buffer.getvalue()) / 3.9
+    with wave.open(io.BytesIO(tracking.compact_wav(buffer.getvalue(), seconds=0.5))) as w:
+        assert w.getnframes() == 11025
+
+
+def test_stages_dvc_skipped_keep_the_grouping_and_a_rerun_starts_a_new_parent(repo):
+    write_samples(repo / "samples", n=1)
+    with tracking.track_stage("prepare"):
+        pass
+    with tracking.track_stage("sample"):  # train skipped: its outputs were cached
+        pass
+    (first,) = parents(repo)
+    assert [r.info.run_name for r in children(repo, first.info.run_id)] == ["prepare", "sample"]
+    assert first.data.tags["dmc.stages"] == "prepare,sample"
+    with tracking.track_stage("prepare"):  # the same params and code again: another execution
+        pass
+    assert len(parents(repo)) == 2
+
+
+def test_download_rescan_of_unchanged_files_joins_the_last_parent(repo):
+    with tracking.track_stage("download"):
+        pass
+    with tracking.track_stage("prepare"):
+        pass
+    with tracking.track_stage("download"):  # `always_changed`: every dvc repro runs it
+        pass
+    (parent,) = parents(repo)
+    names = [r.info.run_name for r in children(repo, parent.info.run_id)]
+    assert names == ["download", "prepare", "download"]
+    (repo / "data/manifest.json").write_text('{"dataset": "bach", "files": ["new.mid"]}\n')
+    with tracking.track_stage("download"):
+        pass
+    assert len(parents(repo)) == 2
+
+
+def test_experiments_and_changed_params_or_code_get_their_own_parent(repo, monkeypatch):
+    for name in ("exp-a", "exp-b"):
+        monkeypatch.setenv("DVC_EXP_NAME", name)
+        with tracking.track_stage("prepare"):
+            pass
+    monkeypatch.delenv("DVC_EXP_NAME")
+    with tracking.track_stage("prepare"):
+        pass
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("lr: 1.0e-4", "lr: 1.0e-6"))
+    with tracking.track_stage("download"):
+        pass
+    (repo / "stages/train.py").write_text("# changed\n")
+    with tracking.track_stage("download"):
+        pass
+    found = parents(repo)
+    assert len(found) == 5
+    assert sorted(r.data.params["lr"] for r in found) == ["0.0001"] * 3 + ["1e-06"] * 2
+
+
+def test_failed_stage_is_recorded_as_failed_and_its_error_still_raised(repo):
+    with pytest.raises(DmcError, match="boom"), tracking.track_stage("prepare"):
+        raise DmcError("boom")
+    (parent,) = parents(repo)
+    (child,) = children(repo, parent.info.run_id)
+    assert child.info.status == parent.info.status == "FAILED"
+    assert "prepare.files" not in child.data.metrics
+
+
+def test_stage_wrapper_prints_one_line_and_exits_2_on_a_bad_param_and_records_the_failure(repo):
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("lr: 1.0e-4", "lr: -1"))
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    code = "from stages import run; from pipeline.params import load_params; run('prepare', load_params)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "prepare: error: params: 'lr' must be > 0, got -1"
+    (child,) = [r for r in runs(repo) if r.info.run_name == "prepare"]
+    assert child.info.status == "FAILED" and child.data.params["lr"] == "-1"
+
+
+def test_store_that_cannot_record_a_finished_stage_is_one_line_error(repo, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://store")
+    with pytest.raises(DmcError, match=r"^tracking: could not record stage prepare: "), \
+            tracking.track_stage("prepare"):
+        pass
+
+
+def test_outputs_that_cannot_be_recorded_fail_the_stage_and_mark_its_run_failed(repo):
+    (repo / "models").mkdir()
+    (repo / "models/model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DmcError, match="not a compatible trained model"), tracking.track_stage("train"):
+        pass
+    (parent,) = parents(repo)
+    (child,) = children(repo, parent.info.run_id)
+    assert child.info.status == parent.info.status == "FAILED"
+
+
+WORKER = """
+import sys
+from pipeline import tracking
+import os
+for stage in ("download", "prepare", "train"):
+    os.environ["DVC_EXP_NAME"] = sys.argv[1]
+    tracking.log_stage(stage)
+"""
+
+
+def test_two_processes_logging_at_once_lose_no_run(repo):
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env.pop("DVC_EXP_NAME", None)
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, name], env=env, stderr=subprocess.PIPE,
+                              text=True) for name in ("queued-1", "queued-2")]
+    for proc in procs:
+        assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    found = parents(repo)
+    assert sorted(r.info.run_name for r in found) == ["queued-1", "queued-2"]
+    for parent in found:
+        names = [r.info.run_name for r in children(repo, parent.info.run_id)]
+        assert names == ["download", "prepare", "train"]
+
+
+def test_retry_locked_backs_off_on_a_locked_database_and_nothing_else():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking.retry_locked(flaky, delay=0.001) == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no such table: runs")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking.retry_locked(broken, delay=0.001)
+    assert len(calls) == 1
+
+
+def test_dvc_md5_is_the_hash_dvc_records(tmp_path):
+    (tmp_path / "d/sub").mkdir(parents=True)
+    (tmp_path / "d/a.txt").write_text("one\n")
+    (tmp_path / "d/sub/b.bin").write_bytes(bytes(range(256)))
+    (tmp_path / "f.json").write_text('{"x": 1}\n')
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "d", "f.json"], cwd=tmp_path, check=True)
+    import yaml
+
+    for name in ("d", "f.json"):
+        recorded = yaml.safe_load((tmp_path / f"{name}.dvc").read_text())["outs"][0]["md5"]
+        assert tracking.dvc_md5(tmp_path / name) == recorded
+
+
+def test_metrics_are_numbers_by_dotted_path_and_csv_series_need_a_step_column(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps({"a": 1, "b": {"c": 2.5, "d": "text", "e": True},
+                                                 "f": float("nan")}))
+    assert tracking.metrics_from_json(tmp_path / "m.json", "m.") == {"m.a": 1.0, "m.b.c": 2.5}
+    (tmp_path / "loss.csv").write_text("step,loss,lr\n0,1.0,0.1\n5,0.5,0.1\n")
+    assert tracking.series_from_csv(tmp_path / "loss.csv") == {"loss.loss": [(0, 1.0), (5, 0.5)],
+                                                               "loss.lr": [(0, 0.1), (5, 0.1)]}
+    (tmp_path / "table.csv").write_text("name,value\nx,1\n")
+    assert tracking.series_from_csv(tmp_path / "table.csv") == {}
