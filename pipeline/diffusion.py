@@ -25,9 +25,14 @@ class GaussianDiffusion(nn.Module):
     The schedule is a set of buffers, so `.to(device)` moves it with the model.
     """
 
-    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 clip_sample: tuple[float, float] | None = None):
         super().__init__()
         self.timesteps = timesteps
+        # When set, every sampling step clips its estimate of x_0 to this range (diffusers' `clip_sample`).
+        # At large t, x_0 = (x_t - √(1-ᾱ)ε)/√ᾱ multiplies the network's error by up to 1/√ᾱ ≈ 150, and
+        # an undertrained network's samples then blow up far outside the data's range.
+        self.clip_sample = clip_sample
         # float64 for the cumulative product; 1000 factors lose precision in float32.
         betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
@@ -38,7 +43,10 @@ class GaussianDiffusion(nn.Module):
             "alphas_cumprod_prev": alphas_cumprod_prev,
             "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-            # Posterior q(x_{t-1} | x_t, x_0) variance, the "β̃" choice of the DDPM paper.
+            # Posterior q(x_{t-1} | x_t, x_0): mean = c0·x_0 + ct·x_t, and the "β̃" variance.
+            "posterior_mean_coef_x0": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+            "posterior_mean_coef_xt": (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt()
+            / (1.0 - alphas_cumprod),
             "posterior_variance": betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
         }
         for name, value in buffers.items():
@@ -77,27 +85,28 @@ class GaussianDiffusion(nn.Module):
         stride = (self.timesteps - 1) / max(steps - 1, 1)
         return sorted({round(i * stride) for i in range(steps)}, reverse=True)
 
-    def predict_x0(self, x: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        return ((x - _gather(self.sqrt_one_minus_alphas_cumprod, t, x.ndim) * eps)
-                / _gather(self.sqrt_alphas_cumprod, t, x.ndim))
+    def predict_x0(self, x: Tensor, eps: Tensor, t: int) -> Tensor:
+        """x_0 implied by x_t and the predicted noise, clipped to `clip_sample` when set."""
+        x0 = (x - self.sqrt_one_minus_alphas_cumprod[t] * eps) / self.sqrt_alphas_cumprod[t]
+        return x0 if self.clip_sample is None else x0.clamp(*self.clip_sample)
 
     def ddpm_step(self, eps: Tensor, t: int, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2)."""
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        beta = _gather(self.betas, tt, x.ndim)
-        sigma_t = _gather(self.sqrt_one_minus_alphas_cumprod, tt, x.ndim)
-        mean = (x - beta / sigma_t * eps) / (1.0 - beta).sqrt()
+        """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2, via the posterior mean)."""
+        x0 = self.predict_x0(x, eps, t)
+        mean = self.posterior_mean_coef_x0[t] * x0 + self.posterior_mean_coef_xt[t] * x
         if t == 0:
             return mean
         noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-        return mean + _gather(self.posterior_variance, tt, x.ndim).sqrt() * noise
+        return mean + self.posterior_variance[t].sqrt() * noise
 
     def ddim_step(self, eps: Tensor, t: int, t_prev: int, x: Tensor, eta: float = 0.0,
                   generator: torch.Generator | None = None) -> Tensor:
         """One step x_t -> x_{t_prev}; eta=0 is deterministic DDIM, eta=1 matches DDPM's variance."""
         a_t = self.alphas_cumprod[t]
         a_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones_like(a_t)
-        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x0 = self.predict_x0(x, eps, t)
+        if self.clip_sample is not None:  # the noise that the clipped x_0 implies
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
         x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
         if eta > 0 and t_prev >= 0:
