@@ -6,7 +6,9 @@
   only: a model should beat it on anything that spans more than two notes.
 
 Both work on the model's own representation, `[N, 3 features, H rows, W notes]` segments, so what
-they produce decodes with `pipeline.segments.segment_to_notes` exactly like real segments.
+they produce decodes with `pipeline.segments.segment_to_notes` exactly like real segments. In
+multi-instrument mode a mask (`[N, H, W]`, 1 = a real note, padding a suffix of each row) goes with the
+segments: only real notes are shuffled or counted, and Markov rows take the lengths of the real draw.
 """
 
 from __future__ import annotations
@@ -20,14 +22,24 @@ from pipeline.midi import frequency, pitch_of
 from pipeline.segments import Normalizer
 
 
-def shuffle_segments(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def shuffle_segments(x: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray:
     """Each segment's frequency, duration and delta rows permuted independently along the notes.
 
     `x` is `[N, 3, H, W]` (normalized or not). Every (segment, feature, row) keeps its multiset of
     values, so histograms, ranges and the piece's length are unchanged; pitch-duration pairing, note
-    order, chords and rhythm patterns are lost.
+    order, chords and rhythm patterns are lost. With `mask` only the real notes are permuted, among
+    themselves, so padding stays where it was.
     """
-    return rng.permuted(np.asarray(x), axis=-1)
+    x = np.asarray(x)
+    if mask is None:
+        return rng.permuted(x, axis=-1)
+    real = np.asarray(mask).astype(bool)
+    out = np.empty_like(x)
+    for f in range(x.shape[1]):
+        # Random keys for real notes, +inf for padding: sorting moves real notes only (padding is a suffix).
+        order = np.argsort(np.where(real, rng.random(real.shape), np.inf), axis=-1, kind="stable")
+        out[:, f] = np.take_along_axis(x[:, f], order, axis=-1)
+    return out
 
 
 @dataclass(frozen=True)
@@ -47,19 +59,24 @@ class MarkovChain:
 
     @classmethod
     def fit(cls, pitch: np.ndarray, duration: np.ndarray, delta: np.ndarray,
-            quantum: float = QUANTUM) -> MarkovChain:
-        """Count transitions in sequences given as `[S, W]` arrays (one row per segment), in beats."""
+            quantum: float = QUANTUM, mask: np.ndarray | None = None) -> MarkovChain:
+        """Count transitions in sequences given as `[S, W]` arrays (one row per segment), in beats.
+        With `mask` (`[S, W]`, 1 = a real note) padded entries are neither tokens nor transitions."""
         pitch = np.asarray(pitch)
         if pitch.ndim != 2 or pitch.shape[1] < 2 or pitch.shape[0] < 1:
             raise ValueError(f"need [segments, notes] arrays with at least 2 notes, got shape {pitch.shape}")
+        real = np.ones(pitch.shape, dtype=bool) if mask is None else np.asarray(mask).astype(bool)
+        if not real[:, 0].any():
+            raise ValueError("no sequence starts with a real note")
         steps = np.stack([pitch.astype(float),
                           np.maximum(np.rint(np.asarray(duration) / quantum), 1),
                           np.maximum(np.rint(np.asarray(delta) / quantum), 0)], axis=-1)  # [S, W, 3]
-        tokens, ids = np.unique(steps.reshape(-1, 3), axis=0, return_inverse=True)
-        ids = ids.reshape(pitch.shape)
+        tokens, inverse = np.unique(steps[real], axis=0, return_inverse=True)
+        ids = np.zeros(pitch.shape, dtype=np.int64)
+        ids[real] = inverse.ravel()
         k = len(tokens)
-        start = np.bincount(ids[:, 0], minlength=k).astype(float)
-        pairs = (ids[:, :-1].astype(np.int64) * k + ids[:, 1:]).ravel()
+        start = np.bincount(ids[:, 0][real[:, 0]], minlength=k).astype(float)
+        pairs = (ids[:, :-1] * k + ids[:, 1:])[real[:, :-1] & real[:, 1:]]
         pair, count = np.unique(pairs, return_counts=True)  # sorted by source, then target
         source, target = pair // k, pair % k
         totals = np.bincount(source, weights=count, minlength=k)
@@ -99,13 +116,18 @@ def choose(n_total: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def markov_segments(train: np.ndarray, normalizer: Normalizer, n: int,
-                    rng: np.random.Generator) -> np.ndarray:
-    """`n` normalized `[n, 3, H, W]` segments from one Markov chain per instrument row, fitted on `train`."""
+                    rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray:
+    """`n` normalized `[n, 3, H, W]` segments from one Markov chain per instrument row, fitted on `train`
+    (on its real notes only, with `mask`; a row that never has one comes out as zeros)."""
     raw = normalizer.denormalize(train, axis=1)
     rows = []
     for h in range(train.shape[2]):
         duration, delta = np.maximum(raw[:, 1, h], 0), np.maximum(raw[:, 2, h], 0)
-        chain = MarkovChain.fit(pitch_of(raw[:, 0, h]), duration, delta)
+        row_mask = None if mask is None else mask[:, h]
+        if row_mask is not None and not row_mask[:, 0].any():
+            rows.append(normalizer.denormalize(np.zeros((n, 3, train.shape[3])), axis=1))
+            continue
+        chain = MarkovChain.fit(pitch_of(raw[:, 0, h]), duration, delta, mask=row_mask)
         pitch, duration, delta = chain.sample(n, train.shape[3], rng)
         rows.append(np.stack([frequency(pitch), duration, delta], axis=1))  # [n, 3, W]
     return normalizer.normalize(np.stack(rows, axis=2), axis=1).astype(np.float32)
@@ -122,3 +144,16 @@ def baseline_sets(train: np.ndarray, normalizer: Normalizer, n: int,
     real = train[choose(len(train), n, pick)]
     return {"real": real, "shuffle": shuffle_segments(real, mix),
             "markov": markov_segments(train, normalizer, n, chain)}
+
+
+def masked_baseline_sets(train: np.ndarray, mask: np.ndarray, normalizer: Normalizer, n: int,
+                         rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`baseline_sets` for multi-instrument segments: each set as (segments, mask). `real` and `shuffle`
+    keep the drawn segments' masks; `markov` draws as many segments, each row as long as the real draw's
+    (its padding zeroed), so the three sets have the same number of notes per row."""
+    pick, mix, chain = rng.spawn(3)
+    chosen = choose(len(train), n, pick)
+    real, real_mask = train[chosen], mask[chosen]
+    markov = markov_segments(train, normalizer, len(real), chain, mask) * real_mask[:, None]
+    return {"real": (real, real_mask), "shuffle": (shuffle_segments(real, mix, real_mask), real_mask),
+            "markov": (markov.astype(np.float32), real_mask)}

@@ -59,13 +59,66 @@ class Piece:
         return len(self.pitch)
 
 
-def pieces_from_segments(x: np.ndarray, normalizer: Normalizer) -> list[Piece]:
-    """Normalized `[N, 3, H, W]` segments -> pieces, all H instrument rows merged, starting at beat 0."""
+def pieces_from_segments(x: np.ndarray, normalizer: Normalizer,
+                         mask: np.ndarray | None = None) -> list[Piece]:
+    """Normalized `[N, 3, H, W]` segments -> pieces, all H instrument rows merged, starting at beat 0.
+    With `mask` (`[N, H, W]`, 1 = a real note; multi-instrument data) padded entries are left out."""
     pieces = []
-    for segment in np.asarray(x):
+    for i, segment in enumerate(np.asarray(x)):
         pitch, onset, duration = segment_to_notes(segment, normalizer)
-        pieces.append(Piece.from_notes(pitch.ravel(), onset.ravel() - onset.min(), duration.ravel()))
+        if mask is not None:
+            real = np.asarray(mask[i]).astype(bool)
+            pitch, onset, duration = pitch[real], onset[real], duration[real]
+        origin = onset.min() if onset.size else 0.0
+        pieces.append(Piece.from_notes(pitch.ravel(), onset.ravel() - origin, duration.ravel()))
     return pieces
+
+
+def segment_rows(x: np.ndarray, normalizer: Normalizer, mask: np.ndarray) -> list[list[Piece]]:
+    """Normalized multi-instrument segments `[N, 3, H, W]` and their mask -> one piece per row of each
+    segment, padding left out, the rows in their places in time (the segment's first note at beat 0)."""
+    out = []
+    for segment, real in zip(np.asarray(x), np.asarray(mask).astype(bool), strict=True):
+        pitch, onset, duration = segment_to_notes(segment, normalizer)
+        origin = onset[real].min() if real.any() else 0.0
+        out.append([Piece.from_notes(pitch[h][real[h]], onset[h][real[h]] - origin, duration[h][real[h]])
+                    for h in range(len(real))])
+    return out
+
+
+def read_rows(folder: str | Path, groups: Sequence[str]) -> tuple[list[list[Piece]], list[str]]:
+    """Multi-instrument samples: every *.mid in `folder` (sorted) as one piece per instrument group
+    (`pipeline.instruments.extract_rows`; an absent group gives an empty piece), and the names of files
+    with no usable track. The rows of a file keep their places in time: its first note is at beat 0."""
+    from pipeline.instruments import extract_rows, groups_of
+
+    chosen = groups_of(groups)
+    rows, rejected = [], []
+    empty = Piece.from_notes(np.zeros(0), np.zeros(0), np.zeros(0))
+    for path in sorted(Path(folder).glob("*.mid")):
+        try:
+            notes = extract_rows(path, chosen)
+        except RejectedFile:
+            rejected.append(path.name)
+            rows.append([empty] * len(chosen))
+            continue
+        origin = min((n.onset.min() for n in notes if n is not None), default=0.0)
+        rows.append([empty if n is None else Piece.from_notes(n.pitch, n.onset - origin, n.duration)
+                     for n in notes])
+    return rows, rejected
+
+
+def from_zero(piece: Piece) -> Piece:
+    """The piece moved in time so that its first note starts at beat 0."""
+    return Piece(piece.pitch, piece.onset - piece.onset.min(), piece.duration) if len(piece) else piece
+
+
+def mix(rows: Sequence[Piece]) -> Piece:
+    """The rows of one piece (in their places in time) merged into one piece starting at beat 0."""
+    cat = [np.zeros(0)]
+    return from_zero(Piece.from_notes(np.concatenate([r.pitch for r in rows] or cat),
+                                      np.concatenate([r.onset for r in rows] or cat),
+                                      np.concatenate([r.duration for r in rows] or cat)))
 
 
 def read_pieces(folder: str | Path) -> tuple[list[Piece], list[str]]:

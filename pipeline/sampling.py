@@ -5,6 +5,14 @@ H instrument rows, the layout `pipeline.segments` writes. Decoding inverts that 
 
     clip to [0, 1] -> denormalize -> pitch = round(69 + 12 log2(f / 440)) -> onset = running sum of delta
     -> ticks at TICKS_PER_QUARTER (optionally snapped to a grid) -> `pipeline.midi.write_midi`.
+
+Several rows (multi-instrument mode, `pipeline.instruments`): every row's first delta counts from the
+window's shared start, so all rows are shifted by the same amount (the smallest first delta) and stay
+aligned. Training masks padding out of the loss, so the model writes a note at every position of every
+row; in the data a window ends where its busiest row runs out of room, so decoding ends every row at the
+earliest last onset of any row, and notes after it (positions that were padding in training) are not
+written. Multi-row models generate one window per piece (`length` <= seq_len): continuing a window would
+need its rows re-aligned in time, which is not implemented.
 """
 
 from __future__ import annotations
@@ -73,17 +81,21 @@ class DecodedTrack:
 
 
 def decode_row(frequency: np.ndarray, duration: np.ndarray, delta: np.ndarray,
-               grid: int | None = None) -> DecodedTrack:
+               grid: int | None = None, start: float | None = None) -> DecodedTrack:
     """Denormalized features of one row -> notes in ticks.
 
-    The first note starts at tick 0 (its delta is the gap to a note before the window). Onsets round
-    the running sum, not each delta, so rounding errors do not accumulate over a long piece. Notes that
-    land on the same pitch and tick keep only the first in sequence order (a prompt's note wins over a
-    generated one), as the note contract has no duplicates.
+    The first note starts at tick 0 (its delta is the gap to a note before the window); with `start`
+    (beats), notes start at the running sum of delta minus `start` instead, which keeps several rows
+    aligned. Onsets round the running sum, not each delta, so rounding errors do not accumulate over a
+    long piece. Notes that land on the same pitch and tick keep only the first in sequence order (a
+    prompt's note wins over a generated one), as the note contract has no duplicates.
     """
     pitch = frequency_to_pitch(frequency)
     delta = np.maximum(np.asarray(delta, dtype=np.float64), 0.0)
-    beats = np.cumsum(delta) - delta[:1] if len(delta) else delta
+    if start is not None:
+        beats = np.cumsum(delta) - start
+    else:
+        beats = np.cumsum(delta) - delta[:1] if len(delta) else delta
     onset = np.rint(beats * TICKS_PER_QUARTER).astype(np.int64)
     duration = np.maximum(np.asarray(duration, dtype=np.float64), 0.0)
     length = np.rint(duration * TICKS_PER_QUARTER).astype(np.int64)
@@ -111,7 +123,15 @@ def decode(x: np.ndarray, normalizer: Any, grid: int | None = None,
     if keep is not None:
         clipped = np.where(keep, x, clipped)
     features = np.asarray(normalizer.denormalize(clipped[None]), dtype=np.float64)[0]
-    return [decode_row(features[0, h], features[1, h], features[2, h], grid) for h in range(x.shape[1])]
+    if x.shape[1] == 1:
+        return [decode_row(features[0, 0], features[1, 0], features[2, 0], grid)]
+    # Several rows: one shared origin, and every row ends where the first one does (module docstring).
+    start = float(np.maximum(features[2, :, 0], 0.0).min()) if x.shape[2] else 0.0
+    tracks = [decode_row(features[0, h], features[1, h], features[2, h], grid, start)
+              for h in range(x.shape[1])]
+    end = min((int(t.onset.max()) for t in tracks if len(t.onset)), default=0)
+    return [DecodedTrack(t.pitch[t.onset <= end], t.onset[t.onset <= end], t.duration[t.onset <= end])
+            for t in tracks]
 
 
 def encode_notes(pitch: np.ndarray, duration: np.ndarray, delta: np.ndarray, normalizer: Any) -> np.ndarray:
@@ -257,11 +277,12 @@ def find_model(start: str | Path | None = None) -> Path:
 
 
 def programs_for(stats: dict[str, Any], rows: int) -> list[tuple[int, bool, str]]:
-    """(GM program, is_drum, name) for each model row, from the training data's stats."""
+    """(GM program, is_drum, name) for each model row, from the training data's stats. Tracks are named
+    after their instrument group, which is how `pipeline.instruments` finds them again."""
     names = list(stats.get("instruments") or ["piano"])[:rows]
     names += [f"row {h}" for h in range(len(names), rows)]
-    # stats["programs"] (one GM program per row) is written by multi-instrument prepare; piano is 0.
-    programs = stats.get("programs")
+    # stats["row_programs"] (one GM program per row) is written by multi-instrument prepare; piano is 0.
+    programs = stats.get("row_programs")
     if not (isinstance(programs, list) and len(programs) >= rows):
         programs = [0] * rows
     return [(int(programs[h]), names[h] == "drums", names[h]) for h in range(rows)]
@@ -328,12 +349,16 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
                        + ("" if checkpoint is None else " or pass --checkpoint PATH"))
     device = _device(opts.device) if opts.device else default_device()
     model, stats, diffusion_kwargs = load_trained(path, device)
-    diffusion = GaussianDiffusion(**diffusion_kwargs).to(device)
+    # Segments are normalized into [0, 1], so no sample's x_0 can lie outside it.
+    diffusion = GaussianDiffusion(**diffusion_kwargs, clip_sample=(0.0, 1.0)).to(device)
     normalizer = Normalizer.from_stats(stats)
     seq_len = int(stats["seq_len"])
     rows = len(stats.get("instruments") or ["piano"])
     prompt = None if opts.prompt is None else read_prompt(opts.prompt, normalizer, opts.prompt_notes)
     length = opts.length or seq_len
+    if rows > 1 and length > seq_len:
+        raise DmcError(f"--length {length}: a model of {rows} instrument rows writes one window of "
+                       f"{seq_len} notes per row; ask for at most {seq_len}")
     k = 0 if prompt is None else prompt.shape[-1]
     check_prompt(k, seq_len, length)
     notices: list[str] = []

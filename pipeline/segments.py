@@ -10,6 +10,13 @@ On disk (`data/prepared/`):
   H*seq_len values (row-major over the H rows).
 - stats.json: the train split's min/max per feature (the normalization), seq_len, instruments, counts.
 - rejects.parquet: `file`, `code` (a short category) and `reason` for every file that gave no segment.
+
+Multi-instrument mode (`instruments` other than `[piano]`): the H rows of a segment are each group's main
+track over one shared span of beats, cut as `pipeline.instruments` describes (rows padded at the end; the
+first delta of a row counts from the span's start). segments.parquet then has one more column, `mask`
+(list<uint8> of H*seq_len, 1 = a real note; padded entries hold 0 in every feature and in `pitch`), and
+stats.json has `row_programs` (the GM program to write per row) and `min_instruments`. The min/max
+normalization counts real notes only. The single-piano files are exactly as they were.
 """
 
 from __future__ import annotations
@@ -31,6 +38,14 @@ from tqdm import tqdm
 
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path
+from pipeline.instruments import (
+    RowWindows,
+    extract_rows,
+    file_windows,
+    groups_of,
+    is_single_piano,
+    row_programs,
+)
 from pipeline.midi import DEFAULT_PROGRAMS, Notes, RejectedFile, extract_notes, frequency, pitch_of
 
 FEATURES = ("frequency", "duration", "delta")
@@ -55,20 +70,28 @@ class PrepareConfig:
     policy: str = "segment"  # segment: drop violating windows | file: reject the whole file
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
     instruments: tuple[str, ...] = ("piano",)
+    min_instruments: int = 1  # multi-instrument mode: groups a file must have
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> PrepareConfig:
         p = params["prepare"]
-        if list(params["instruments"]) != ["piano"]:
-            raise DmcError("params: 'instruments' other than [piano] are not supported yet")
+        groups_of(params["instruments"])  # unknown names fail here, in one line
+        if p["min_instruments"] > len(params["instruments"]):
+            raise DmcError(f"params: 'prepare.min_instruments' ({p['min_instruments']}) exceeds the "
+                           f"{len(params['instruments'])} group(s) in 'instruments'")
         return cls(seq_len=params["seq_len"], hop=p["hop"], programs=tuple(p["programs"]),
                    max_duration=float(p["max_duration"]), max_delta=float(p["max_delta"]),
                    policy=p["threshold_policy"], split=tuple(float(p["split"][s]) for s in SPLITS),
-                   instruments=tuple(params["instruments"]))
+                   instruments=tuple(params["instruments"]), min_instruments=p["min_instruments"])
 
     @property
     def step(self) -> int:
         return self.hop or self.seq_len
+
+    @property
+    def multi(self) -> bool:
+        """Multi-instrument mode: rows from `pipeline.instruments`, with a mask."""
+        return not is_single_piano(self.instruments)
 
 
 def split_of(relative_path: str, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
@@ -120,6 +143,8 @@ class Windows:
     notes: np.ndarray  # [F] notes of each kept file's main track (0 when rejected)
     dropped: np.ndarray  # [F] windows dropped for a threshold violation
     rejects: dict[int, RejectedFile]  # file index -> why it gave no window
+    mask: np.ndarray | None = None  # multi-instrument mode: [S, H, W] uint8, 1 = a real note
+    programs: np.ndarray | None = None  # multi-instrument mode: [F, H] GM program per row, -1 absent
 
 
 def _concat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -193,9 +218,39 @@ def _extract(path: Path, programs: Sequence[int]) -> Notes | RejectedFile:
         return RejectedFile(f"{type(err).__name__}: {err}", "error")
 
 
+def cut_rows(paths: Sequence[Path], config: PrepareConfig) -> Windows:
+    """Multi-instrument mode: each file's group rows cut into time-aligned windows (`pipeline.instruments`);
+    a file that gives no window gets its RejectedFile in `rejects`. Never raises."""
+    groups = groups_of(config.instruments)
+    h, w = len(groups), config.seq_len
+    cuts: dict[int, RowWindows] = {}
+    rejects: dict[int, RejectedFile] = {}
+    for f, path in enumerate(paths):
+        try:
+            cuts[f] = file_windows(extract_rows(path, groups), w, config.hop, config.max_duration,
+                                   config.max_delta, config.policy, config.min_instruments)
+        except RejectedFile as err:
+            rejects[f] = err
+        except Exception as err:  # a file that breaks the parser unforeseenly is a reject, not a crash
+            rejects[f] = RejectedFile(f"{type(err).__name__}: {err}", "error")
+    parts = list(cuts.values())
+    notes, dropped = np.zeros(len(paths), dtype=np.int64), np.zeros(len(paths), dtype=np.int64)
+    programs = np.full((len(paths), h), -1, dtype=np.int64)
+    for f, cut in cuts.items():
+        notes[f], dropped[f], programs[f] = cut.notes, cut.dropped, cut.programs
+    return Windows(owner=np.repeat(list(cuts), [len(c.windows) for c in parts]).astype(np.int64),
+                   windows=_concat([c.windows for c in parts], np.int32),
+                   pitch=np.concatenate([c.pitch for c in parts]) if parts else np.zeros((0, h, w), np.int16),
+                   features=np.concatenate([c.features for c in parts]) if parts else np.zeros((0, 3, h, w)),
+                   mask=np.concatenate([c.mask for c in parts]) if parts else np.zeros((0, h, w), np.uint8),
+                   notes=notes, dropped=dropped, rejects=rejects, programs=programs)
+
+
 def _process(job: tuple[Path, list[str], PrepareConfig]) -> tuple[list[str], Windows]:
     """Worker: a batch of files from disk to their raw windows (and rejects). Never raises."""
     root, rels, config = job
+    if config.multi:
+        return rels, cut_rows([root / rel for rel in rels], config)
     return rels, cut_windows([_extract(root / rel, config.programs) for rel in rels], config)
 
 
@@ -250,10 +305,11 @@ def segment_to_notes(x: np.ndarray, normalizer: Normalizer) -> tuple[np.ndarray,
 
 
 # -- writing ----------------------------------------------------------------------------------------------
-def _schema(width: int, value: pa.DataType) -> pa.Schema:
+def _schema(width: int, value: pa.DataType, mask: bool = False) -> pa.Schema:
     return pa.schema([("dataset", pa.string()), ("file", pa.string()), ("segment", pa.int32()),
                       ("split", pa.string()), ("pitch", pa.list_(pa.int16(), width)),
-                      *[(f, pa.list_(value, width)) for f in FEATURES]])
+                      *[(f, pa.list_(value, width)) for f in FEATURES],
+                      *([("mask", pa.list_(pa.uint8(), width))] if mask else [])])
 
 
 def _fixed(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
@@ -338,6 +394,7 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
     rejected: Counter[str] = Counter()
     segments: Counter[str] = Counter()
     kept = notes = dropped = 0
+    train_programs = []  # multi-instrument mode: [H] programs of each kept train file
     # A worker costs about a second to start and then does hundreds of files a second: only worth it
     # for big collections.
     n_jobs = max(1, min(n_jobs, len(files) // FILES_PER_WORKER))
@@ -348,7 +405,7 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
         raw_path = tmp / "raw.arrow"
         # The raw pass is read back once, by the second pass: Arrow IPC writes and maps it back at memory
         # speed, where Parquet would encode and decode every value.
-        raw_schema = _schema(width, pa.float64())
+        raw_schema = _schema(width, pa.float64(), mask=config.multi)
         raw = _RowGroups(pa.ipc.new_file(str(raw_path), raw_schema), raw_schema)
         rejects_schema = pa.schema([("file", pa.string()), ("code", pa.string()), ("reason", pa.string())])
         rejects = _RowGroups(_parquet_writer(tmp / REJECTS_FILE, rejects_schema), rejects_schema)
@@ -367,14 +424,21 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
                 segments.update(dict(zip(SPLITS, np.bincount(row_split, minlength=len(SPLITS)).tolist(),
                                          strict=True)))
                 train = cut.features[row_split == 0]
-                if len(train):
-                    lo = np.minimum(lo, train.min(axis=(0, 2, 3)))
-                    hi = np.maximum(hi, train.max(axis=(0, 2, 3)))
+                if cut.mask is not None:  # padding is not music: only real notes set the range
+                    real = cut.mask[row_split == 0].astype(bool)
+                    train = np.where(real[:, None], train, np.nan)
+                    file_split = [SPLITS.index(split_of(rel, config.split)) for rel in rels]
+                    train_programs += [cut.programs[f] for f in range(len(rels))
+                                       if f not in cut.rejects and file_split[f] == 0]
+                if len(train) and np.isfinite(train).any():
+                    lo = np.fmin(lo, np.nanmin(train, axis=(0, 2, 3)))
+                    hi = np.fmax(hi, np.nanmax(train, axis=(0, 2, 3)))
                 n = len(cut.owner)
+                extra = {} if cut.mask is None else {"mask": cut.mask.reshape(-1)}
                 raw.add(n, dataset=[dataset] * n, file=[rels[f] for f in cut.owner.tolist()],
                         segment=cut.windows, split=[SPLITS[s] for s in row_split.tolist()],
                         pitch=cut.pitch.reshape(-1),
-                        **{f: cut.features[:, i].reshape(-1) for i, f in enumerate(FEATURES)})
+                        **{f: cut.features[:, i].reshape(-1) for i, f in enumerate(FEATURES)}, **extra)
         finally:
             bar.close()
             raw.close()
@@ -383,7 +447,7 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
             raise DmcError(f"dataset '{dataset}': no segments in the train split ({len(files)} files, "
                            f"{sum(rejected.values())} rejected: {dict(rejected)}); try a smaller seq_len")
         normalizer = Normalizer(lo=tuple(map(float, lo)), hi=tuple(map(float, hi)))
-        _normalize_file(raw_path, tmp / SEGMENTS_FILE, normalizer, width)
+        _normalize_file(raw_path, tmp / SEGMENTS_FILE, normalizer, width, mask=config.multi)
         raw_path.unlink()
         seconds = time.perf_counter() - t0
         summary = {
@@ -412,13 +476,18 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
             "split": dict(zip(SPLITS, config.split, strict=True)),
             "counts": {k: summary[k] for k in ("files", "kept", "rejected", "notes", "segments")},
         }
+        if config.multi:
+            groups = groups_of(config.instruments)
+            stats["min_instruments"] = config.min_instruments
+            stats["row_programs"] = row_programs(groups, np.array(train_programs).reshape(-1, len(groups)))
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
     return summary
 
 
-def _normalize_file(src: Path, dest: Path, normalizer: Normalizer, width: int) -> None:
-    """Second pass: raw float64 features -> normalized float32, one row group at a time."""
-    schema = _schema(width, pa.float32())
+def _normalize_file(src: Path, dest: Path, normalizer: Normalizer, width: int, mask: bool = False) -> None:
+    """Second pass: raw float64 features -> normalized float32, one row group at a time. With `mask`,
+    padded entries stay 0 (normalizing them would give arbitrary values below 0)."""
+    schema = _schema(width, pa.float32(), mask)
     with _parquet_writer(dest, schema) as writer, pa.memory_map(str(src)) as source:
         reader = pa.ipc.open_file(source)
         for i in range(reader.num_record_batches):
@@ -426,6 +495,9 @@ def _normalize_file(src: Path, dest: Path, normalizer: Normalizer, width: int) -
             columns = {name: batch.column(name) for name in ("dataset", "file", "segment", "split", "pitch")}
             raw = np.stack([batch.column(f).flatten().to_numpy() for f in FEATURES])
             scaled = normalizer.normalize(raw, axis=0).astype(np.float32)
+            if mask:
+                columns["mask"] = batch.column("mask")
+                scaled *= batch.column("mask").flatten().to_numpy(zero_copy_only=False).astype(bool)
             for f, values in zip(FEATURES, scaled, strict=True):
                 columns[f] = _fixed(values, width)
             writer.write_table(pa.table(columns, schema=schema))
@@ -463,6 +535,17 @@ def load_split(prepared_dir: str | Path, split: str) -> np.ndarray:
     h, w = len(stats["instruments"]), stats["seq_len"]
     table = _read_split(prepared_dir, split, list(FEATURES))
     return np.stack([_flat(table.column(f), np.float32).reshape(-1, h, w) for f in FEATURES], axis=1)
+
+
+def load_mask(prepared_dir: str | Path, split: str) -> np.ndarray:
+    """Which entries of `load_split` are real notes: uint8 `[N, H, seq_len]`, 1 = real, 0 = padding.
+    All ones for single-piano data (no `mask` column: every entry is a note)."""
+    stats = load_stats(prepared_dir)
+    h, w = len(stats["instruments"]), stats["seq_len"]
+    if "mask" not in pq.read_schema(Path(prepared_dir) / SEGMENTS_FILE).names:
+        n = _read_split(prepared_dir, split, ["segment"]).num_rows
+        return np.ones((n, h, w), dtype=np.uint8)
+    return _flat(_read_split(prepared_dir, split, ["mask"]).column("mask"), np.uint8).reshape(-1, h, w)
 
 
 def load_pitches(prepared_dir: str | Path, split: str) -> np.ndarray:

@@ -84,16 +84,20 @@ class TrainSettings:
 
 @dataclass
 class TrainData:
-    """Normalized segments `[N, 3, H, W]` and the stats.json they were normalized with."""
+    """Normalized segments `[N, 3, H, W]` and the stats.json they were normalized with. Multi-instrument
+    data also has masks `[N, H, W]` (1 = a real note): the loss ignores padded and absent entries."""
 
     train: np.ndarray
     val: np.ndarray
     stats: dict[str, Any]
+    train_mask: np.ndarray | None = None
+    val_mask: np.ndarray | None = None
 
     def digest(self) -> str:
         h = hashlib.blake2b(digest_size=16)
         h.update(json.dumps(self.stats, sort_keys=True).encode())
-        for a in (self.train, self.val):
+        arrays = [self.train, self.val] + [m for m in (self.train_mask, self.val_mask) if m is not None]
+        for a in arrays:
             h.update(str(a.shape).encode())
             h.update(np.ascontiguousarray(a).data)
         return h.hexdigest()
@@ -101,7 +105,7 @@ class TrainData:
 
 def load_data(prepared_dir: str | Path, seq_len: int | None = None) -> TrainData:
     """The train and val splits of a prepared folder; one-line errors for missing or unusable data."""
-    from pipeline.segments import load_split, load_stats
+    from pipeline.segments import load_mask, load_split, load_stats
 
     stats = load_stats(prepared_dir)
     if seq_len is not None and stats["seq_len"] != seq_len:
@@ -110,7 +114,11 @@ def load_data(prepared_dir: str | Path, seq_len: int | None = None) -> TrainData
     train = load_split(prepared_dir, "train")
     if len(train) == 0:
         raise DmcError(f"the train split in {prepared_dir} is empty; add MIDI files or lower seq_len")
-    return TrainData(train=train, val=load_split(prepared_dir, "val"), stats=stats)
+    masks = [load_mask(prepared_dir, split) for split in ("train", "val")]
+    if all(m.all() for m in masks):  # single-piano data: every entry is a note, nothing to mask
+        masks = [None, None]
+    return TrainData(train=train, val=load_split(prepared_dir, "val"), stats=stats, train_mask=masks[0],
+                     val_mask=masks[1])
 
 
 def fingerprint(settings: TrainSettings, data: TrainData) -> str:
@@ -334,11 +342,12 @@ def build(settings: TrainSettings, config: UNetConfig, device: torch.device
 
 def optimize(net: nn.Module, model: UNet, ema: EMA, opt: torch.optim.Optimizer, diffusion: GaussianDiffusion,
              x0: Tensor, gen: torch.Generator, step: int, grad_clip: float,
-             autocast: contextlib.AbstractContextManager) -> Tensor:
+             autocast: contextlib.AbstractContextManager, mask: Tensor | None = None) -> Tensor:
     """One training step: diffusion loss through `net` (the model, maybe DDP- or compile-wrapped),
-    backward, gradient clipping, AdamW, EMA. Returns the loss, still on the device."""
+    backward, gradient clipping, AdamW, EMA. `mask` ([B, 1, H, W], 1 = a real note) keeps padded and
+    absent entries out of the loss. Returns the loss, still on the device."""
     with autocast:
-        loss = diffusion.loss(net, x0, generator=gen)
+        loss = diffusion.loss(net, x0, mask=mask, generator=gen)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
@@ -353,15 +362,18 @@ def optimize(net: nn.Module, model: UNet, ema: EMA, opt: torch.optim.Optimizer, 
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, diffusion: GaussianDiffusion, val: Tensor, batch_size: int,
-                    seed: int, autocast: contextlib.AbstractContextManager) -> float | None:
-    """Mean diffusion loss on the first VAL_BATCHES batches of val, with fixed noise (comparable in time)."""
+                    seed: int, autocast: contextlib.AbstractContextManager,
+                    mask: Tensor | None = None) -> float | None:
+    """Mean diffusion loss on the first VAL_BATCHES batches of val, with fixed noise (comparable in time);
+    masked like the training loss when `mask` ([N, 1, H, W]) is given."""
     if len(val) == 0:
         return None
     gen = torch.Generator(val.device).manual_seed(seed)
     losses = []
     for start in range(0, min(len(val), VAL_BATCHES * batch_size), batch_size):
         with autocast:
-            losses.append(diffusion.loss(model, val[start:start + batch_size], generator=gen).item())
+            m = None if mask is None else mask[start:start + batch_size]
+            losses.append(diffusion.loss(model, val[start:start + batch_size], m, generator=gen).item())
     return float(np.mean(losses))
 
 
@@ -419,6 +431,9 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     data_device = device if data.train.nbytes < 2**30 else torch.device("cpu")
     train_x = torch.from_numpy(data.train).to(data_device)
     val_x = torch.from_numpy(data.val).to(device)
+    # Masks get a feature axis of 1, so they broadcast over frequency, duration and delta.
+    train_m = None if data.train_mask is None else torch.from_numpy(data.train_mask)[:, None].to(data_device)
+    val_m = None if data.val_mask is None else torch.from_numpy(data.val_mask)[:, None].to(device)
     gen = torch.Generator(device)
     local = settings.batch_size // rank.world
     end = min(settings.steps, stop_at) if stop_at is not None else settings.steps
@@ -456,8 +471,10 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
         idx = torch.from_numpy(batch_indices(state.step, len(train_x), settings.batch_size, settings.seed))
         mine = idx[rank.rank * local:(rank.rank + 1) * local].to(data_device)
         x0 = train_x[mine].to(device, non_blocking=True)
+        m0 = None if train_m is None else train_m[mine].to(device, non_blocking=True)
         gen.manual_seed(step_seed(settings.seed, state.step, rank.rank))
-        loss = optimize(net, model, ema, opt, diffusion, x0, gen, state.step, settings.grad_clip, autocast)
+        loss = optimize(net, model, ema, opt, diffusion, x0, gen, state.step, settings.grad_clip, autocast,
+                        m0)
         pending.append(loss)
         state.step += 1
         bar.update(1)
@@ -467,7 +484,8 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
         if at_val or at_ckpt or len(pending) >= LOG_EVERY:
             flush()
         if at_val and rank.main:
-            v = validation_loss(ema.model, diffusion, val_x, settings.batch_size, settings.seed, autocast)
+            v = validation_loss(ema.model, diffusion, val_x, settings.batch_size, settings.seed, autocast,
+                                val_m)
             if v is not None:
                 state.val_loss.append((state.step, v))
         if at_ckpt and rank.main:

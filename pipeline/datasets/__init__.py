@@ -17,6 +17,7 @@ from pipeline.errors import DmcError
 # name -> module under pipeline.datasets
 _MODULES = {
     "bach": "bach",
+    "bach-satb": "bach_satb",
     "renaissance": "renaissance",
     "folder": "folder",
     "maestro": "maestro",

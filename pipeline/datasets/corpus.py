@@ -1,13 +1,14 @@
 """Materialize scores from the music21 corpus as one-track piano MIDI files (all voices merged).
 
-Shared by the embedded datasets (`bach`, `renaissance`): no network, only the music21 wheel.
+Shared by the embedded datasets (`bach`, `renaissance`, and `bach-satb`, which passes its own converter to
+keep the voices apart): no network, only the music21 wheel.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -53,10 +54,10 @@ def score_to_midi(source: Path, dest: Path) -> bool:
     return True
 
 
-def _materialize_one(job: tuple[Path, Path]) -> tuple[str, str | None]:
-    source, dest = job
+def _materialize_one(job: tuple[Path, Path, Callable[[Path, Path], bool]]) -> tuple[str, str | None]:
+    source, dest, convert = job
     try:
-        return source.name, None if score_to_midi(source, dest) else "no notes"
+        return source.name, None if convert(source, dest) else "no notes"
     except Exception as err:  # one unparseable score must not stop the others; it is reported
         return source.name, f"{type(err).__name__}: {err}"
 
@@ -67,15 +68,16 @@ def resolve_jobs(n_jobs: int) -> int:
 
 
 def materialize(sources: Iterable[Path], dest: Path, n_jobs: int = 0, limit: int | None = None,
-                desc: str = "materialize") -> Path:
-    """Write each source score as `dest/<stem>.mid`, skipping files already there; return `dest`.
+                desc: str = "materialize", convert: Callable[[Path, Path], bool] = score_to_midi) -> Path:
+    """Write each source score as `dest/<stem>.mid` with `convert(source, dest)` (default: one merged
+    track), skipping files already there; return `dest`.
 
     `limit` takes only the first scores (tests). Runs over `n_jobs` processes with a progress bar.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     sources = list(sources)[:limit]
-    todo = [(s, dest / f"{s.stem}.mid") for s in sources if not (dest / f"{s.stem}.mid").is_file()]
+    todo = [(s, dest / f"{s.stem}.mid", convert) for s in sources if not (dest / f"{s.stem}.mid").is_file()]
     failures: list[str] = []
     jobs = min(resolve_jobs(n_jobs), max(len(todo), 1))
     with tqdm(total=len(todo), desc=desc, unit="score", disable=None) as bar:
