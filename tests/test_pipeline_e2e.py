@@ -109,7 +109,7 @@ def test_both_runs_are_recorded_with_params_metrics_data_and_artifacts(pipeline_
     runs = client.search_runs([experiment.experiment_id])
     parents = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags),
                      key=lambda r: r.info.start_time)
-    assert [p.data.params["lr"] for p in parents] == ["0.0001", "1e-06"]
+    assert [p.data.params["lr"] for p in parents] == ["0.001", "1e-06"]
     repro, exp = parents
     assert exp.data.tags["dvc.exp_name"] == exp.info.run_name and exp.data.tags["dvc.baseline_rev"]
     stages_of = {p.info.run_id: [r.info.run_name for r in sorted(runs, key=lambda r: r.info.start_time)
@@ -185,7 +185,7 @@ def test_mlflow_server_lists_both_runs_over_rest(pipeline_runs):
         parents = [r for r in found["runs"]
                    if not any(t["key"] == "mlflow.parentRunId" for t in r["data"].get("tags", []))]
         lrs = sorted(p["value"] for r in parents for p in r["data"]["params"] if p["key"] == "lr")
-        assert lrs == ["0.0001", "1e-06"]
+        assert lrs == ["0.001", "1e-06"]
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

@@ -141,7 +141,7 @@ def test_stage_is_a_child_run_under_a_parent_with_params_tags_metrics_and_raw_da
     assert parent.info.run_name == "brisk-oboe" and child.info.run_name == "prepare"
     assert parent.info.status == child.info.status == "FINISHED"
     for run in (parent, child):
-        assert run.data.params["lr"] == "0.0001" and run.data.params["dataset"] == "bach"
+        assert run.data.params["lr"] == "0.001" and run.data.params["dataset"] == "bach"
         assert run.data.params["prepare.split.train"] == "0.8"
         assert run.data.tags["dataset"] == "bach" and run.data.tags["preset"] == "tiny"
         assert run.data.tags["dvc.exp_name"] == "brisk-oboe" and run.data.tags["dvc.baseline_rev"] == "a" * 40
@@ -284,7 +284,7 @@ def test_experiments_and_changed_params_or_code_get_their_own_parent(repo, monke
     monkeypatch.delenv("DVC_EXP_NAME")
     with tracking.track_stage("prepare"):
         pass
-    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("lr: 1.0e-4", "lr: 1.0e-6"))
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("lr: 1.0e-3", "lr: 1.0e-6"))
     with tracking.track_stage("download"):
         pass
     (repo / "stages/train.py").write_text("# changed\n")
@@ -292,7 +292,7 @@ def test_experiments_and_changed_params_or_code_get_their_own_parent(repo, monke
         pass
     found = parents(repo)
     assert len(found) == 5
-    assert sorted(r.data.params["lr"] for r in found) == ["0.0001"] * 3 + ["1e-06"] * 2
+    assert sorted(r.data.params["lr"] for r in found) == ["0.001"] * 3 + ["1e-06"] * 2
 
 
 def test_failed_stage_is_recorded_as_failed_and_its_error_still_raised(repo):
@@ -305,7 +305,7 @@ def test_failed_stage_is_recorded_as_failed_and_its_error_still_raised(repo):
 
 
 def test_stage_wrapper_prints_one_line_and_exits_2_on_a_bad_param_and_records_the_failure(repo):
-    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("lr: 1.0e-4", "lr: -1"))
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("lr: 1.0e-3", "lr: -1"))
     env = {**os.environ, "PYTHONPATH": str(repo)}
     code = "from stages import run; from pipeline.params import load_params; run('prepare', load_params)"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
