@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from conftest import REPO, repo_params
@@ -21,9 +23,10 @@ def test_scientific_notation_without_a_dot_is_a_float(text):
 
 
 def test_dvc_set_override_1e_minus_6_validates(tmp_path):
-    text = (REPO / "params.yaml").read_text().replace("lr_final: 1.0e-6", "lr_final: 1e-06")
+    # `dvc exp run -S lr=1e-6` writes the value exactly so: no dot, which YAML 1.1 reads as a string.
+    text = re.sub(r"(?m)^lr:.*$", "lr: 1e-06", (REPO / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(text)
-    assert load_params(tmp_path / "params.yaml")["lr_final"] == 1e-6
+    assert load_params(tmp_path / "params.yaml")["lr"] == 1e-6
 
 
 def _with(key: str, value) -> dict:
