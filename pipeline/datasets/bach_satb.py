@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.datasets import Dataset
-from pipeline.datasets.corpus import corpus_scores, materialize
+from pipeline.datasets.corpus import corpus_scores, materialize, stream_notes
 
 
 def score_to_voice_midi(source: Path, dest: Path) -> bool:
@@ -25,15 +25,7 @@ def score_to_voice_midi(source: Path, dest: Path) -> bool:
     score = converter.parse(source).stripTies()
     tracks = []
     for number, part in enumerate(score.parts, 1):
-        pitch, onset, duration = [], [], []
-        for element in part.flatten().notes:  # flatten() makes offsets absolute; chords give each pitch
-            length = float(element.duration.quarterLength)
-            if length <= 0:  # grace notes take no time
-                continue
-            for p in element.pitches:
-                pitch.append(p.midi)
-                onset.append(float(element.offset))
-                duration.append(length)
+        pitch, onset, duration = stream_notes(part)
         if pitch:
             tracks.append(TrackNotes(pitch=pitch, onset=onset, duration=duration, program=0,
                                      name=(part.partName or f"Part {number}").strip()))

@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -38,9 +39,17 @@ def score_to_midi(source: Path, dest: Path) -> bool:
 
     from pipeline.midi import TrackNotes, write_midi
 
-    score = converter.parse(source).stripTies()
+    pitch, onset, duration = stream_notes(converter.parse(source).stripTies())
+    if not pitch:
+        return False
+    write_midi(dest, [TrackNotes(pitch=pitch, onset=onset, duration=duration, program=0, name=source.stem)])
+    return True
+
+
+def stream_notes(stream: Any) -> tuple[list[int], list[float], list[float]]:
+    """(pitch, onset, duration) in beats of every note of a music21 stream; chords give each pitch."""
     pitch, onset, duration = [], [], []
-    for element in score.flatten().notes:  # flatten() makes offsets absolute; chords give each pitch
+    for element in stream.flatten().notes:  # flatten() makes offsets absolute
         length = float(element.duration.quarterLength)
         if length <= 0:  # grace notes take no time
             continue
@@ -48,10 +57,7 @@ def score_to_midi(source: Path, dest: Path) -> bool:
             pitch.append(p.midi)
             onset.append(float(element.offset))
             duration.append(length)
-    if not pitch:
-        return False
-    write_midi(dest, [TrackNotes(pitch=pitch, onset=onset, duration=duration, program=0, name=source.stem)])
-    return True
+    return pitch, onset, duration
 
 
 def _materialize_one(job: tuple[Path, Path, Callable[[Path, Path], bool]]) -> tuple[str, str | None]:
