@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.errors import DmcError
+from pipeline.files import file_digest
 
 EXPERIMENT = "dmc"
 STAGE_ORDER = ("download", "prepare", "train", "sample", "evaluate")
@@ -156,19 +157,11 @@ def grouping_key(params_text: str, code: str, exp_name: str) -> str:
 def dvc_md5(path: Path) -> str:
     """The hash DVC records in dvc.lock: md5 of a file, or `<md5 of the listing>.dir` of a folder."""
     if path.is_file():
-        return _md5_file(path)
-    entries = [{"md5": _md5_file(p), "relpath": p.relative_to(path).as_posix()}
+        return file_digest(path, "md5")
+    entries = [{"md5": file_digest(p, "md5"), "relpath": p.relative_to(path).as_posix()}
                for p in path.rglob("*") if p.is_file()]
     entries.sort(key=lambda e: e["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

@@ -63,25 +63,15 @@ def midi_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(path: Path, dataset: str, root: Path) -> dict[str, Any]:
     """Record every MIDI file under `root` (relative path, size, sha256) as JSON, atomically.
 
     The manifest is the download stage's DVC output: its hash changes exactly when the data does.
     """
-    from pipeline.files import write_json
+    from pipeline.files import file_digest, write_json
 
     root = Path(root)
-    files = [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": _sha256(p)}
+    files = [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": file_digest(p)}
              for p in midi_files(root)]
     if not files:
         raise DmcError(f"dataset '{dataset}': no .mid/.midi files under {root}")
