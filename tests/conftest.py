@@ -28,7 +28,8 @@ N_CHORALES = 12
 
 def pytest_configure(config: pytest.Config) -> None:
     # Tests run tiny models; on a 2-core box two intra-op threads fight each other and a forward pass
-    # gets ~100x slower under load. One thread keeps every test fast and deterministic.
+    # gets ~100x slower under load. One thread keeps every test fast, and the resume tests' bitwise
+    # comparisons need the same thread count throughout the session.
     import torch
 
     torch.set_num_threads(1)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import music21
 import pytest
-import torch
 from test_sampling import write_checkpoint
 
 from pipeline import midi
@@ -15,13 +14,6 @@ from pipeline.errors import DmcError
 
 MUSIC21 = Path(music21.__file__).parent
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_sampling.one_thread
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -45,14 +45,6 @@ ORIGINAL = [
 TINY = get_config("tiny")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on two shared cores stall badly when other work runs; results are the same.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_full_preset_matches_the_original_block_by_block():
     model = UNet(get_config("full"))

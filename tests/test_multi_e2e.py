@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import symusic
-import torch
 import yaml
 from conftest import repo_params
 
@@ -44,14 +43,11 @@ def four_voice_run(tmp_path_factory) -> Path:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     mp = pytest.MonkeyPatch()
     mp.chdir(work)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         datasets.write_manifest(Path("data/manifest.json"), "bach-satb", raw)
         for stage in (prepare, train, sample, evaluate):
             stage.main()
     finally:
-        torch.set_num_threads(threads)
         mp.undo()
     return work
 

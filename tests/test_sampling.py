@@ -42,15 +42,6 @@ def write_checkpoint(path: Path, stats: dict | None = None, seed: int = 0) -> Pa
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spinning threads make each
-    forward pass 100x slower; tests stay fast with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:

@@ -25,14 +25,6 @@ from pipeline.training import TrainData, TrainSettings, batch_indices, checkpoin
 SETTINGS = TrainSettings(preset="tiny", steps=6, batch_size=8, val_every=3, checkpoint_every=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Bitwise comparisons need one thread count throughout, and one thread is fastest on shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def data(prepared_dir: Path) -> TrainData:
