@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.encoding import Encoding
 from pipeline.metrics import QUANTUM
 from pipeline.midi import frequency, pitch_of
-from pipeline.segments import Normalizer
 
 
 def shuffle_segments(x: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray:
@@ -115,25 +115,25 @@ def choose(n_total: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n_total, size=min(n, n_total), replace=False))
 
 
-def markov_segments(train: np.ndarray, normalizer: Normalizer, n: int,
+def markov_segments(train: np.ndarray, encoding: Encoding, n: int,
                     rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray:
     """`n` normalized `[n, 3, H, W]` segments from one Markov chain per instrument row, fitted on `train`
     (on its real notes only, with `mask`; a row that never has one comes out as zeros)."""
-    raw = normalizer.denormalize(train, axis=1)
+    raw = encoding.decode(train, axis=1)
     rows = []
     for h in range(train.shape[2]):
         duration, delta = np.maximum(raw[:, 1, h], 0), np.maximum(raw[:, 2, h], 0)
         row_mask = None if mask is None else mask[:, h]
         if row_mask is not None and not row_mask[:, 0].any():
-            rows.append(normalizer.denormalize(np.zeros((n, 3, train.shape[3])), axis=1))
+            rows.append(encoding.decode(np.zeros((n, 3, train.shape[3])), axis=1))
             continue
         chain = MarkovChain.fit(pitch_of(raw[:, 0, h]), duration, delta, mask=row_mask)
         pitch, duration, delta = chain.sample(n, train.shape[3], rng)
         rows.append(np.stack([frequency(pitch), duration, delta], axis=1))  # [n, 3, W]
-    return normalizer.normalize(np.stack(rows, axis=2), axis=1).astype(np.float32)
+    return encoding.encode(np.stack(rows, axis=2), axis=1).astype(np.float32)
 
 
-def baseline_sets(train: np.ndarray, normalizer: Normalizer, n: int,
+def baseline_sets(train: np.ndarray, encoding: Encoding, n: int,
                   rng: np.random.Generator) -> dict[str, np.ndarray]:
     """The train-split sets, as normalized segments: `real` (n segments drawn at random), `shuffle`
     (those same segments shuffled, so the two differ only in order) and `markov` (n chain segments).
@@ -143,10 +143,10 @@ def baseline_sets(train: np.ndarray, normalizer: Normalizer, n: int,
     pick, mix, chain = rng.spawn(3)
     real = train[choose(len(train), n, pick)]
     return {"real": real, "shuffle": shuffle_segments(real, mix),
-            "markov": markov_segments(train, normalizer, n, chain)}
+            "markov": markov_segments(train, encoding, n, chain)}
 
 
-def masked_baseline_sets(train: np.ndarray, mask: np.ndarray, normalizer: Normalizer, n: int,
+def masked_baseline_sets(train: np.ndarray, mask: np.ndarray, encoding: Encoding, n: int,
                          rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """`baseline_sets` for multi-instrument segments: each set as (segments, mask). `real` and `shuffle`
     keep the drawn segments' masks; `markov` draws as many segments, each row as long as the real draw's
@@ -154,6 +154,6 @@ def masked_baseline_sets(train: np.ndarray, mask: np.ndarray, normalizer: Normal
     pick, mix, chain = rng.spawn(3)
     chosen = choose(len(train), n, pick)
     real, real_mask = train[chosen], mask[chosen]
-    markov = markov_segments(train, normalizer, len(real), chain, mask) * real_mask[:, None]
+    markov = markov_segments(train, encoding, len(real), chain, mask) * real_mask[:, None]
     return {"real": (real, real_mask), "shuffle": (shuffle_segments(real, mix, real_mask), real_mask),
             "markov": (markov.astype(np.float32), real_mask)}

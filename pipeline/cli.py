@@ -43,15 +43,20 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output folder (created if missing); files are sample_000.mid, ...")
     p.add_argument("--n", type=int, default=8, help="pieces to generate (default 8)")
     p.add_argument("--checkpoint", help="trained weights (default: models/model.pt of this project)")
-    p.add_argument("--sampler", default="ddim", help="ddpm (all T steps) or ddim (default)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
+    # Sampler options default to None: GenerateOptions holds the defaults, and importing it here would
+    # load torch for every `dmc` command.
+    p.add_argument("--sampler", help="ddpm (all T steps), ddim, dpm++ or unipc")
+    p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--eta", type=float, help="DDIM noise: 0 deterministic, 1 like DDPM")
+    p.add_argument("--guard", help="keep x_0 estimates in the data's range: clip, dynamic or none")
+    p.add_argument("--chord-snap", type=float, metavar="BEATS", help="shorter deltas become chords")
     p.add_argument("--length", type=int, help="notes per piece (default: the model's seq_len); "
                    "longer pieces are generated window by window")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="the same seed gives identical files")
     p.add_argument("--tempo", type=float, default=120.0, help="beats per minute (default 120)")
-    p.add_argument("--quantize", default="", metavar="GRID", help="snap the rhythm to a grid such as 1/16")
+    p.add_argument("--quantize", metavar="GRID",
+                   help="snap the rhythm to a grid such as 1/16, or auto: the training data's grid")
     p.add_argument("--prompt", type=Path, metavar="FILE.mid", help="continue the start of this MIDI file")
     p.add_argument("--prompt-notes", type=int, default=32, metavar="K", help="prompt notes kept (default 32)")
     p.add_argument("--audio", default="", metavar="FORMAT", help="also render wav, ogg or mp3 (fluidsynth)")
@@ -64,11 +69,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> None:
     from pipeline import sampling
 
+    sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta),
+                                 ("guard", args.guard), ("chord_snap", args.chord_snap),
+                                 ("quantize", args.quantize)) if v is not None}
     opts = sampling.GenerateOptions(
-        n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, length=args.length,
-        batch_size=args.batch_size, seed=args.seed, tempo=args.tempo, quantize=args.quantize,
-        audio=args.audio, plot=args.plot, prompt=args.prompt, prompt_notes=args.prompt_notes,
-        device=args.device, progress=False if args.quiet else None)
+        **sampler, n=args.n, length=args.length, batch_size=args.batch_size, seed=args.seed,
+        tempo=args.tempo, audio=args.audio, plot=args.plot, prompt=args.prompt,
+        prompt_notes=args.prompt_notes, device=args.device, progress=False if args.quiet else None)
     summary = sampling.generate_files(args.out, opts, args.checkpoint,
                                       log=lambda line: print(line, file=sys.stderr))
     midis = sum(name.endswith(".mid") for name in summary["files"])

@@ -1,17 +1,36 @@
-"""The Gaussian diffusion process: noise schedule, training loss, DDPM and DDIM steps.
+"""The Gaussian diffusion process: noise schedule, what the network predicts, the training loss, and the
+samplers that run it backwards.
 
-The network is passed in as a callable `model(x_t, t) -> predicted noise`; nothing here knows its
-architecture, and the network knows nothing of schedules.
+The network is passed in as a callable `model(x_t, t) -> prediction`; nothing here knows its
+architecture, and the network knows nothing of schedules or targets. The samplers are `diffusers`'
+maintained schedulers (DDPM, DDIM, DPM-Solver++, UniPC), all built from one config, the same one
+training uses: `schedule` (linear, as the original, or cosine), `prediction` (epsilon, as the original,
+v or x0) and the timestep count. What this module adds around them: the training objective and its
+weighting, an x_0 guard that keeps estimates inside the data's range, and inpainting (known entries
+re-noised to the current level before every step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}  # ours -> diffusers' beta_schedule
+PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}  # -> diffusers' prediction_type
+LOSS_WEIGHTS = ("none", "min_snr")
+SAMPLERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler",
+            "unipc": "UniPCMultistepScheduler"}  # -> diffusers' class, imported when first used
+GUARDS = ("clip", "dynamic", "none")  # what keeps a sampler's x_0 estimate in range (see `guarded`)
+
+
+def _diffusers_class(name: str) -> type:
+    import diffusers  # a second of imports: only when sampling or training, never for params alone
+
+    return getattr(diffusers, name)
 
 
 def _gather(values: Tensor, t: Tensor, ndim: int) -> Tensor:
@@ -20,122 +39,187 @@ def _gather(values: Tensor, t: Tensor, ndim: int) -> Tensor:
 
 
 class GaussianDiffusion(nn.Module):
-    """DDPM (Ho et al. 2020) with ε-prediction and a linear β schedule; DDIM (Song et al. 2021) sampling.
+    """DDPM (Ho et al. 2020) with a choice of schedule, prediction target and loss weighting.
 
-    The schedule is a set of buffers, so `.to(device)` moves it with the model.
+    The first seven arguments are the training config a checkpoint stores (`config`); the defaults are
+    the original recipe. `clip_sample` ((low, high), scalars or one per feature) and `dynamic_features`
+    only change sampling (see `guarded`).
     """
 
     def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 clip_sample: tuple[float, float] | None = None):
+                 schedule: str = "linear", prediction: str = "epsilon", loss_weight: str = "none",
+                 min_snr_gamma: float = 5.0,
+                 clip_sample: tuple[float | Sequence[float], float | Sequence[float]] | None = None,
+                 dynamic_features: Sequence[int] = (), dynamic_quantile: float = 0.995):
         super().__init__()
+        choices = (("schedule", schedule, SCHEDULES), ("prediction", prediction, PREDICTIONS),
+                   ("loss_weight", loss_weight, LOSS_WEIGHTS))
+        for name, value, options in choices:
+            if value not in options:
+                raise ValueError(f"unknown diffusion {name} {value!r}; choose one of {', '.join(options)}")
+        self.config = {"timesteps": timesteps, "beta_start": beta_start, "beta_end": beta_end,
+                       "schedule": schedule, "prediction": prediction, "loss_weight": loss_weight,
+                       "min_snr_gamma": min_snr_gamma}
         self.timesteps = timesteps
-        # When set, every sampling step clips its estimate of x_0 to this range (diffusers' `clip_sample`).
-        # At large t, x_0 = (x_t - √(1-ᾱ)ε)/√ᾱ multiplies the network's error by up to 1/√ᾱ ≈ 150, and
-        # an undertrained network's samples then blow up far outside the data's range.
+        self.prediction = prediction
+        self.loss_weight = loss_weight
+        self.min_snr_gamma = min_snr_gamma
+        # When set, every sampling step clips its estimate of x_0 to the data's range. At large t,
+        # x_0 = (x_t - √(1-ᾱ)ε)/√ᾱ multiplies the network's error by up to 1/√ᾱ ≈ 150, and an undertrained
+        # network's samples then blow up far outside the data's range.
         self.clip_sample = clip_sample
-        # float64 for the cumulative product; 1000 factors lose precision in float32.
-        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-        buffers = {
-            "betas": betas,
-            "alphas_cumprod": alphas_cumprod,
-            "alphas_cumprod_prev": alphas_cumprod_prev,
-            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
-            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-            # Posterior q(x_{t-1} | x_t, x_0): mean = c0·x_0 + ct·x_t, and the "β̃" variance.
-            "posterior_mean_coef_x0": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
-            "posterior_mean_coef_xt": (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt()
-            / (1.0 - alphas_cumprod),
-            "posterior_variance": betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
-        }
-        for name, value in buffers.items():
-            self.register_buffer(name, value.float(), persistent=False)
+        self.dynamic_features = tuple(dynamic_features)
+        self.dynamic_quantile = dynamic_quantile
+        schedule_of = _diffusers_class(SAMPLERS["ddpm"])(**self._scheduler_config())
+        self.register_buffer("alphas_cumprod", schedule_of.alphas_cumprod.float(), persistent=False)
+        self.register_buffer("betas", schedule_of.betas.float(), persistent=False)
 
-    # -- training ---------------------------------------------------------------------------------
+    def _scheduler_config(self) -> dict:
+        return {"num_train_timesteps": self.timesteps, "beta_start": self.config["beta_start"],
+                "beta_end": self.config["beta_end"], "beta_schedule": SCHEDULES[self.config["schedule"]],
+                "prediction_type": PREDICTIONS[self.prediction]}
+
+    # -- the forward process and what the network learns -----------------------------------------------
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """Sample x_t ~ q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) with the given noise."""
-        return (_gather(self.sqrt_alphas_cumprod, t, x0.ndim) * x0
-                + _gather(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise)
+        a = _gather(self.alphas_cumprod, t, x0.ndim)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the network should output for x_t = add_noise(x0, noise, t)."""
+        if self.prediction == "epsilon":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        a = _gather(self.alphas_cumprod, t, x0.ndim)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0  # v (Salimans & Ho 2022)
+
+    def snr_weight(self, t: Tensor) -> Tensor:
+        """Per-sample loss weight. min-SNR-γ (Hang et al. 2023) weighs every timestep like an x_0 loss
+        capped at SNR γ, so the easy, nearly noise-free steps stop dominating the gradient."""
+        if self.loss_weight == "none":
+            return torch.ones(t.shape, device=t.device)
+        a = self.alphas_cumprod[t]
+        snr = a / (1 - a)
+        capped = snr.clamp(max=self.min_snr_gamma)
+        return {"epsilon": capped / snr, "v": capped / (snr + 1), "x0": capped}[self.prediction]
 
     def loss(self, model: Denoiser, x0: Tensor, mask: Tensor | None = None,
              generator: torch.Generator | None = None) -> Tensor:
-        """Mean squared error of the predicted noise at uniformly drawn timesteps.
+        """Mean squared error of the prediction at uniformly drawn timesteps, weighted per sample.
 
         `mask` (broadcastable to x0, 1 = real entry) restricts the loss to real notes, so padded or
         absent instrument rows teach the network nothing.
         """
         t = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        error = (model(self.add_noise(x0, noise, t), t).float() - noise.float()) ** 2
+        error = (model(self.add_noise(x0, noise, t), t).float() - self.target(x0, noise, t).float()) ** 2
+        error = error * self.snr_weight(t).view(-1, *([1] * (error.ndim - 1)))
         if mask is None:
             return error.mean()
         mask = mask.to(error.dtype).expand_as(error)
         return (error * mask).sum() / mask.sum().clamp_min(1.0)
 
-    # -- sampling ---------------------------------------------------------------------------------
+    # -- the x_0 guard -------------------------------------------------------------------------------------
 
-    def sampling_timesteps(self, steps: int | None = None) -> list[int]:
-        """Descending timesteps to visit: all T for DDPM, or `steps` evenly spaced ones for DDIM."""
-        steps = self.timesteps if steps is None else steps
+    def predicted_x0(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """The x_0 that a network output at x_t implies."""
+        a = _gather(self.alphas_cumprod, t, x.ndim)
+        if self.prediction == "epsilon":
+            return (x - (1 - a).sqrt() * out) / a.sqrt()
+        if self.prediction == "x0":
+            return out
+        return a.sqrt() * x - (1 - a).sqrt() * out
+
+    def output_for(self, x0: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """The network output that implies `x0` at x_t: the inverse of `predicted_x0`."""
+        if self.prediction == "x0":
+            return x0
+        a = _gather(self.alphas_cumprod, t, x.ndim)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return eps if self.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+
+    def guarded(self, model: Denoiser) -> Denoiser:
+        """`model` with its x_0 estimate kept inside `clip_sample` (per feature, axis 1).
+
+        Features in `dynamic_features` get Imagen's dynamic thresholding, measured within their bounds: per
+        sample, s = the `dynamic_quantile` of |x_0| in units of the half-range (at least 1), and x_0 is
+        clipped to ±s and divided by s, so an overshooting estimate shrinks as a whole instead of piling
+        up on the bound. The others are clipped, which is right where the bound itself is the common
+        value (a delta of 0 is a chord). diffusers' own thresholding scales every feature of a sample
+        together, which moves those zeros off the bound (benchmarks/README.md measures it).
+
+        Guarding the output rather than inside each scheduler works the same for every sampler, and the
+        DDIM step then uses the noise the guarded x_0 implies, as the original DDIM clip does."""
+        if self.clip_sample is None:
+            return model
+        low, high = self.clip_sample
+
+        def guarded(x: Tensor, t: Tensor) -> Tensor:
+            out = model(x, t).to(x.dtype)
+            shape = (1, -1, *([1] * (x.ndim - 2)))
+            lo = torch.as_tensor(low, dtype=x.dtype, device=x.device).reshape(shape)
+            hi = torch.as_tensor(high, dtype=x.dtype, device=x.device).reshape(shape)
+            x0 = self.predicted_x0(out, x, t)
+            kept = torch.maximum(torch.minimum(x0, hi), lo)
+            if self.dynamic_features:
+                f = list(self.dynamic_features)
+                center, half = (hi[:, f] + lo[:, f]) / 2, (hi[:, f] - lo[:, f]).clamp_min(1e-6) / 2
+                u = (x0[:, f] - center) / half
+                s = torch.quantile(u.abs().flatten(1), self.dynamic_quantile, dim=1).clamp_min(1.0)
+                s = s.view(-1, *([1] * (x.ndim - 1)))
+                kept[:, f] = center + torch.maximum(torch.minimum(u, s), -s) / s * half
+            return self.output_for(kept, x, t)
+
+        return guarded
+
+    # -- sampling -----------------------------------------------------------------------------------------
+
+    def scheduler(self, sampler: str = "ddim", steps: int | None = 50):
+        """A fresh diffusers scheduler for one reverse run, its timesteps set. DDPM visits all T; the others
+        visit `steps`, spaced "trailing" (Lin et al. 2024): the first step starts at t = T-1, pure noise."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        steps = self.timesteps if sampler == "ddpm" or steps is None else steps
         if not 1 <= steps <= self.timesteps:
             raise ValueError(f"steps must be in [1, {self.timesteps}], got {steps}")
-        # Evenly spaced from T-1 down to 0, so DDIM starts from pure noise and ends on the data.
-        stride = (self.timesteps - 1) / max(steps - 1, 1)
-        return sorted({round(i * stride) for i in range(steps)}, reverse=True)
+        extra = {"clip_sample": False, "variance_type": "fixed_small", "timestep_spacing": "leading"} \
+            if sampler == "ddpm" else {"timestep_spacing": "trailing"}
+        if sampler == "ddim":
+            extra |= {"clip_sample": False, "set_alpha_to_one": True}
+        scheduler = _diffusers_class(SAMPLERS[sampler])(**self._scheduler_config(), **extra)
+        scheduler.set_timesteps(steps, device=self.alphas_cumprod.device)
+        return scheduler
 
-    def predict_x0(self, x: Tensor, eps: Tensor, t: int) -> Tensor:
-        """x_0 implied by x_t and the predicted noise, clipped to `clip_sample` when set."""
-        x0 = (x - self.sqrt_one_minus_alphas_cumprod[t] * eps) / self.sqrt_alphas_cumprod[t]
-        return x0 if self.clip_sample is None else x0.clamp(*self.clip_sample)
-
-    def ddpm_step(self, eps: Tensor, t: int, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2, via the posterior mean)."""
-        x0 = self.predict_x0(x, eps, t)
-        mean = self.posterior_mean_coef_x0[t] * x0 + self.posterior_mean_coef_xt[t] * x
-        if t == 0:
-            return mean
-        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-        return mean + self.posterior_variance[t].sqrt() * noise
-
-    def ddim_step(self, eps: Tensor, t: int, t_prev: int, x: Tensor, eta: float = 0.0,
-                  generator: torch.Generator | None = None) -> Tensor:
-        """One step x_t -> x_{t_prev}; eta=0 is deterministic DDIM, eta=1 matches DDPM's variance."""
-        a_t = self.alphas_cumprod[t]
-        a_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones_like(a_t)
-        x0 = self.predict_x0(x, eps, t)
-        if self.clip_sample is not None:  # the noise that the clipped x_0 implies
-            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
-        x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
-        if eta > 0 and t_prev >= 0:
-            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-            x_prev = x_prev + sigma * noise
-        return x_prev
+    def sampling_timesteps(self, sampler: str = "ddim", steps: int | None = 50) -> list[int]:
+        """The descending timesteps a sampler visits."""
+        return [int(t) for t in self.scheduler(sampler, steps).timesteps]
 
     def denoise_steps(self, model: Denoiser, x: Tensor, sampler: str = "ddim", steps: int | None = 50,
                       eta: float = 0.0, generator: torch.Generator | None = None,
                       known: Tensor | None = None, known_mask: Tensor | None = None) -> Iterator[Tensor]:
         """Run the reverse process from noise `x`, yielding x after every step (the last is x_0).
 
-        With `known` and `known_mask` (1 = given), the given entries are replaced after every step by
-        `known` noised to the current level, so the sample grows around them (inpainting; a prompt to
-        continue when the mask covers the first notes).
+        With `known` and `known_mask` (1 = given), the given entries are replaced before every step by
+        `known` noised to the current level, and by `known` itself at the end, so the sample grows around
+        them (inpainting; a prompt to continue when the mask covers the first notes). `eta` is DDIM's
+        (0 = deterministic, 1 = DDPM's variance); the other samplers ignore it.
         """
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown sampler {sampler!r}; choose ddpm or ddim")
-        timesteps = self.sampling_timesteps(None if sampler == "ddpm" else steps)
-        for i, t in enumerate(timesteps):
-            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        scheduler = self.scheduler(sampler, steps)
+        net = self.guarded(model)
+        # Only the stochastic samplers draw noise: DDPM always, DDIM when eta > 0.
+        kwargs = {"eta": eta, "generator": generator} if sampler == "ddim" else \
+            {"generator": generator} if sampler == "ddpm" else {}
+        last = len(scheduler.timesteps) - 1
+        for i, t in enumerate(scheduler.timesteps):
+            tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
             if known is not None:
-                x = torch.where(known_mask.bool(), self.add_noise(known, torch.randn(
-                    x.shape, device=x.device, dtype=x.dtype, generator=generator), tt), x)
-            eps = model(x, tt).to(x.dtype)
-            x = self.ddpm_step(eps, t, x, generator) if sampler == "ddpm" else \
-                self.ddim_step(eps, t, t_prev, x, eta, generator)
-            if known is not None and t_prev < 0:
+                noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+                x = torch.where(known_mask.bool(), self.add_noise(known, noise, tt), x)
+            out = net(x, tt).to(x.dtype)
+            x = scheduler.step(out, t, x, return_dict=False, **kwargs)[0]
+            if known is not None and i == last:
                 x = torch.where(known_mask.bool(), known, x)
             yield x
 

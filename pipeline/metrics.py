@@ -29,8 +29,9 @@ import muspy
 import numpy as np
 from scipy.spatial.distance import cdist, pdist
 
+from pipeline.encoding import Encoding
 from pipeline.midi import RejectedFile, extract_notes
-from pipeline.segments import Normalizer, segment_to_notes
+from pipeline.segments import segment_to_notes
 
 RESOLUTION = 24  # ticks per beat for MusPy: divisible by 3 and 8, so triplets and 32nds are exact
 BEATS_PER_BAR = 4
@@ -59,13 +60,13 @@ class Piece:
         return len(self.pitch)
 
 
-def pieces_from_segments(x: np.ndarray, normalizer: Normalizer,
+def pieces_from_segments(x: np.ndarray, encoding: Encoding,
                          mask: np.ndarray | None = None) -> list[Piece]:
     """Normalized `[N, 3, H, W]` segments -> pieces, all H instrument rows merged, starting at beat 0.
     With `mask` (`[N, H, W]`, 1 = a real note; multi-instrument data) padded entries are left out."""
     pieces = []
     for i, segment in enumerate(np.asarray(x)):
-        pitch, onset, duration = segment_to_notes(segment, normalizer)
+        pitch, onset, duration = segment_to_notes(segment, encoding)
         if mask is not None:
             real = np.asarray(mask[i]).astype(bool)
             pitch, onset, duration = pitch[real], onset[real], duration[real]
@@ -74,12 +75,12 @@ def pieces_from_segments(x: np.ndarray, normalizer: Normalizer,
     return pieces
 
 
-def segment_rows(x: np.ndarray, normalizer: Normalizer, mask: np.ndarray) -> list[list[Piece]]:
+def segment_rows(x: np.ndarray, encoding: Encoding, mask: np.ndarray) -> list[list[Piece]]:
     """Normalized multi-instrument segments `[N, 3, H, W]` and their mask -> one piece per row of each
     segment, padding left out, the rows in their places in time (the segment's first note at beat 0)."""
     out = []
     for segment, real in zip(np.asarray(x), np.asarray(mask).astype(bool), strict=True):
-        pitch, onset, duration = segment_to_notes(segment, normalizer)
+        pitch, onset, duration = segment_to_notes(segment, encoding)
         origin = onset[real].min() if real.any() else 0.0
         out.append([Piece.from_notes(pitch[h][real[h]], onset[h][real[h]] - origin, duration[h][real[h]])
                     for h in range(len(real))])
@@ -573,7 +574,25 @@ def density_tables(reports: Mapping[str, SetReport], reference_name: str = "test
 
 
 SUMMARY_COLUMNS = ("oa_mean", "kl_mean", "framewise.pitch.consistency", "framewise.pitch.variance",
-                   "framewise.duration.consistency", "framewise.duration.variance")
+                   "framewise.duration.consistency", "framewise.duration.variance", "edge_fraction",
+                   "chord_fraction")
+
+
+# -- two failure modes a mean over pieces hides ---------------------------------------------------------
+
+def edge_fraction(pieces: Sequence[Piece], low: int, high: int) -> float:
+    """Fraction of all notes at or beyond the pitch range's ends (`low`, `high`: the train split's lowest
+    and highest MIDI pitch). Real music rarely sits there; a sampler that clips what the network
+    overshoots piles notes up exactly there."""
+    pitch = np.concatenate([p.pitch for p in pieces] or [np.zeros(0)])
+    return float(np.mean((pitch <= low) | (pitch >= high))) if len(pitch) else math.nan
+
+
+def chord_fraction(pieces: Sequence[Piece]) -> float:
+    """Fraction of notes (after each piece's first) that start together with the note before them: a
+    delta of 0. Chorales are 65% such notes, four voices to a chord."""
+    same = [np.abs(np.diff(p.onset)) < 1e-9 for p in pieces if len(p) > 1]
+    return float(np.mean(np.concatenate(same))) if same else math.nan
 
 
 def summary_rows(metrics: Mapping[str, float], sets: Sequence[str]) -> list[dict[str, float | str]]:

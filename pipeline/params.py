@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.diffusion import GUARDS, LOSS_WEIGHTS, PREDICTIONS, SAMPLERS, SCHEDULES
+from pipeline.encoding import ORIGINAL, PITCH, SCALE, TIME
 from pipeline.errors import DmcError
 
 # PyYAML follows YAML 1.1, where `1e-06` (no dot) is a string. DVC writes `-S lr=1e-6` exactly so.
@@ -26,7 +28,7 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 
 DATASETS = ("bach", "bach-satb", "renaissance", "folder", "maestro", "lakh", "classical", "final-fantasy",
             "freemidi")
-PRESETS = ("tiny", "small", "full")
+PRESETS = ("tiny", "compact", "small", "full")
 
 
 def _number(lo: float | None = None, hi: float | None = None, integer: bool = False, lo_open: bool = False):
@@ -83,6 +85,21 @@ def _seq_len(v: Any) -> str | None:
     return f"must be a multiple of 8 (the U-Net pools three times), got {v}"
 
 
+def _quantize(v: Any) -> str | None:
+    """"" (no grid), "auto" (the data's own) or a note value such as 1/16."""
+    from pipeline.sampling import AUTO, parse_quantize
+
+    if not isinstance(v, str):
+        return f"must be a string such as \"\", \"auto\" or \"1/16\", got {v!r}"
+    if v.strip() in ("", AUTO):
+        return None
+    try:
+        parse_quantize(v)
+    except DmcError as err:
+        return str(err).split(": ", 1)[-1]
+    return None
+
+
 _POS = _number(0, lo_open=True)
 _POS_INT = _number(1, integer=True)
 _NONNEG_INT = _number(0, integer=True)
@@ -122,13 +139,23 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "diffusion.timesteps": _POS_INT,
     "diffusion.beta_start": _number(0, 1, lo_open=True),
     "diffusion.beta_end": _number(0, 1, lo_open=True),
+    "diffusion.schedule": _choice(*SCHEDULES),
+    "diffusion.prediction": _choice(*PREDICTIONS),
+    "diffusion.loss_weight": _choice(*LOSS_WEIGHTS),
+    "diffusion.min_snr_gamma": _POS,
+    "features.pitch": _choice(*PITCH),
+    "features.time": _choice(*TIME),
+    "features.scale": _choice(*SCALE),
+    "train.transpose": _number(0, 11, integer=True),
     "sample.n": _POS_INT,
-    "sample.sampler": _choice("ddpm", "ddim"),
+    "sample.sampler": _choice(*SAMPLERS),
+    "sample.guard": _choice(*GUARDS),
+    "sample.chord_snap": _number(0),
     "sample.steps": _POS_INT,
     "sample.eta": _number(0),
     "sample.length": _POS_INT,
     "sample.tempo": _POS,
-    "sample.quantize": _STR,
+    "sample.quantize": _quantize,
     "sample.audio": _choice("", "wav", "ogg", "mp3"),
     "sample.plot": _BOOL,
     "evaluate.n_baseline": _POS_INT,
@@ -173,7 +200,11 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def validate(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Check every key against SCHEMA; raise DmcError naming the first bad key."""
+    """Check every key against SCHEMA; raise DmcError naming the first bad key. `features: original`
+    comes back spelled out as the original's three encodings."""
+    params = dict(params)
+    if params.get("features") == "original":
+        params["features"] = dict(ORIGINAL)
     flat = flatten(params)
     for key in flat:
         if key not in SCHEMA:
@@ -191,7 +222,7 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
         raise DmcError("params: 'prepare.split.train' must be > 0")
     if params["diffusion"]["beta_start"] >= params["diffusion"]["beta_end"]:
         raise DmcError("params: 'diffusion.beta_start' must be below 'diffusion.beta_end'")
-    return dict(params)
+    return params
 
 
 def parse(text: str) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """From a trained model to MIDI files: sample, decode to notes, continue a prompt, grow long pieces.
 
-One sample is a float array [3, H, W]: the normalized (frequency, duration, delta) of W notes on each of
+One sample is a float array [3, H, W]: the encoded (frequency, duration, delta) of W notes on each of
 H instrument rows, the layout `pipeline.segments` writes. Decoding inverts that layout:
 
-    clip to [0, 1] -> denormalize -> pitch = round(69 + 12 log2(f / 440)) -> onset = running sum of delta
-    -> ticks at TICKS_PER_QUARTER (optionally snapped to a grid) -> `pipeline.midi.write_midi`.
+    clip to the train split's bounds -> `pipeline.encoding` decodes -> pitch = round(69 + 12 log2(f / 440))
+    -> deltas under `chord_snap` become 0 -> onset = running sum of delta -> ticks at TICKS_PER_QUARTER
+    (optionally snapped to a grid: one given, or the data's own with `auto`) -> `pipeline.midi.write_midi`.
 
 Several rows (multi-instrument mode, `pipeline.instruments`): every row's first delta counts from the
 window's shared start, so all rows are shifted by the same amount (the smallest first delta) and stay
@@ -32,12 +33,13 @@ import torch
 from tqdm import tqdm
 
 from pipeline import midi
+from pipeline.diffusion import GUARDS, SAMPLERS
 from pipeline.errors import DmcError
 
 TICKS_PER_QUARTER = 480
+AUTO = "auto"  # quantize: snap to the grid the training data lies on
 # Shortest note written when no grid is asked for: a 128th note. A decoded duration can round to 0 ticks.
 MIN_DURATION_TICKS = TICKS_PER_QUARTER // 32
-SAMPLERS = ("ddpm", "ddim")
 MODEL_PATH = Path("models/model.pt")
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -81,17 +83,19 @@ class DecodedTrack:
 
 
 def decode_row(frequency: np.ndarray, duration: np.ndarray, delta: np.ndarray,
-               grid: int | None = None, start: float | None = None) -> DecodedTrack:
-    """Denormalized features of one row -> notes in ticks.
+               grid: int | None = None, start: float | None = None, chord_snap: float = 0.0) -> DecodedTrack:
+    """Decoded features of one row -> notes in ticks.
 
     The first note starts at tick 0 (its delta is the gap to a note before the window); with `start`
     (beats), notes start at the running sum of delta minus `start` instead, which keeps several rows
     aligned. Onsets round the running sum, not each delta, so rounding errors do not accumulate over a
     long piece. Notes that land on the same pitch and tick keep only the first in sequence order (a
-    prompt's note wins over a generated one), as the note contract has no duplicates.
+    prompt's note wins over a generated one), as the note contract has no duplicates. A delta below
+    `chord_snap` beats is taken as 0: the model's near-miss at a chord, whose notes share one onset.
     """
     pitch = frequency_to_pitch(frequency)
     delta = np.maximum(np.asarray(delta, dtype=np.float64), 0.0)
+    delta = np.where(delta < chord_snap, 0.0, delta)
     if start is not None:
         beats = np.cumsum(delta) - start
     else:
@@ -111,37 +115,38 @@ def decode_row(frequency: np.ndarray, duration: np.ndarray, delta: np.ndarray,
     return DecodedTrack(pitch[first], onset[first], length[first])
 
 
-def decode(x: np.ndarray, normalizer: Any, grid: int | None = None,
-           keep: np.ndarray | None = None) -> list[DecodedTrack]:
-    """One normalized sample [3, H, W] -> one DecodedTrack per row.
+def decode(x: np.ndarray, encoding: Any, grid: int | None = None,
+           keep: np.ndarray | None = None, chord_snap: float = 0.0) -> list[DecodedTrack]:
+    """One encoded sample [3, H, W] -> one DecodedTrack per row.
 
-    Values are clipped to [0, 1] (the training range) before denormalizing, except where `keep` (bool,
-    same shape) marks given values such as a prompt, which are decoded exactly as they came in.
+    Values are clipped to the encoding's bounds (the train split's range) before decoding, except where
+    `keep` (bool, same shape) marks given values such as a prompt, which are decoded exactly as they came.
     """
     x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0)  # a diverged model must not crash decoding
-    clipped = np.clip(x, 0.0, 1.0)
+    low, high = (b.reshape(3, 1, 1) for b in encoding.bounds)
+    clipped = np.clip(x, low, high)
     if keep is not None:
         clipped = np.where(keep, x, clipped)
-    features = np.asarray(normalizer.denormalize(clipped[None]), dtype=np.float64)[0]
+    features = np.asarray(encoding.decode(clipped[None]), dtype=np.float64)[0]
     if x.shape[1] == 1:
-        return [decode_row(features[0, 0], features[1, 0], features[2, 0], grid)]
+        return [decode_row(features[0, 0], features[1, 0], features[2, 0], grid, chord_snap=chord_snap)]
     # Several rows: one shared origin, and every row ends where the first one does (module docstring).
     start = float(np.maximum(features[2, :, 0], 0.0).min()) if x.shape[2] else 0.0
-    tracks = [decode_row(features[0, h], features[1, h], features[2, h], grid, start)
+    tracks = [decode_row(features[0, h], features[1, h], features[2, h], grid, start, chord_snap)
               for h in range(x.shape[1])]
     end = min((int(t.onset.max()) for t in tracks if len(t.onset)), default=0)
     return [DecodedTrack(t.pitch[t.onset <= end], t.onset[t.onset <= end], t.duration[t.onset <= end])
             for t in tracks]
 
 
-def encode_notes(pitch: np.ndarray, duration: np.ndarray, delta: np.ndarray, normalizer: Any) -> np.ndarray:
-    """Notes of one row -> normalized features [3, W], the inverse of `decode` for in-range notes."""
+def encode_notes(pitch: np.ndarray, duration: np.ndarray, delta: np.ndarray, encoding: Any) -> np.ndarray:
+    """Notes of one row -> encoded features [3, W], the inverse of `decode` for in-range notes."""
     raw = np.stack([midi.frequency(pitch), np.asarray(duration, np.float64),
                     np.asarray(delta, np.float64)])
-    return np.asarray(normalizer.normalize(raw[None, :, None, :]), dtype=np.float32)[0, :, 0, :]
+    return np.asarray(encoding.encode(raw[None, :, None, :]), dtype=np.float32)[0, :, 0, :]
 
 
-def read_prompt(path: str | Path, normalizer: Any, n_notes: int,
+def read_prompt(path: str | Path, encoding: Any, n_notes: int,
                 programs: Sequence[int] | None = None) -> np.ndarray:
     """The first `n_notes` notes of a MIDI file, extracted as the prepare stage does, normalized: [3, K].
 
@@ -157,19 +162,24 @@ def read_prompt(path: str | Path, normalizer: Any, n_notes: int,
     k = min(n_notes, len(notes.pitch))
     if k == 0:
         raise DmcError(f"--prompt: {path} has no notes to continue")
-    return encode_notes(notes.pitch[:k], notes.duration[:k], notes.delta[:k], normalizer)
+    return encode_notes(notes.pitch[:k], notes.duration[:k], notes.delta[:k], encoding)
 
 
 # -- sampling -----------------------------------------------------------------------------------------
 
 
+
+
 @dataclass
 class Sampler:
-    """How to run the reverse process: `ddpm` visits all T steps, `ddim` visits `steps` of them."""
+    """How to run the reverse process: `ddpm` visits all T steps, the others (`ddim`, `dpm++`, `unipc`)
+    visit `steps` of them. `guard` keeps the x_0 estimate in the data's range: `clip` (to the train
+    split's bounds, per feature), `dynamic` (dynamic thresholding of pitch, the rest clipped) or `none`."""
 
     name: str = "ddim"
     steps: int = 50
     eta: float = 0.0
+    guard: str = "clip"
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
@@ -178,9 +188,25 @@ class Sampler:
             raise DmcError(f"--steps must be positive, got {self.steps}")
         if self.eta < 0:
             raise DmcError(f"--eta must be >= 0, got {self.eta}")
+        if self.guard not in GUARDS:
+            raise DmcError(f"--guard must be one of {', '.join(GUARDS)}, got {self.guard!r}")
 
     def n_steps(self, timesteps: int) -> int:
         return timesteps if self.name == "ddpm" else min(self.steps, timesteps)
+
+    def check_steps(self, timesteps: int) -> None:
+        """More steps than the model's timesteps is a mistake, not a request to clamp silently."""
+        if self.name != "ddpm" and self.steps > timesteps:
+            raise DmcError(f"--steps {self.steps} exceeds the model's {timesteps} diffusion timesteps")
+
+    def diffusion(self, config: dict[str, Any], encoding: Any, device: torch.device | str = "cpu") -> Any:
+        """The model's diffusion process (its checkpoint's `config`), with this sampler's x_0 guard."""
+        from pipeline.diffusion import GaussianDiffusion
+
+        low, high = encoding.bounds
+        bounds = {"clip_sample": (low.tolist(), high.tolist())}
+        guard = {"clip": bounds, "dynamic": {**bounds, "dynamic_features": (0,)}, "none": {}}[self.guard]
+        return GaussianDiffusion(**config, **guard).to(device)
 
 
 def window_starts(length: int, seq_len: int, overlap: int) -> list[int]:
@@ -255,7 +281,7 @@ def generate(model: Denoiser, diffusion: Any, n: int, rows: int, seq_len: int, l
 def _window(model: Denoiser, diffusion: Any, sampler: Sampler, known: torch.Tensor, mask: torch.Tensor | None,
             generator: torch.Generator, bar: tqdm) -> torch.Tensor:
     x = torch.randn(known.shape, device=known.device, generator=generator)
-    steps = sampler.n_steps(diffusion.timesteps)  # more DDIM steps than timesteps means all of them
+    steps = sampler.n_steps(diffusion.timesteps)
     for step in diffusion.denoise_steps(model, x, sampler.name, steps, sampler.eta, generator,
                                         known if mask is not None else None, mask):
         x = step
@@ -300,7 +326,9 @@ class GenerateOptions:
     batch_size: int = 8
     seed: int = 0
     tempo: float = 120.0
-    quantize: str = ""
+    quantize: str = ""  # "" (none), a note value such as 1/16, or "auto" (the training data's grid)
+    guard: str = "clip"  # clip | dynamic | none: what keeps x_0 estimates in range (Sampler)
+    chord_snap: float = 0.0  # beats: shorter deltas become 0 (a chord)
     audio: str = ""  # "" | wav | ogg | mp3
     plot: bool = False
     prompt: Path | None = None
@@ -325,8 +353,20 @@ def check_options(opts: GenerateOptions) -> None:
         raise DmcError(f"--tempo must be positive, got {opts.tempo}")
     if opts.audio and opts.audio not in FORMATS:
         raise DmcError(f"--audio must be one of {', '.join(FORMATS)}, got {opts.audio!r}")
-    Sampler(opts.sampler, opts.steps, opts.eta)
-    parse_quantize(opts.quantize)
+    if not opts.chord_snap >= 0:
+        raise DmcError(f"--chord-snap must be >= 0 beats, got {opts.chord_snap}")
+    Sampler(opts.sampler, opts.steps, opts.eta, opts.guard)
+    if opts.quantize != AUTO:
+        parse_quantize(opts.quantize)
+
+
+def grid_ticks(quantize: str, stats: dict[str, Any]) -> int | None:
+    """The grid in ticks that `quantize` asks for; `auto` is the training data's own grid (stats.json
+    `grid`, in beats; None when the data has none)."""
+    if quantize != AUTO:
+        return parse_quantize(quantize)
+    beats = stats.get("grid")
+    return None if not beats else max(1, round(beats * TICKS_PER_QUARTER))
 
 
 def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str | Path | None = None,
@@ -336,25 +376,24 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     Every file is first written into a temp folder inside `out_dir` and moved in at the end, so an
     error leaves no partial file behind. Returns a summary (files, seconds, notices).
     """
-    from pipeline.diffusion import GaussianDiffusion
+    from pipeline.encoding import Encoding
     from pipeline.model import default_device, load_trained
-    from pipeline.segments import Normalizer
 
     check_options(opts)
-    sampler = Sampler(opts.sampler, opts.steps, opts.eta)
-    grid = parse_quantize(opts.quantize)
+    sampler = Sampler(opts.sampler, opts.steps, opts.eta, opts.guard)
     path = Path(checkpoint) if checkpoint is not None else find_model()
     if not path.is_file():
         raise DmcError(f"no trained model at {path}; train one with `dvc repro train`"
                        + ("" if checkpoint is None else " or pass --checkpoint PATH"))
     device = _device(opts.device) if opts.device else default_device()
     model, stats, diffusion_kwargs = load_trained(path, device)
-    # Segments are normalized into [0, 1], so no sample's x_0 can lie outside it.
-    diffusion = GaussianDiffusion(**diffusion_kwargs, clip_sample=(0.0, 1.0)).to(device)
-    normalizer = Normalizer.from_stats(stats)
+    encoding = Encoding.from_stats(stats)
+    diffusion = sampler.diffusion(diffusion_kwargs, encoding, device)
+    sampler.check_steps(diffusion.timesteps)
+    grid = grid_ticks(opts.quantize, stats)
     seq_len = int(stats["seq_len"])
     rows = len(stats.get("instruments") or ["piano"])
-    prompt = None if opts.prompt is None else read_prompt(opts.prompt, normalizer, opts.prompt_notes)
+    prompt = None if opts.prompt is None else read_prompt(opts.prompt, encoding, opts.prompt_notes)
     length = opts.length or seq_len
     if rows > 1 and length > seq_len:
         raise DmcError(f"--length {length}: a model of {rows} instrument rows writes one window of "
@@ -387,7 +426,7 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
             keep = np.zeros(x.shape[1:], dtype=bool)
             keep[:, 0, : prompt.shape[-1]] = True
         tracks_of = programs_for(stats, rows)
-        names = _write_pieces(staging, x, normalizer, grid, keep, tracks_of, opts, notices, log)
+        names = _write_pieces(staging, x, encoding, grid, keep, tracks_of, opts, notices, log)
         for name in names:
             (staging / name).replace(out_dir / name)
         ok = True
@@ -411,7 +450,7 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _write_pieces(folder: Path, x: np.ndarray, normalizer: Any, grid: int | None, keep: np.ndarray | None,
+def _write_pieces(folder: Path, x: np.ndarray, encoding: Any, grid: int | None, keep: np.ndarray | None,
                   tracks_of: list[tuple[int, bool, str]], opts: GenerateOptions, notices: list[str],
                   log: Callable[[str], None]) -> list[str]:
     """Decode each sample and write its MIDI (and audio, piano roll) into `folder`; returns file names."""
@@ -424,8 +463,8 @@ def _write_pieces(folder: Path, x: np.ndarray, normalizer: Any, grid: int | None
         tracks = [midi.TrackNotes(pitch=t.pitch, onset=t.onset / TICKS_PER_QUARTER,
                                   duration=t.duration / TICKS_PER_QUARTER,
                                   program=program, is_drum=drum, name=name)
-                  for t, (program, drum, name) in zip(decode(sample, normalizer, grid, keep), tracks_of,
-                                                      strict=True)]
+                  for t, (program, drum, name) in zip(decode(sample, encoding, grid, keep, opts.chord_snap),
+                                                      tracks_of, strict=True)]
         stem = f"sample_{i:03d}"
         midi.write_midi(folder / f"{stem}.mid", tracks, tempo=opts.tempo, ticks_per_quarter=TICKS_PER_QUARTER)
         names.append(f"{stem}.mid")

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from pipeline.encoding import FEATURES, ORIGINAL, Encoding, EncodingFit
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path
 from pipeline.instruments import (
@@ -48,7 +49,6 @@ from pipeline.instruments import (
 )
 from pipeline.midi import DEFAULT_PROGRAMS, Notes, RejectedFile, extract_notes, frequency, pitch_of
 
-FEATURES = ("frequency", "duration", "delta")
 SPLITS = ("train", "val", "test")
 SEGMENTS_FILE = "segments.parquet"
 STATS_FILE = "stats.json"
@@ -63,7 +63,7 @@ class PrepareConfig:
     """What turns one file's notes into segments; built from params.yaml by `from_params`."""
 
     seq_len: int = 128
-    hop: int = 0  # notes between window starts; 0 means seq_len
+    hop: int = 0  # notes between train window starts; 0 means seq_len (val and test never overlap)
     programs: tuple[int, ...] = DEFAULT_PROGRAMS
     max_duration: float = 16.0
     max_delta: float = 16.0
@@ -71,6 +71,7 @@ class PrepareConfig:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
     instruments: tuple[str, ...] = ("piano",)
     min_instruments: int = 1  # multi-instrument mode: groups a file must have
+    features: tuple[str, str, str] = ("frequency", "linear", "minmax")  # pitch, time, scale encodings
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> PrepareConfig:
@@ -82,16 +83,29 @@ class PrepareConfig:
         return cls(seq_len=params["seq_len"], hop=p["hop"], programs=tuple(p["programs"]),
                    max_duration=float(p["max_duration"]), max_delta=float(p["max_delta"]),
                    policy=p["threshold_policy"], split=tuple(float(p["split"][s]) for s in SPLITS),
-                   instruments=tuple(params["instruments"]), min_instruments=p["min_instruments"])
+                   instruments=tuple(params["instruments"]), min_instruments=p["min_instruments"],
+                   features=tuple(features_of(params)))
 
     @property
     def step(self) -> int:
         return self.hop or self.seq_len
 
+    def hop_for(self, relative_path: str) -> int:
+        """Overlapping windows multiply the train data only: val and test windows never overlap, so the
+        evaluation's reference is the same whatever `hop` is."""
+        return self.hop if split_of(relative_path, self.split) == "train" else 0
+
     @property
     def multi(self) -> bool:
         """Multi-instrument mode: rows from `pipeline.instruments`, with a mask."""
         return not is_single_piano(self.instruments)
+
+
+def features_of(params: dict[str, Any]) -> tuple[str, str, str]:
+    """(pitch, time, scale) from params.yaml `features`: a mapping, or `original` for the seed's own."""
+    spec = params.get("features", "original")
+    spec = ORIGINAL if spec == "original" else {**ORIGINAL, **spec}
+    return spec["pitch"], spec["time"], spec["scale"]
 
 
 def split_of(relative_path: str, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
@@ -151,9 +165,11 @@ def _concat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
 
 
-def cut_windows(files: Sequence[Notes | RejectedFile], config: PrepareConfig) -> Windows:
+def cut_windows(files: Sequence[Notes | RejectedFile], config: PrepareConfig,
+                hops: Sequence[int] | None = None) -> Windows:
     """Cut each file's notes into windows and apply the thresholds; a file with no window left (or one
-    that came in rejected) gets its RejectedFile in `rejects`."""
+    that came in rejected) gets its RejectedFile in `rejects`. `hops` (one per file, 0 = seq_len)
+    overrides `config.hop`."""
     notes = [f for f in files if isinstance(f, Notes)]
     n = np.array([len(f) if isinstance(f, Notes) else 0 for f in files], dtype=np.int64)
     pitch = _concat([f.pitch for f in notes], np.int16)
@@ -165,11 +181,13 @@ def cut_windows(files: Sequence[Notes | RejectedFile], config: PrepareConfig) ->
     file_bad = bad_before[first_note[1:]] > bad_before[first_note[:-1]]
 
     # Window w of file f starts at note first_note[f] + w * step; a short tail is dropped.
-    seq_len, step = config.seq_len, config.step
+    seq_len = config.seq_len
+    hops = [config.hop] * len(files) if hops is None else hops
+    step = np.array([h or seq_len for h in hops], dtype=np.int64)
     count = np.where(n >= seq_len, (n - seq_len) // step + 1, 0)
     owner = np.repeat(np.arange(len(files)), count)
     window = np.arange(len(owner)) - np.repeat(np.cumsum(count) - count, count)
-    start = first_note[owner] + window * step
+    start = first_note[owner] + window * step[owner]
     ok = bad_before[start + seq_len] == bad_before[start]
     if config.policy == "file":
         ok &= ~file_bad[owner]
@@ -218,7 +236,7 @@ def _extract(path: Path, programs: Sequence[int]) -> Notes | RejectedFile:
         return RejectedFile(f"{type(err).__name__}: {err}", "error")
 
 
-def cut_rows(paths: Sequence[Path], config: PrepareConfig) -> Windows:
+def cut_rows(paths: Sequence[Path], config: PrepareConfig, hops: Sequence[int] | None = None) -> Windows:
     """Multi-instrument mode: each file's group rows cut into time-aligned windows (`pipeline.instruments`);
     a file that gives no window gets its RejectedFile in `rejects`. Never raises."""
     groups = groups_of(config.instruments)
@@ -227,7 +245,8 @@ def cut_rows(paths: Sequence[Path], config: PrepareConfig) -> Windows:
     rejects: dict[int, RejectedFile] = {}
     for f, path in enumerate(paths):
         try:
-            cuts[f] = file_windows(extract_rows(path, groups), w, config.hop, config.max_duration,
+            hop = config.hop if hops is None else hops[f]
+            cuts[f] = file_windows(extract_rows(path, groups), w, hop, config.max_duration,
                                    config.max_delta, config.policy, config.min_instruments)
         except RejectedFile as err:
             rejects[f] = err
@@ -249,57 +268,17 @@ def cut_rows(paths: Sequence[Path], config: PrepareConfig) -> Windows:
 def _process(job: tuple[Path, list[str], PrepareConfig]) -> tuple[list[str], Windows]:
     """Worker: a batch of files from disk to their raw windows (and rejects). Never raises."""
     root, rels, config = job
+    hops = [config.hop_for(rel) for rel in rels]
     if config.multi:
-        return rels, cut_rows([root / rel for rel in rels], config)
-    return rels, cut_windows([_extract(root / rel, config.programs) for rel in rels], config)
+        return rels, cut_rows([root / rel for rel in rels], config, hops)
+    return rels, cut_windows([_extract(root / rel, config.programs) for rel in rels], config, hops)
 
 
-@dataclass(frozen=True)
-class Normalizer:
-    """Min-max normalization to [0, 1] per feature, from the train split. The feature axis is axis 1
-    (`[N, 3, H, W]` segments, `[n, 3]` note tables); a constant feature maps to 0."""
-
-    lo: tuple[float, float, float]
-    hi: tuple[float, float, float]
-
-    def _shape(self, x: np.ndarray, values: Sequence[float], axis: int) -> np.ndarray:
-        shape = [1] * x.ndim
-        shape[axis] = len(FEATURES)
-        return np.asarray(values, dtype=np.float64).reshape(shape)
-
-    def _scale(self) -> list[float]:
-        return [h - lo if h > lo else 1.0 for lo, h in zip(self.lo, self.hi, strict=True)]
-
-    def normalize(self, x: np.ndarray, axis: int = 1) -> np.ndarray:
-        """Raw features -> [0, 1] (float64; cast to float32 for storage)."""
-        x = np.asarray(x, dtype=np.float64)
-        return (x - self._shape(x, self.lo, axis)) / self._shape(x, self._scale(), axis)
-
-    def denormalize(self, x: np.ndarray, axis: int = 1) -> np.ndarray:
-        """[0, 1] -> raw features (float64)."""
-        x = np.asarray(x, dtype=np.float64)
-        return x * self._shape(x, self._scale(), axis) + self._shape(x, self.lo, axis)
-
-    def to_stats(self) -> dict[str, Any]:
-        return {"normalization": {f: {"min": lo, "max": hi} for f, lo, hi in zip(FEATURES, self.lo, self.hi,
-                                                                                   strict=True)}}
-
-    @classmethod
-    def from_stats(cls, stats: dict[str, Any]) -> Normalizer:
-        """From a stats.json dict (or anything holding its "normalization" entry)."""
-        try:
-            norm = stats["normalization"]
-            return cls(lo=tuple(float(norm[f]["min"]) for f in FEATURES),
-                       hi=tuple(float(norm[f]["max"]) for f in FEATURES))
-        except (KeyError, TypeError) as err:
-            raise DmcError(f"stats: no normalization entry for {err}") from None
-
-
-def segment_to_notes(x: np.ndarray, normalizer: Normalizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def segment_to_notes(x: np.ndarray, encoding: Encoding) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A normalized segment `[3, W]` or `[3, H, W]` -> (pitch int16, onset, duration) in beats, each
     `[W]` or `[H, W]`. Pitch is the nearest MIDI note; negative durations and deltas become 0;
     onset = cumulative sum of delta (so it counts from the note before the segment)."""
-    raw = normalizer.denormalize(np.asarray(x)[None], axis=1)[0]
+    raw = encoding.decode(np.asarray(x)[None], axis=1)[0]
     delta = np.maximum(raw[2], 0.0)
     return pitch_of(raw[0]), np.cumsum(delta, axis=-1), np.maximum(raw[1], 0.0)
 
@@ -389,8 +368,7 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
     """
     t0 = time.perf_counter()
     width = len(config.instruments) * config.seq_len
-    lo = np.full(len(FEATURES), np.inf)
-    hi = np.full(len(FEATURES), -np.inf)
+    fit = EncodingFit(*config.features)
     rejected: Counter[str] = Counter()
     segments: Counter[str] = Counter()
     kept = notes = dropped = 0
@@ -430,9 +408,7 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
                     file_split = [SPLITS.index(split_of(rel, config.split)) for rel in rels]
                     train_programs += [cut.programs[f] for f in range(len(rels))
                                        if f not in cut.rejects and file_split[f] == 0]
-                if len(train) and np.isfinite(train).any():
-                    lo = np.fmin(lo, np.nanmin(train, axis=(0, 2, 3)))
-                    hi = np.fmax(hi, np.nanmax(train, axis=(0, 2, 3)))
+                fit.add(train)
                 n = len(cut.owner)
                 extra = {} if cut.mask is None else {"mask": cut.mask.reshape(-1)}
                 raw.add(n, dataset=[dataset] * n, file=[rels[f] for f in cut.owner.tolist()],
@@ -446,8 +422,8 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
         if segments["train"] == 0:
             raise DmcError(f"dataset '{dataset}': no segments in the train split ({len(files)} files, "
                            f"{sum(rejected.values())} rejected: {dict(rejected)}); try a smaller seq_len")
-        normalizer = Normalizer(lo=tuple(map(float, lo)), hi=tuple(map(float, hi)))
-        _normalize_file(raw_path, tmp / SEGMENTS_FILE, normalizer, width, mask=config.multi)
+        encoding = fit.encoding()
+        _normalize_file(raw_path, tmp / SEGMENTS_FILE, encoding, width, mask=config.multi)
         raw_path.unlink()
         seconds = time.perf_counter() - t0
         summary = {
@@ -465,7 +441,8 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
         }
         stats = {
             "features": list(FEATURES),
-            **normalizer.to_stats(),
+            **encoding.to_stats(),
+            "grid": fit.grid(),  # beats; the rhythmic grid that decoding may snap to (sample.quantize: auto)
             "seq_len": config.seq_len,
             "hop": config.step,
             "instruments": list(config.instruments),
@@ -484,7 +461,7 @@ def write_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: S
     return summary
 
 
-def _normalize_file(src: Path, dest: Path, normalizer: Normalizer, width: int, mask: bool = False) -> None:
+def _normalize_file(src: Path, dest: Path, encoding: Encoding, width: int, mask: bool = False) -> None:
     """Second pass: raw float64 features -> normalized float32, one row group at a time. With `mask`,
     padded entries stay 0 (normalizing them would give arbitrary values below 0)."""
     schema = _schema(width, pa.float32(), mask)
@@ -494,7 +471,7 @@ def _normalize_file(src: Path, dest: Path, normalizer: Normalizer, width: int, m
             batch = reader.get_batch(i)
             columns = {name: batch.column(name) for name in ("dataset", "file", "segment", "split", "pitch")}
             raw = np.stack([batch.column(f).flatten().to_numpy() for f in FEATURES])
-            scaled = normalizer.normalize(raw, axis=0).astype(np.float32)
+            scaled = encoding.encode(raw, axis=0).astype(np.float32)
             if mask:
                 columns["mask"] = batch.column("mask")
                 scaled *= batch.column("mask").flatten().to_numpy(zero_copy_only=False).astype(bool)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pipeline.diffusion import GaussianDiffusion
+from pipeline.encoding import Encoding
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path, write_json
 from pipeline.model import UNet, UNetConfig, count, default_device, get_config
@@ -59,6 +60,11 @@ class TrainSettings:
     timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    schedule: str = "linear"
+    prediction: str = "epsilon"
+    loss_weight: str = "none"
+    min_snr_gamma: float = 5.0
+    transpose: int = 0  # random key changes of up to this many semitones, train batches only
     val_every: int = 100
     checkpoint_every: int = 100
     compile: bool = False
@@ -70,12 +76,17 @@ class TrainSettings:
                    lr=params["lr"], lr_final=params["lr_final"], lr_switch=t["lr_switch"],
                    weight_decay=t["weight_decay"], grad_clip=t["grad_clip"], ema_decay=t["ema_decay"],
                    seed=params["seed"], causal=t["causal"], timesteps=d["timesteps"],
-                   beta_start=d["beta_start"], beta_end=d["beta_end"], val_every=t["val_every"],
-                   checkpoint_every=t["checkpoint_every"], compile=t["compile"])
+                   beta_start=d["beta_start"], beta_end=d["beta_end"], schedule=d["schedule"],
+                   prediction=d["prediction"], loss_weight=d["loss_weight"], min_snr_gamma=d["min_snr_gamma"],
+                   transpose=t["transpose"], val_every=t["val_every"], checkpoint_every=t["checkpoint_every"],
+                   compile=t["compile"])
 
     @property
     def diffusion(self) -> dict[str, Any]:
-        return {"timesteps": self.timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end}
+        """The diffusion config a checkpoint stores: `GaussianDiffusion(**settings.diffusion)`."""
+        return {"timesteps": self.timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end,
+                "schedule": self.schedule, "prediction": self.prediction, "loss_weight": self.loss_weight,
+                "min_snr_gamma": self.min_snr_gamma}
 
     def lr_at(self, step: int) -> float:
         """`lr` for the first `lr_switch` of the steps, then `lr_final` (the original: 150K + 50K)."""
@@ -329,6 +340,33 @@ def _save(obj: dict[str, Any], path: Path) -> None:
 # -- the step -------------------------------------------------------------------------------------------
 
 
+class Transposer:
+    """Random key changes of whole train segments, up to `semitones` either way, in encoded space.
+
+    Chorales come in a handful of keys, so the network sees each progression in few transpositions;
+    shifting the pitch feature multiplies the data at no cost. A segment whose shifted pitches would leave
+    the train split's range keeps its key, so no note is pushed where sampling would clip it.
+    """
+
+    def __init__(self, encoding: Encoding, semitones: int, device: torch.device):
+        maps = [encoding.transpose_map(k) for k in range(-semitones, semitones + 1)]
+        self.scale = torch.tensor([m for m, _ in maps], device=device)
+        self.shift = torch.tensor([c for _, c in maps], device=device)
+        low, high = encoding.bounds
+        self.low, self.high = float(low[0]) - 1e-6, float(high[0]) + 1e-6
+
+    def __call__(self, x0: Tensor, gen: torch.Generator, mask: Tensor | None = None) -> Tensor:
+        """x0 `[B, 3, H, W]` with each segment's pitch row moved by its own random interval. `mask`
+        (`[B, 1, H, W]`, 1 = a real note) keeps padding untouched."""
+        k = torch.randint(0, len(self.scale), (x0.shape[0],), device=x0.device, generator=gen)
+        view = (-1, *([1] * (x0.ndim - 2)))
+        pitch = x0[:, 0] * self.scale[k].view(view) + self.shift[k].view(view)
+        real = torch.ones_like(pitch, dtype=torch.bool) if mask is None else mask[:, 0].bool()
+        inside = ((pitch >= self.low) & (pitch <= self.high) | ~real).flatten(1).all(1).view(view)
+        return torch.cat([torch.where(real & inside, pitch, x0[:, 0])[:, None], x0[:, 1:]], dim=1)
+
+
+
 def build(settings: TrainSettings, config: UNetConfig, device: torch.device
           ) -> tuple[UNet, EMA, torch.optim.Optimizer, GaussianDiffusion]:
     """A fresh U-Net, its EMA copy, AdamW and the diffusion schedule, on `device`."""
@@ -435,6 +473,8 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     train_m = None if data.train_mask is None else torch.from_numpy(data.train_mask)[:, None].to(data_device)
     val_m = None if data.val_mask is None else torch.from_numpy(data.val_mask)[:, None].to(device)
     gen = torch.Generator(device)
+    transposer = Transposer(Encoding.from_stats(data.stats), settings.transpose, device) \
+        if settings.transpose else None
     local = settings.batch_size // rank.world
     end = min(settings.steps, stop_at) if stop_at is not None else settings.steps
     pending: list[Tensor] = []  # losses not yet read back from the device
@@ -473,6 +513,8 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
         x0 = train_x[mine].to(device, non_blocking=True)
         m0 = None if train_m is None else train_m[mine].to(device, non_blocking=True)
         gen.manual_seed(step_seed(settings.seed, state.step, rank.rank))
+        if transposer is not None:
+            x0 = transposer(x0, gen, m0)
         loss = optimize(net, model, ema, opt, diffusion, x0, gen, state.step, settings.grad_clip, autocast,
                         m0)
         pending.append(loss)

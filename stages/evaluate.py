@@ -1,9 +1,5 @@
-"""Stage `evaluate`: generated samples, two baselines and real music, each measured against the test split.
-
-With several instrument rows, every set is measured twice over: the mix (all rows merged, the same keys
-as single-row runs, e.g. `generated.pitch_range.mean`) and each instrument on its own
-(`generated.soprano.pitch_range.mean`), against the test segments where that instrument plays.
-"""
+"""Stage `evaluate`: generated samples, two baselines and real music, each measured against the test split
+(`pipeline.evaluation`), written as flat metrics, density tables and a plot."""
 
 from __future__ import annotations
 
@@ -15,11 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import metrics
-from pipeline.baselines import baseline_sets, choose, masked_baseline_sets
-from pipeline.errors import DmcError
+from pipeline.evaluation import SETS, evaluate_samples
 from pipeline.files import atomic_path, write_json
 from pipeline.params import load_params
-from pipeline.segments import Normalizer, load_mask, load_split, load_stats
+from pipeline.segments import load_stats
 from stages import run
 
 SAMPLES = Path("samples")
@@ -27,52 +22,17 @@ PREPARED = Path("data/prepared")
 METRICS = Path("metrics/evaluate.json")
 TABLES = Path("metrics/evaluate")
 PLOT = Path("plots/evaluate.png")
-SETS = ("generated", "markov", "shuffle", "real")  # `real`: train segments, the real-vs-real ceiling
 
 
 def main() -> None:
     params = load_params()
     p = params["evaluate"]
-    stats = load_stats(PREPARED)
-    groups = list(stats["instruments"])
-    normalizer = Normalizer.from_stats(stats)
-    test = load_split(PREPARED, "test")
-    if len(test) < 2:
-        raise DmcError(f"the test split holds {len(test)} segment(s), 2 or more are needed; "
-                       "use a larger dataset or a larger 'prepare.split.test'")
-    test_rng, train_rng = np.random.default_rng(params["seed"]).spawn(2)
-    pick = choose(len(test), p["n_baseline"], test_rng)
-    rows: dict[str, list[list[metrics.Piece]]] = {}  # set -> piece -> instrument row (several rows only)
-    if len(groups) == 1:
-        generated, rejected = metrics.read_pieces(SAMPLES)
-        reference = metrics.pieces_from_segments(test[pick], normalizer)
-        train_sets = baseline_sets(load_split(PREPARED, "train"), normalizer, p["n_baseline"], train_rng)
-        sets = {"generated": generated,
-                **{k: metrics.pieces_from_segments(v, normalizer) for k, v in train_sets.items()}}
-    else:
-        rows["generated"], rejected = metrics.read_rows(SAMPLES, groups)
-        rows["test"] = metrics.segment_rows(test[pick], normalizer, load_mask(PREPARED, "test")[pick])
-        for k, (x, mask) in masked_baseline_sets(load_split(PREPARED, "train"), load_mask(PREPARED, "train"),
-                                                 normalizer, p["n_baseline"], train_rng).items():
-            rows[k] = metrics.segment_rows(x, normalizer, mask)
-        sets = {k: [metrics.mix(r) for r in v] for k, v in rows.items()}
-        generated, reference = sets["generated"], sets.pop("test")
-    if not generated:
-        raise DmcError(f"no {SAMPLES}/*.mid; run the sample stage first (dvc repro sample)")
-    reports = metrics.evaluate_sets({k: sets[k] for k in SETS}, reference, frame_beats=p["frame_beats"],
-                                    hop_beats=p["hop_beats"])
-    flat = {**metrics.flat_metrics(reports), "generated.rejected": len(rejected)}
-    for h, group in enumerate(groups if rows else []):
-        # One instrument: its rows where it plays in the test segments, every piece of the other sets.
-        ref = [metrics.from_zero(r[h]) for r in rows["test"] if len(r[h])]
-        if len(ref) < 2:
-            print(f"evaluate: {group}: plays in {len(ref)} test segment(s); no per-instrument figures")
-            continue
-        own = metrics.evaluate_sets({k: [metrics.from_zero(r[h]) for r in rows[k]] for k in SETS}, ref,
-                                    frame_beats=p["frame_beats"], hop_beats=p["hop_beats"])
-        for key, value in metrics.flat_metrics(own).items():
-            name, rest = key.split(".", 1)
-            flat[f"{name}.{group}.{rest}"] = value
+    groups = list(load_stats(PREPARED)["instruments"])
+    result = evaluate_samples(PREPARED, SAMPLES, params["seed"], p["n_baseline"], p["frame_beats"],
+                              p["hop_beats"])
+    flat, reports, rejected = result.flat, result.reports, result.rejected
+    for group, why in result.per_instrument.items():
+        print(f"evaluate: {group}: {why}; no per-instrument figures")
     write_json(METRICS, flat)
     summary = metrics.summary_rows(flat, ["test", *SETS])
     tables = metrics.density_tables(reports)
@@ -88,7 +48,7 @@ def main() -> None:
     for row in summary:
         print("evaluate: " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{v:9s}"
                                        for k, v in row.items()))
-    for group in groups if rows else []:
+    for group in groups if len(groups) > 1 else []:
         print(f"evaluate: {group}: oa_mean " + "  ".join(
             f"{k}={flat.get(f'{k}.{group}.oa_mean', math.nan):.3f}" for k in SETS))
     if rejected:

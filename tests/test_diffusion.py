@@ -1,72 +1,171 @@
-"""The diffusion process on its own: schedule, noising, DDPM and DDIM steps, clipping, inpainting."""
+"""The diffusion process on its own: schedules, prediction targets, loss weighting, every sampler against
+diffusers run by hand, the x_0 guard and inpainting."""
 
+import pytest
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from pipeline.diffusion import GaussianDiffusion
+from pipeline.diffusion import PREDICTIONS, SAMPLERS, GaussianDiffusion
 
 
 def oracle(diffusion: GaussianDiffusion, x0: torch.Tensor):
-    """A perfect denoiser for a single known x0: it returns exactly the noise in x_t."""
+    """A perfect denoiser for a single known x0: it outputs exactly what its prediction target asks."""
+    return lambda x, t: diffusion.output_for(x0, x, t)
 
-    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        a = diffusion.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return (x - a.sqrt() * x0) / (1 - a).sqrt()
 
-    return model
+def linear_net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A deterministic stand-in for a network that depends on both x and t."""
+    return 0.3 * x + 0.001 * t.view(-1, 1, 1, 1).float() - 0.2
 
 
 def test_linear_schedule_matches_the_original_recipe():
     d = GaussianDiffusion(1000, 1e-4, 0.02)
     assert torch.isclose(d.betas[0], torch.tensor(1e-4)) and torch.isclose(d.betas[-1], torch.tensor(0.02))
+    # The original's float64 cumulative product, to float32 precision.
+    expected = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
+    assert torch.allclose(d.alphas_cumprod, expected, rtol=1e-4, atol=1e-7)
     assert d.alphas_cumprod[-1] < 1e-4  # x_T is (almost) pure noise
 
 
-def test_ddim_timesteps_run_from_pure_noise_down_to_the_data():
-    d = GaussianDiffusion(1000)
-    steps = d.sampling_timesteps(50)
-    assert len(steps) == 50 and steps[0] == 999 and steps[-1] == 0 and steps == sorted(steps, reverse=True)
-    assert d.sampling_timesteps(None) == list(range(999, -1, -1))
+def test_cosine_schedule_keeps_more_signal_in_the_middle_timesteps():
+    linear, cosine = GaussianDiffusion(schedule="linear"), GaussianDiffusion(schedule="cosine")
+    assert cosine.alphas_cumprod[300] > linear.alphas_cumprod[300] + 0.2
+    assert cosine.alphas_cumprod[-1] < 1e-4
 
 
-def test_ddim_with_a_perfect_denoiser_recovers_x0_exactly():
+def test_samplers_start_from_pure_noise_and_visit_the_asked_number_of_steps():
     d = GaussianDiffusion(1000)
-    x0 = torch.rand(2, 3, 1, 16)
-    x = d.sample(oracle(d, x0), tuple(x0.shape), "ddim", 20, generator=torch.Generator().manual_seed(0))
+    assert d.sampling_timesteps("ddpm", None) == list(range(999, -1, -1))
+    for sampler in ("ddim", "dpm++", "unipc"):
+        steps = d.sampling_timesteps(sampler, 20)
+        assert len(steps) == 20 and steps[0] == 999 and steps == sorted(steps, reverse=True), sampler
+    with pytest.raises(ValueError, match="steps must be in"):
+        d.sampling_timesteps("ddim", 1001)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        d.sampling_timesteps("euler", 10)
+
+
+@pytest.mark.parametrize("prediction", list(PREDICTIONS))
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_and_target_recovers_x0_from_a_perfect_denoiser(prediction, sampler):
+    d = GaussianDiffusion(1000, prediction=prediction, schedule="cosine")
+    x0 = torch.rand(2, 3, 1, 16) * 2 - 1
+    x = d.sample(oracle(d, x0), tuple(x0.shape), sampler, 20, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(x, x0, atol=1e-4)
 
 
+@pytest.mark.parametrize("prediction", list(PREDICTIONS))
+def test_training_target_and_predicted_x0_invert_each_other(prediction):
+    d = GaussianDiffusion(prediction=prediction)
+    x0, noise = torch.randn(4, 3, 1, 8), torch.randn(4, 3, 1, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = d.add_noise(x0, noise, t)
+    target = d.target(x0, noise, t)
+    assert torch.allclose(d.predicted_x0(target, x_t, t), x0, atol=1e-3)
+    assert torch.allclose(d.output_for(x0, x_t, t), target, atol=1e-3)
+    if prediction == "v":  # Salimans & Ho's v, as diffusers defines it
+        assert torch.allclose(target, DDPMScheduler().get_velocity(x0, noise, t), atol=1e-6)
+
+
+def test_min_snr_weights_cap_the_signal_to_noise_ratio():
+    t = torch.tensor([0, 100, 999])
+    for prediction in PREDICTIONS:
+        d = GaussianDiffusion(prediction=prediction, loss_weight="min_snr", min_snr_gamma=5.0)
+        a = d.alphas_cumprod[t]
+        snr = a / (1 - a)
+        as_x0 = d.snr_weight(t) * {"epsilon": snr, "v": snr + 1, "x0": torch.ones(3)}[prediction]
+        assert torch.allclose(as_x0, snr.clamp(max=5.0), rtol=1e-5), prediction  # in x_0 units: min(snr, γ)
+    assert torch.equal(GaussianDiffusion().snr_weight(t), torch.ones(3))
+
+
+def test_loss_is_the_mean_squared_error_of_the_target():
+    d = GaussianDiffusion(prediction="v")
+    x0 = torch.rand(4, 3, 1, 8)
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (4,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    expected = ((linear_net(d.add_noise(x0, noise, t), t) - d.target(x0, noise, t)) ** 2).mean()
+    assert torch.allclose(d.loss(linear_net, x0, generator=torch.Generator().manual_seed(3)), expected)
+
+
+def _by_hand(scheduler, shape, seed, **step_kwargs):
+    """A plain diffusers sampling loop, the reference our adapter must reproduce."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+    for t in scheduler.timesteps:
+        out = linear_net(x, torch.full((shape[0],), int(t)))
+        x = scheduler.step(out, t, x, return_dict=False, **step_kwargs,
+                           **({"generator": gen} if "generator" in step_kwargs or
+                              isinstance(scheduler, DDPMScheduler) else {}))[0]
+    return x
+
+
+def test_samplers_are_diffusers_run_exactly_as_documented():
+    d = GaussianDiffusion(1000)
+    shape = (2, 3, 1, 8)
+    base = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+    ddpm = DDPMScheduler(**base, clip_sample=False, variance_type="fixed_small")
+    ddpm.set_timesteps(1000)
+    ddim = DDIMScheduler(**base, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+    ddim.set_timesteps(20)
+    dpm = DPMSolverMultistepScheduler(**base, timestep_spacing="trailing")
+    dpm.set_timesteps(15)
+    for sampler, steps, reference in (("ddpm", None, _by_hand(ddpm, shape, 0)),
+                                      ("ddim", 20, _by_hand(ddim, shape, 0, eta=0.0)),
+                                      ("dpm++", 15, _by_hand(dpm, shape, 0))):
+        ours = d.sample(linear_net, shape, sampler, steps, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(ours, reference), sampler
+
+
 def test_ddpm_step_is_algorithm_2_of_ho_et_al_without_clipping():
+    """One step of the DDPM sampler from t = 500, against Ho et al.'s formula."""
     d = GaussianDiffusion(1000)
     x, eps = torch.randn(2, 3, 1, 8), torch.randn(2, 3, 1, 8)
-    for t in (999, 500, 1, 0):
-        beta, abar = d.betas[t], d.alphas_cumprod[t]
-        expected = (x - beta / (1 - abar).sqrt() * eps) / (1 - beta).sqrt()
-        gen = torch.Generator().manual_seed(1)
-        got = d.ddpm_step(eps, t, x, gen)
-        if t > 0:
-            expected = expected + d.posterior_variance[t].sqrt() * torch.randn(
-                x.shape, generator=torch.Generator().manual_seed(1))
-        assert torch.allclose(got, expected, atol=1e-4), t
+    scheduler = d.scheduler("ddpm")
+    t = 500
+    beta, abar, abar_prev = d.betas[t], d.alphas_cumprod[t], d.alphas_cumprod[t - 1]
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    sigma = ((1 - abar_prev) / (1 - abar) * beta).sqrt()
+    expected = (x - beta / (1 - abar).sqrt() * eps) / (1 - beta).sqrt() + sigma * z
+    got = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(1), return_dict=False)[0]
+    assert torch.allclose(got, expected, atol=1e-4)
 
 
-def test_clip_sample_keeps_a_wild_denoiser_inside_the_data_range():
+def test_clip_sample_keeps_a_wild_denoiser_inside_the_data_range_per_feature():
     def wild(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return 50 * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(t[0])))
 
-    free, clipped = GaussianDiffusion(1000), GaussianDiffusion(1000, clip_sample=(0.0, 1.0))
-    for sampler in ("ddim", "ddpm"):
-        gen = torch.Generator().manual_seed(0)
-        assert free.sample(wild, (2, 3, 1, 8), sampler, 10, generator=gen).abs().max() > 10
+    low, high = [0.0, -1.0, 2.0], [1.0, 1.0, 3.0]
+    free, clipped = GaussianDiffusion(1000), GaussianDiffusion(1000, clip_sample=(low, high))
+    for sampler in ("ddim", "ddpm", "dpm++"):
+        assert free.sample(wild, (2, 3, 1, 8), sampler, 10,
+                           generator=torch.Generator().manual_seed(0)).abs().max() > 10
         x = clipped.sample(wild, (2, 3, 1, 8), sampler, 10, generator=torch.Generator().manual_seed(0))
-        assert x.min() >= -0.05 and x.max() <= 1.05, sampler  # DDPM adds its last tiny bit of noise
+        for f in range(3):  # DDPM adds its last tiny bit of noise
+            assert low[f] - 0.05 <= x[:, f].min() and x[:, f].max() <= high[f] + 0.05, (sampler, f)
 
 
-def test_inpainting_keeps_the_known_entries_exactly():
+def test_dynamic_thresholding_shrinks_pitch_instead_of_pinning_it_and_clips_the_rest():
+    """An estimate that overshoots the pitch range is scaled back inside it as a whole (its order kept),
+    where a clip would put every overshooting note on the bound; times are clipped, keeping 0 at 0."""
+    d = GaussianDiffusion(1000, prediction="x0", clip_sample=([-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]),
+                          dynamic_features=(0,))
+    x0 = torch.linspace(-3, 3, 3 * 64).reshape(1, 3, 1, 64)
+    t = torch.tensor([999])
+    kept = d.guarded(lambda x, t: x0)(torch.zeros_like(x0), t)
+    pitch = kept[0, 0, 0]
+    assert pitch.abs().max() <= 1 + 1e-6 and (pitch.diff() > 0).all()  # inside, and still strictly ordered
+    assert (pitch.abs() > 0.999).sum() <= 2  # nothing piled up on the bounds
+    assert torch.equal(kept[:, 1:], x0[:, 1:].clamp(-1, 1))
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_inpainting_keeps_the_known_entries_exactly_with_every_sampler(sampler):
     d = GaussianDiffusion(1000, clip_sample=(0.0, 1.0))
     known = torch.rand(1, 3, 1, 16)
     mask = torch.zeros_like(known, dtype=torch.bool)
     mask[..., :5] = True
-    x = d.sample(lambda x, t: torch.zeros_like(x), (1, 3, 1, 16), "ddim", 10,
+    x = d.sample(lambda x, t: torch.zeros_like(x), (1, 3, 1, 16), sampler, 10,
                  generator=torch.Generator().manual_seed(0), known=known, known_mask=mask)
     assert torch.equal(x[..., :5], known[..., :5])
 
@@ -84,3 +183,9 @@ def test_masked_loss_ignores_padded_entries():
 
     masked = d.loss(row_blind, x0, mask, generator=torch.Generator().manual_seed(0))
     assert masked < 10 < d.loss(row_blind, x0, generator=torch.Generator().manual_seed(0))
+
+
+def test_unknown_settings_are_refused():
+    for kwargs in ({"schedule": "sigmoid"}, {"prediction": "score"}, {"loss_weight": "p2"}):
+        with pytest.raises(ValueError, match="unknown diffusion"):
+            GaussianDiffusion(**kwargs)

@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from pipeline.baselines import MarkovChain, baseline_sets, markov_segments, shuffle_segments
+from pipeline.encoding import Encoding
 from pipeline.errors import DmcError
 from pipeline.midi import TrackNotes, write_midi
-from pipeline.segments import Normalizer, load_split, load_stats, segment_to_notes
+from pipeline.segments import load_split, load_stats, segment_to_notes
 
 # -- shuffle ----------------------------------------------------------------------------------------
 
@@ -68,23 +69,23 @@ def test_markov_chain_restarts_after_a_token_that_only_ends_segments():
 
 def test_markov_segments_decode_like_real_segments(prepared_dir):
     train = load_split(prepared_dir, "train")
-    normalizer = Normalizer.from_stats(load_stats(prepared_dir))
-    fake = markov_segments(train, normalizer, 5, np.random.default_rng(0))
+    encoding = Encoding.from_stats(load_stats(prepared_dir))
+    fake = markov_segments(train, encoding, 5, np.random.default_rng(0))
     assert fake.shape == (5, *train.shape[1:]) and fake.dtype == np.float32
-    pitch, _, duration = segment_to_notes(fake[0], normalizer)
-    real_pitches = set(segment_to_notes(train[0], normalizer)[0].ravel().tolist())
+    pitch, _, duration = segment_to_notes(fake[0], encoding)
+    real_pitches = set(segment_to_notes(train[0], encoding)[0].ravel().tolist())
     for x in train[1:]:
-        real_pitches |= set(segment_to_notes(x, normalizer)[0].ravel().tolist())
+        real_pitches |= set(segment_to_notes(x, encoding)[0].ravel().tolist())
     assert set(pitch.ravel().tolist()) <= real_pitches
     assert np.all(duration >= 0.25 - 1e-5)
 
 
 def test_baseline_sets_are_deterministic_under_a_fixed_seed(prepared_dir):
     train = load_split(prepared_dir, "train")
-    normalizer = Normalizer.from_stats(load_stats(prepared_dir))
-    a = baseline_sets(train, normalizer, 6, np.random.default_rng(3))
-    b = baseline_sets(train, normalizer, 6, np.random.default_rng(3))
-    c = baseline_sets(train, normalizer, 6, np.random.default_rng(4))
+    encoding = Encoding.from_stats(load_stats(prepared_dir))
+    a = baseline_sets(train, encoding, 6, np.random.default_rng(3))
+    b = baseline_sets(train, encoding, 6, np.random.default_rng(3))
+    c = baseline_sets(train, encoding, 6, np.random.default_rng(4))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not all(np.array_equal(a[k], c[k]) for k in ("shuffle", "markov"))
     assert np.array_equal(np.sort(a["real"], axis=-1), np.sort(a["shuffle"], axis=-1))
@@ -96,10 +97,10 @@ def test_baseline_sets_are_deterministic_under_a_fixed_seed(prepared_dir):
 def evaluate_repo(in_tmp_repo: Path, prepared_dir: Path) -> Path:
     """A working folder with prepared chorales and 4 'generated' samples (val segments written as MIDI)."""
     shutil.copytree(prepared_dir, in_tmp_repo / "data" / "prepared")
-    normalizer = Normalizer.from_stats(load_stats(prepared_dir))
+    encoding = Encoding.from_stats(load_stats(prepared_dir))
     (in_tmp_repo / "samples").mkdir()
     for i, x in enumerate(load_split(prepared_dir, "val")[:4]):
-        pitch, onset, duration = segment_to_notes(x, normalizer)
+        pitch, onset, duration = segment_to_notes(x, encoding)
         track = TrackNotes(pitch[0], onset[0], duration[0])
         write_midi(in_tmp_repo / "samples" / f"sample_{i:03d}.mid", [track])
     params = yaml.safe_load((in_tmp_repo / "params.yaml").read_text())

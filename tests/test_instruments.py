@@ -21,7 +21,7 @@ from pipeline.instruments import GROUPS, extract_rows, file_windows, groups_of, 
 from pipeline.midi import Notes, RejectedFile, TrackNotes, frequency, write_midi
 from pipeline.segments import (
     FEATURES,
-    Normalizer,
+    Encoding,
     PrepareConfig,
     load_mask,
     load_split,
@@ -195,7 +195,7 @@ def test_four_voice_prepare_writes_aligned_rows_with_a_mask(satb_prepared, satb_
     first = table.slice(0, 1).to_pylist()[0]
     soprano = extract_rows(satb_dir / first["file"], groups_of(SATB))[0]
     n = int(mask[0, 0].sum())
-    raw = Normalizer.from_stats(stats).denormalize(x[:1], axis=1)[0]
+    raw = Encoding.from_stats(stats).decode(x[:1], axis=1)[0]
     start = min(r.onset[0] for r in extract_rows(satb_dir / first["file"], groups_of(SATB)))
     assert first["segment"] == 0
     assert np.allclose(np.cumsum(raw[2, 0, :n]) + start, soprano.onset[:n], atol=1e-4)
@@ -206,14 +206,14 @@ def test_four_voice_prepare_writes_aligned_rows_with_a_mask(satb_prepared, satb_
 
 
 def test_decoding_several_rows_keeps_them_aligned_and_ends_them_together():
-    normalizer = Normalizer(lo=(27.5, 0.0, 0.0), hi=(4186.0, 4.0, 4.0))
+    encoding = Encoding(lo=(27.5, 0.0, 0.0), hi=(4186.0, 4.0, 4.0))
     raw = np.zeros((3, 2, 8))
     raw[0] = 440.0
     raw[1] = 1.0
     raw[2, 0] = [0.5] + [1.0] * 7  # row 0: onsets 0.5, 1.5, ..., 7.5
     raw[2, 1] = [1.0] + [0.5] * 7  # row 1: onsets 1.0, 1.5, ..., 4.5
-    x = normalizer.normalize(raw[None], axis=1)[0]
-    top, bottom = sampling.decode(x, normalizer)
+    x = encoding.encode(raw[None], axis=1)[0]
+    top, bottom = sampling.decode(x, encoding)
     tpq = sampling.TICKS_PER_QUARTER
     assert top.onset.tolist() == [0, tpq, 2 * tpq, 3 * tpq, 4 * tpq]  # shifted by the shared 0.5, cut at 4.0
     assert bottom.onset.tolist() == [round(b * tpq) for b in np.arange(0.5, 4.01, 0.5)]
@@ -230,17 +230,17 @@ def test_masked_baselines_move_and_count_only_real_notes(satb_prepared):
     pitch = np.array([[60, 62, 0, 0], [60, 62, 64, 0]])
     chain = MarkovChain.fit(pitch, np.ones((2, 4)), np.ones((2, 4)), mask=pitch > 0)
     assert sorted(chain.tokens[:, 0].tolist()) == [60, 62, 64]  # the padding's pitch 0 is no token
-    sets = masked_baseline_sets(x, mask, Normalizer.from_stats(load_stats(satb_prepared)), 4,
+    sets = masked_baseline_sets(x, mask, Encoding.from_stats(load_stats(satb_prepared)), 4,
                                 np.random.default_rng(0))
     assert all(np.array_equal(m, sets["real"][1]) for _, m in sets.values())
     assert (sets["markov"][0] * ~sets["real"][1][:, None].astype(bool) == 0).all()
 
 
 def test_segment_rows_mix_back_to_the_masked_segment_piece(satb_prepared):
-    normalizer = Normalizer.from_stats(load_stats(satb_prepared))
+    encoding = Encoding.from_stats(load_stats(satb_prepared))
     x, mask = load_split(satb_prepared, "test"), load_mask(satb_prepared, "test")
-    merged = metrics.pieces_from_segments(x, normalizer, mask)
-    for rows, piece, m in zip(metrics.segment_rows(x, normalizer, mask), merged, mask, strict=True):
+    merged = metrics.pieces_from_segments(x, encoding, mask)
+    for rows, piece, m in zip(metrics.segment_rows(x, encoding, mask), merged, mask, strict=True):
         assert [len(r) for r in rows] == m.sum(axis=1).tolist()
         together = metrics.mix(rows)
         assert np.array_equal(together.pitch, piece.pitch) and np.allclose(together.onset, piece.onset)

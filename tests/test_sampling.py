@@ -13,10 +13,10 @@ import torch
 
 from pipeline import audio, midi, sampling
 from pipeline.diffusion import GaussianDiffusion
+from pipeline.encoding import Encoding
 from pipeline.errors import DmcError
 from pipeline.model import PRESETS, UNet
 from pipeline.sampling import TICKS_PER_QUARTER, GenerateOptions, Sampler
-from pipeline.segments import Normalizer
 
 MUSIC21 = Path(music21.__file__).parent
 PIANO_MIDI = MUSIC21 / "midi" / "testPrimitive" / "test03.mid"  # two piano tracks, 564 and 827 notes
@@ -27,8 +27,8 @@ TIMESTEPS = 20  # a short schedule keeps DDPM (all T steps) fast in tests
 def notes_stats(notes: midi.Notes) -> dict:
     """Normalization stats spanning the given notes, in the stats.json layout."""
     features = np.stack([midi.frequency(notes.pitch), notes.duration, notes.delta])
-    normalizer = Normalizer(lo=[float(v) for v in features.min(1)], hi=[float(v) for v in features.max(1)])
-    return {**normalizer.to_stats(), "seq_len": SEQ_LEN, "instruments": ["piano"]}
+    encoding = Encoding(lo=[float(v) for v in features.min(1)], hi=[float(v) for v in features.max(1)])
+    return {**encoding.to_stats(), "seq_len": SEQ_LEN, "instruments": ["piano"]}
 
 
 def write_checkpoint(path: Path, stats: dict | None = None, seed: int = 0) -> Path:
@@ -75,10 +75,10 @@ def test_out_of_range_and_invalid_frequencies_clip_to_midi_pitches():
 
 def test_decoding_real_notes_gives_back_the_same_notes():
     notes = midi.extract_notes(PIANO_MIDI)
-    normalizer = Normalizer.from_stats(notes_stats(notes))
-    x = sampling.encode_notes(notes.pitch, notes.duration, notes.delta, normalizer)
+    encoding = Encoding.from_stats(notes_stats(notes))
+    x = sampling.encode_notes(notes.pitch, notes.duration, notes.delta, encoding)
     assert x.min() >= 0 and x.max() <= 1
-    (track,) = sampling.decode(x[:, None, :], normalizer)
+    (track,) = sampling.decode(x[:, None, :], encoding)
     onset = np.rint((notes.onset - notes.onset[0]) * TICKS_PER_QUARTER)
     assert track.pitch.tolist() == notes.pitch.tolist()
     assert np.abs(track.onset - onset).max() <= 1
@@ -87,9 +87,9 @@ def test_decoding_real_notes_gives_back_the_same_notes():
 
 def test_decoded_notes_survive_writing_and_reading_midi(tmp_path):
     notes = midi.extract_notes(PIANO_MIDI)
-    normalizer = Normalizer.from_stats(notes_stats(notes))
-    x = sampling.encode_notes(notes.pitch, notes.duration, notes.delta, normalizer)
-    (track,) = sampling.decode(x[:, None, :], normalizer)
+    encoding = Encoding.from_stats(notes_stats(notes))
+    x = sampling.encode_notes(notes.pitch, notes.duration, notes.delta, encoding)
+    (track,) = sampling.decode(x[:, None, :], encoding)
     midi.write_midi(tmp_path / "a.mid", [midi.TrackNotes(track.pitch, track.onset / TICKS_PER_QUARTER,
                                                          track.duration / TICKS_PER_QUARTER)])
     assert read_notes(tmp_path / "a.mid") == list(zip(track.pitch.tolist(), track.onset.tolist(),
@@ -97,9 +97,9 @@ def test_decoded_notes_survive_writing_and_reading_midi(tmp_path):
 
 
 def test_wild_model_output_decodes_to_valid_notes_without_crashing():
-    normalizer = Normalizer(lo=[30.0, 0.25, 0.0], hi=[2000.0, 4.0, 2.0])
+    encoding = Encoding(lo=[30.0, 0.25, 0.0], hi=[2000.0, 4.0, 2.0])
     x = np.array([[[-3.0, 0.5, 7.0, np.nan]], [[-1.0, 0.0, np.nan, 2.0]], [[np.nan, -2.0, 0.0, 9.0]]])
-    (track,) = sampling.decode(x, normalizer)
+    (track,) = sampling.decode(x, encoding)
     assert len(track.pitch) >= 1
     assert track.pitch.min() >= 0 and track.pitch.max() <= 127
     assert track.duration.min() >= sampling.MIN_DURATION_TICKS
@@ -162,7 +162,7 @@ def test_ddpm_visits_every_timestep_and_ddim_only_the_asked_steps(checkpoint):
         calls.clear()
         x = sampling.generate(counting, diffusion, 2, 1, SEQ_LEN, SEQ_LEN, sampler, progress=False)
         assert x.shape == (2, 3, 1, SEQ_LEN) and np.isfinite(x).all()
-        assert len(calls) == expected and calls[-1] == 0
+        assert len(calls) == expected and calls[0] == TIMESTEPS - 1 and calls == sorted(calls, reverse=True)
 
 
 def test_long_pieces_have_the_asked_length_and_continue_the_first_window(checkpoint):
@@ -207,7 +207,7 @@ def test_continuation_begins_with_the_prompts_notes(checkpoint, tmp_path):
 
 def test_prompt_with_no_usable_track_is_refused(tmp_path):
     with pytest.raises(DmcError, match="--prompt"):
-        sampling.read_prompt(MUSIC21 / "omr" / "k525short.mid", Normalizer([0, 0, 0], [1, 1, 1]), 8)
+        sampling.read_prompt(MUSIC21 / "omr" / "k525short.mid", Encoding([0, 0, 0], [1, 1, 1]), 8)
 
 
 # -- audio and plots ------------------------------------------------------------------------------------

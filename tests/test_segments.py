@@ -15,7 +15,7 @@ from pipeline.errors import DmcError
 from pipeline.midi import Notes, RejectedFile, TrackNotes, extract_notes, write_midi
 from pipeline.segments import (
     FEATURES,
-    Normalizer,
+    Encoding,
     PrepareConfig,
     file_segments,
     load_pitches,
@@ -95,22 +95,22 @@ def test_a_file_shorter_than_seq_len_is_rejected():
 
 
 def test_normalizer_maps_lo_hi_to_0_1_and_inverts():
-    norm = Normalizer(lo=(100.0, 0.25, 0.0), hi=(900.0, 4.25, 2.0))
+    norm = Encoding(lo=(100.0, 0.25, 0.0), hi=(900.0, 4.25, 2.0))
     x = np.array([[100.0, 0.25, 0.0], [900.0, 4.25, 2.0], [500.0, 2.25, 1.0]])  # [n, 3] notes
-    np.testing.assert_allclose(norm.normalize(x), [[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5]])
+    np.testing.assert_allclose(norm.encode(x), [[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5]])
     seg = np.random.default_rng(0).uniform(0, 1, (2, 3, 1, 8))  # [N, 3, H, W]
-    np.testing.assert_allclose(norm.normalize(norm.denormalize(seg)), seg)
-    assert Normalizer.from_stats(norm.to_stats()) == norm
+    np.testing.assert_allclose(norm.encode(norm.decode(seg)), seg)
+    assert Encoding.from_stats(norm.to_stats()) == norm
 
 
 def test_a_constant_feature_normalizes_to_zero():
-    norm = Normalizer(lo=(440.0, 1.0, 0.0), hi=(440.0, 2.0, 1.0))
-    assert norm.normalize(np.array([[440.0, 1.0, 0.0]]))[0, 0] == 0.0
+    norm = Encoding(lo=(440.0, 1.0, 0.0), hi=(440.0, 2.0, 1.0))
+    assert norm.encode(np.array([[440.0, 1.0, 0.0]]))[0, 0] == 0.0
 
 
 def test_prepared_segments_are_exactly_the_normalized_notes_of_each_file(prepared_dir, bach_midi_dir):
     stats = load_stats(prepared_dir)
-    norm = Normalizer.from_stats(stats)
+    norm = Encoding.from_stats(stats)
     table = pq.read_table(prepared_dir / "segments.parquet").to_pandas()
     assert set(table["dataset"]) == {"bach"}
     checked = 0
@@ -120,7 +120,7 @@ def test_prepared_segments_are_exactly_the_normalized_notes_of_each_file(prepare
         assert set(rows["split"]) == {split_of(file, PREPARED_SPLIT)}  # no file in two splits
         for _, row in rows.iterrows():
             sl = slice(row["segment"] * PREPARED_SEQ_LEN, (row["segment"] + 1) * PREPARED_SEQ_LEN)
-            expected = norm.normalize(feats[:, sl], axis=0).astype(np.float32)
+            expected = norm.encode(feats[:, sl], axis=0).astype(np.float32)
             for i, f in enumerate(FEATURES):
                 np.testing.assert_array_equal(np.asarray(row[f], np.float32), expected[i])
             assert list(row["pitch"]) == notes.pitch[sl].tolist()
@@ -142,7 +142,7 @@ def test_pitches_align_with_segment_rows(prepared_dir):
     for split in ("train", "val", "test"):
         x, pitch = load_split(prepared_dir, split), load_pitches(prepared_dir, split)
         assert pitch.shape == (len(x), 1, PREPARED_SEQ_LEN) and pitch.dtype == np.int16
-        decoded, _, _ = segment_to_notes(x[0], Normalizer.from_stats(stats))
+        decoded, _, _ = segment_to_notes(x[0], Encoding.from_stats(stats))
         assert decoded.tolist() == pitch[0].tolist()
         assert stats["counts"]["segments"][split] == len(x)
 
@@ -151,7 +151,7 @@ def test_segment_to_notes_inverts_a_prepared_segment(prepared_dir, bach_midi_dir
     stats = load_stats(prepared_dir)
     table = pq.read_table(prepared_dir / "segments.parquet").slice(0, 1).to_pylist()[0]
     x = np.stack([np.asarray(table[f], np.float32) for f in FEATURES])  # [3, W]
-    pitch, onset, duration = segment_to_notes(x, Normalizer.from_stats(stats))
+    pitch, onset, duration = segment_to_notes(x, Encoding.from_stats(stats))
     notes = extract_notes(bach_midi_dir / table["file"])
     sl = slice(table["segment"] * PREPARED_SEQ_LEN, (table["segment"] + 1) * PREPARED_SEQ_LEN)
     assert pitch.tolist() == notes.pitch[sl].tolist()

@@ -1,0 +1,239 @@
+"""The quality benchmark: train each configuration under the same budget, sample, and score it.
+
+Each configuration is a set of params.yaml overrides (dotted keys). For each one this script prepares the
+data (shared between configurations whose prepare params agree), trains for `--steps` steps, samples
+`--pieces` pieces and runs the evaluate stage's measurement (`pipeline.evaluation`) against the test
+split. Sampling-only variants (`name@variant`) reuse a trained configuration's model with other sampler
+settings. Results go to a JSON file, one entry per configuration, so an interrupted sweep resumes, and
+`--table` prints them as the markdown table in benchmarks/README.md, with the markov, shuffle and real
+rows from the same run.
+
+    python benchmarks/quality.py --list
+    python benchmarks/quality.py --configs original,midi,best --steps 1200 --threads 1
+    python benchmarks/quality.py --configs best@ddpm,best@dpm++15 --steps 1200
+    python benchmarks/quality.py --table
+
+The budget is in steps, so a busy machine changes how long a sweep takes, not what it measures; the
+table also gives each run's training seconds. On a GPU (`--device cuda`) the same script trains larger
+presets (`--preset full`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.files import write_json  # noqa: E402
+from pipeline.params import load_params, validate  # noqa: E402
+
+RUNS = ROOT / "benchmarks" / "runs"  # prepared data, models and samples per configuration (git-ignored)
+RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
+
+# The original recipe and representation, spelled out, so that a changed params.yaml default never
+# changes what the `original` row means.
+ORIGINAL = {
+    "features.pitch": "frequency", "features.time": "linear", "features.scale": "minmax",
+    "prepare.hop": 0, "train.transpose": 0, "diffusion.schedule": "linear",
+    "diffusion.prediction": "epsilon", "diffusion.loss_weight": "none", "sample.sampler": "ddim",
+    "sample.steps": 50, "sample.eta": 0.0, "sample.guard": "clip", "sample.chord_snap": 0.0,
+    "sample.quantize": "",
+}
+# One lever at a time on top of the original, then the levers combined.
+MIDI = {"features.pitch": "midi", "features.time": "linear", "features.scale": "minmax"}
+ENCODED = {"features.pitch": "midi", "features.time": "log", "features.scale": "symmetric"}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "original": {},
+    "log_frequency": {**MIDI, "features.pitch": "log_frequency"},
+    "midi": MIDI,
+    "midi+log": {**MIDI, "features.time": "log"},
+    "symmetric": {"features.scale": "symmetric"},
+    "midi+log+symmetric": ENCODED,
+    "midi+log+standard": {**ENCODED, "features.scale": "standard"},
+    "enc+v": {**ENCODED, "diffusion.prediction": "v"},
+    "enc+x0": {**ENCODED, "diffusion.prediction": "x0"},
+    "enc+cosine": {**ENCODED, "diffusion.schedule": "cosine"},
+    "enc+min_snr": {**ENCODED, "diffusion.loss_weight": "min_snr"},
+    "enc+transpose": {**ENCODED, "train.transpose": 5},
+    "enc+hop32": {**ENCODED, "prepare.hop": 32},
+}
+# Sampler settings tried on an already trained configuration: `name@variant`.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "noguard": {"sample.guard": "none"},
+    "dynamic": {"sample.guard": "dynamic"},
+    "ddim20": {"sample.steps": 20},
+    "ddim100": {"sample.steps": 100},
+    "eta1": {"sample.eta": 1.0},
+    "ddpm": {"sample.sampler": "ddpm"},
+    "dpm++15": {"sample.sampler": "dpm++", "sample.steps": 15},
+    "dpm++25": {"sample.sampler": "dpm++", "sample.steps": 25},
+    "unipc15": {"sample.sampler": "unipc", "sample.steps": 15},
+    "snap": {"sample.chord_snap": 0.125},
+    "grid": {"sample.quantize": "auto"},
+    "snap+grid": {"sample.chord_snap": 0.125, "sample.quantize": "auto"},
+    "dynamic+grid": {"sample.guard": "dynamic", "sample.quantize": "auto"},
+    "dynamic+snap+grid": {"sample.guard": "dynamic", "sample.chord_snap": 0.125, "sample.quantize": "auto"},
+}
+COLUMNS = (("oa_mean", "OA"), ("kl_mean", "KL"), ("framewise.pitch.consistency", "pitch cons"),
+           ("framewise.pitch.variance", "pitch var"), ("framewise.duration.consistency", "dur cons"),
+           ("framewise.duration.variance", "dur var"), ("pitch_range.mean", "range"),
+           ("scale_consistency.mean", "scale cons"), ("edge_fraction", "edge"), ("chord_fraction", "chord"))
+BASELINES = ("markov", "shuffle", "real")
+
+
+def with_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """params with dotted-key overrides applied, validated as params.yaml would be."""
+    out = copy.deepcopy(params)
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return validate(out)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def prepared_for(params: dict[str, Any]) -> Path:
+    """The prepared data for these params, made once per distinct prepare config."""
+    from pipeline.datasets import read_manifest
+    from pipeline.segments import PrepareConfig, write_prepared
+
+    config = PrepareConfig.from_params(params)
+    out = RUNS / "prepared" / _digest([params["dataset"], config.__dict__])
+    if not (out / "stats.json").is_file():
+        dataset, root, files = read_manifest(ROOT / "data" / "manifest.json")
+        if dataset != params["dataset"]:
+            raise SystemExit(f"data/manifest.json holds {dataset}, not {params['dataset']}: "
+                             "run `dvc repro download` for it first")
+        write_prepared(out, dataset, root, files, config, n_jobs=1)
+    return out
+
+
+def sample_and_score(params: dict[str, Any], prepared: Path, model: Path, samples: Path,
+                     pieces: int, device: str | None) -> tuple[dict[str, float], float]:
+    from pipeline.evaluation import evaluate_samples
+    from pipeline.sampling import GenerateOptions, generate_files
+
+    p = params["sample"]
+    opts = GenerateOptions(n=pieces, sampler=p["sampler"], steps=p["steps"], eta=p["eta"], length=p["length"],
+                           batch_size=min(pieces, 64), seed=params["seed"], quantize=p["quantize"],
+                           guard=p["guard"], chord_snap=p["chord_snap"], device=device, progress=False)
+    shutil.rmtree(samples, ignore_errors=True)
+    summary = generate_files(samples, opts, model, log=lambda *_: None)
+    e = params["evaluate"]
+    flat = evaluate_samples(prepared, samples, params["seed"], pieces, e["frame_beats"], e["hop_beats"]).flat
+    return flat, summary["seconds"]
+
+
+def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces: int,
+               device: str | None) -> dict[str, Any]:
+    from pipeline import training
+
+    trained, _, variant = name.partition("@")
+    if trained not in CONFIGS or (variant and variant not in VARIANTS):
+        raise SystemExit(f"unknown configuration {name!r}; see --list")
+    overrides = {**ORIGINAL, **CONFIGS[trained], "preset": preset, "steps": steps,
+                 **VARIANTS.get(variant, {})}
+    params = with_overrides(base, overrides)
+    prepared = prepared_for(params)
+    folder = RUNS / f"{trained}-{preset}-{steps}"
+    model = folder / "models" / "model.pt"
+    if not model.is_file():  # train once per (config, preset, steps); variants reuse the model
+        settings = training.TrainSettings.from_params(params)
+        start = time.perf_counter()
+        metrics = training.train(settings, training.load_data(prepared, params["seq_len"]),
+                                 models_dir=folder / "models", metrics_dir=folder / "metrics",
+                                 device=device, log=lambda *_: None)
+        write_json(folder / "train.json", {**metrics, "seconds": round(time.perf_counter() - start, 1)})
+    train_info = json.loads((folder / "train.json").read_text())
+    flat, sample_seconds = sample_and_score(params, prepared, model, folder / f"samples-{variant or 'base'}",
+                                            pieces, device)
+    keys = [f"{s}.{c}" for s in ("generated", *BASELINES, "test") for c, _ in COLUMNS]
+    return {"name": name, "overrides": overrides, "preset": preset, "steps": steps,
+            "train_seconds": train_info["seconds"], "loss": train_info["loss"],
+            "val_loss": train_info["val_loss"], "sample_seconds": round(sample_seconds, 2),
+            "metrics": {k: flat[k] for k in keys if k in flat}}
+
+
+def table(results: dict[str, Any]) -> str:
+    """The markdown table: one row per configuration, then the baselines of the first one run."""
+    def row(label: str, metrics: dict[str, float], prefix: str, extra: str) -> str:
+        cells = [f"{metrics[f'{prefix}.{c}']:.3f}" if f"{prefix}.{c}" in metrics and
+                 not math.isnan(metrics[f"{prefix}.{c}"]) else "–" for c, _ in COLUMNS]
+        return f"| {label} | {extra} | " + " | ".join(cells) + " |"
+
+    lines = ["| configuration | budget | " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|" + "---|" * (len(COLUMNS) + 2)]
+    for r in results.values():
+        lines.append(row(r["name"], r["metrics"], "generated",
+                         f"{r['preset']} {r['steps']} steps, {r['train_seconds']:.0f} s"))
+    if results:
+        first = next(iter(results.values()))
+        for b in BASELINES:
+            lines.append(row(f"*{b}*", first["metrics"], b, "train split"))
+        lines.append(row("*test vs itself*", first["metrics"], "test", ""))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="original", help="comma-separated names (see --list)")
+    ap.add_argument("--steps", type=int, default=1200, help="training steps per configuration")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--pieces", type=int, default=64, help="pieces sampled and scored per configuration")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: the best available)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--list", action="store_true", help="list the configurations and variants")
+    ap.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    ap.add_argument("--force", action="store_true", help="run configurations already in --out again")
+    args = ap.parse_args()
+    if args.list:
+        for name, o in CONFIGS.items():
+            print(f"{name}: {o or 'the original recipe'}")
+        for name, o in VARIANTS.items():
+            print(f"CONFIG@{name}: {o}")
+        return
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.table:
+        print(table(results))
+        return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    base = load_params(ROOT / "params.yaml")
+    for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
+        key = f"{name} ({args.preset}, {args.steps})"
+        if key in results and not args.force:
+            continue
+        start = time.perf_counter()
+        results[key] = run_config(name, base, args.steps, args.preset, args.pieces, args.device)
+        fresh = json.loads(args.out.read_text()) if args.out.is_file() else {}  # another sweep may write too
+        write_json(args.out, {**fresh, key: results[key]})
+        m = {k: results[key]["metrics"].get(k, math.nan) for k in (
+            "generated.oa_mean", "markov.oa_mean", "generated.edge_fraction", "generated.chord_fraction",
+            "real.chord_fraction")}
+        print(f"{key}: oa {m['generated.oa_mean']:.3f} (markov {m['markov.oa_mean']:.3f}), edge "
+              f"{m['generated.edge_fraction']:.3f}, chord {m['generated.chord_fraction']:.3f} (real "
+              f"{m['real.chord_fraction']:.3f}); {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
