@@ -450,6 +450,40 @@ def test_classical_crawl_keeps_one_file_per_piece_format0_only_as_fallback(tmp_p
         assert len(server.hits) == before  # idempotent: a finished crawl asks nothing
 
 
+def test_format0_copies_an_older_crawl_kept_beside_the_standard_files_are_removed(tmp_path):
+    dest = tmp_path / "raw" / "classical"
+    (dest / "bach").mkdir(parents=True)
+    for name in ("bach_846.mid", "bach_846_format0.mid"):
+        (dest / "bach" / name).write_bytes(MIDIS[0])
+    with open(dest / CRAWL_LOG, "w") as log:  # what the crawl before one-file-per-piece left
+        for name in ("bach_846.mid", "bach_846_format0.mid"):
+            log.write(json.dumps({"file": f"midis/bach/{name}", "path": f"bach/{name}"}) + "\n")
+    with FixtureServer(piano_midi_site()) as server:
+        classical.DATASET.fetch(dest, make_params(tmp_path, urls={"classical": server.url()}))
+        assert "/midis/bach/bach_846.mid" not in {h.path for h in server.hits}  # already kept
+    assert [p.name for p in midi_files(dest)] == ["bach_846.mid", "bach_847_format0.mid", "chpn_op10_e01.mid"]
+    assert json.loads((dest / COMPLETE).read_text())["files"] == 3
+
+
+def test_robots_txt_answering_403_is_an_error_that_names_the_user_agent(tmp_path):
+    site = {**piano_midi_site(), "robots.txt": Route(status=403)}
+    with FixtureServer(site) as server:
+        params = make_params(tmp_path, urls={"classical": server.url()})
+        with pytest.raises(DmcError, match=r"seed page .* is disallowed by the site's robots.txt "
+                                           r"\(robots.txt itself answered HTTP 403 \(the site may refuse "
+                                           r"dmc's User-Agent"):
+            classical.DATASET.fetch(tmp_path / "raw" / "classical", params)
+
+
+def test_every_numbered_page_refused_says_the_site_may_refuse_the_user_agent(tmp_path):
+    site = {"download3-1": Route(status=403), "download3-2": Route(status=403)}
+    with FixtureServer(site) as server:
+        params = make_params(tmp_path, urls={"freemidi": server.url()}, freemidi_ids=2)
+        with pytest.raises(DmcError, match=r"found no MIDI file \(2 refused \(HTTP 401/403/406\) .*the site "
+                                           r"may refuse dmc's User-Agent"):
+            freemidi.DATASET.fetch(tmp_path / "raw" / "freemidi", params)
+
+
 def test_interrupted_crawl_resumes_with_only_what_is_missing(tmp_path):
     site = piano_midi_site()
     site["midis/chopin/chpn_op10_e01.mid"] = Route(MIDIS[1], fail=1)

@@ -159,6 +159,8 @@ class _CrawlLog:
                 self.files[record["file"]] = record["path"]
             elif "skip" in record:
                 self.skipped[record["skip"]] = record["reason"]
+            elif "drop" in record:
+                self.files.pop(record["drop"], None)
         self.rules = rules
         self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the crawl's lifetime
 
@@ -173,6 +175,11 @@ class _CrawlLog:
     def file(self, link: str, path: str) -> None:
         self.files[link] = path
         self._add({"file": link, "path": path})
+
+    def drop(self, link: str) -> None:
+        """Forget a kept file (its file is deleted by the caller)."""
+        self.files.pop(link, None)
+        self._add({"drop": link})
 
     def skip(self, link: str, reason: str) -> None:
         self.skipped[link] = reason
@@ -416,6 +423,10 @@ class _Crawl:
         self._parallel_files(first, files)
         second = [f for f, p in stands_in.items() if p in self.log.skipped and self._file_todo(f)]
         self._parallel_files(second, files)
+        for f, p in stands_in.items():  # kept by an older crawl that took both: one file per piece
+            if f in self.log.files and p in self.log.files and (self.dest / self.log.files[p]).is_file():
+                (self.dest / self.log.files[f]).unlink(missing_ok=True)
+                self.log.drop(f)
 
     def _parallel_files(self, todo: list[str], files: dict[str, str]) -> None:
         _parallel(lambda link: self._fetch(link, self.base.absolute(files[link]), self.client), todo,
