@@ -167,10 +167,27 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "download.retries": _NONNEG_INT,
     "download.backoff": _number(0),
     "download.freemidi_ids": _POS_INT,
+    "download.contact": _STR,
+    "download.max_extract_gb": _POS,
+    "download.max_ratio": _number(1),
 }
-# URLs are free-form strings, one per downloadable dataset.
+
+
+def _url(v: Any) -> str | None:
+    """An http:// or https:// URL with a host: what the downloader can fetch."""
+    from urllib.parse import urlsplit
+
+    try:
+        if isinstance(v, str) and re.match(r"https?://", v, re.IGNORECASE) and urlsplit(v).hostname:
+            return None
+    except ValueError:  # such as an unclosed `[` of an IPv6 address
+        pass
+    return f"must be an http:// or https:// URL, got {v!r}"
+
+
+# One URL per downloadable dataset (an archive, or a site's base URL).
 _URL_KEYS = ("maestro", "lakh", "classical", "final-fantasy", "freemidi")
-SCHEMA.update({f"urls.{name}": _STR for name in _URL_KEYS})
+SCHEMA.update({f"urls.{name}": _url for name in _URL_KEYS})
 _DIGEST_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64}
 
 

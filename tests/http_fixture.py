@@ -2,7 +2,9 @@
 
 It serves fixed routes, honours `Range: bytes=N-` like a static file server, records every request, and
 injects faults per route: answering 500 a number of times, dropping the connection mid-file, answering
-slowly, or answering any status.
+slowly, answering any status, redirecting, sending a `103 Early Hints` before the answer, or answering
+a Range request with another range. `FixtureServer.dynamic` decides routes per request (sessions,
+cookies, Referers, the Host asked for), for sites whose answers depend on what came before.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +26,10 @@ class Route:
     drop_after: int | None = None  # once: promise the whole body, send this many bytes, hang up
     delay: float = 0.0  # seconds before answering
     ranges: bool = True  # honour Range headers (a server may ignore them)
+    range_shift: int = 0  # answer a Range request with a range starting this many bytes earlier
+    redirect: str | None = None  # answer `status` (default 302) with this Location
+    headers: dict[str, str] = field(default_factory=dict)  # more response headers (Set-Cookie, ...)
+    early_hints: bool = False  # send `103 Early Hints` before the real answer
 
 
 @dataclass
@@ -41,6 +48,8 @@ class FixtureServer:
         for path, route in (routes or {}).items():
             self.add(path, route)
         self.hits: list[Hit] = []
+        # (path, request headers) -> a Route for this one request, or None for the fixed routes.
+        self.dynamic: Callable[[str, dict[str, str]], Route | None] | None = None
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
@@ -96,7 +105,8 @@ def _handler(server: FixtureServer) -> type[BaseHTTPRequestHandler]:
                 pass
 
         def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-            route = server.routes.get(self.path)
+            route = server.dynamic(self.path, dict(self.headers.items())) if server.dynamic else None
+            route = route or server.routes.get(self.path)
             if route is None:
                 self._send(404, b"not found", {"Content-Type": "text/plain"})
                 return
@@ -109,14 +119,20 @@ def _handler(server: FixtureServer) -> type[BaseHTTPRequestHandler]:
             if failing:
                 self._send(500, b"server error", {"Content-Type": "text/plain"})
                 return
+            if route.early_hints:  # an interim answer, then the real one on the same connection
+                self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            if route.redirect is not None:
+                status = route.status if route.status != 200 else 302
+                self._send(status, b"", {"Location": route.redirect, **route.headers})
+                return
             if route.status != 200:
                 self._send(route.status, b"", {"Content-Type": "text/plain"})
                 return
             body, status = route.body, 200
-            headers = {"Content-Type": route.content_type}
+            headers = {"Content-Type": route.content_type, **route.headers}
             match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
             if match and route.ranges:
-                start = int(match.group(1))
+                start = max(0, int(match.group(1)) - route.range_shift)
                 end = int(match.group(2)) if match.group(2) else len(body) - 1
                 if start >= len(body):
                     self._send(416, b"", {"Content-Range": f"bytes */{len(body)}"})

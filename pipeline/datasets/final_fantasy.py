@@ -1,6 +1,8 @@
 """The Final Fantasy MIDI collection of thefinalfantasy.net: fan transcriptions of the series' music.
 
-The site: `games/` links a page per game, each game's `games/<game>/music/` page links its .mid files.
+The site: `site/midi-collection.html` (on the bare host; `www.` redirects there) links a page per game,
+`<game>/music-midi.html` (`ff6/music-midi.html`, ...), and each of those links its .mid files. This is
+the entry point the original project's `data/datasets` link file gives.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from typing import Any
 from pipeline.datasets import Dataset
 
 SITE_RULES = {
-    "seeds": ("games/",),
-    "follow": (r"^games/[^/]+/music/?$",),
+    "seeds": ("site/midi-collection.html",),
+    "follow": (r"^[\w\-]+/music-midi\.html$",),
     "files": r"\.midi?$",
 }
 
@@ -26,7 +28,8 @@ def fetch(dest: Path, params: dict[str, Any]) -> Path:
 
 DATASET = Dataset(
     name="final-fantasy",
-    source="https://www.thefinalfantasy.net (crawled: per-game music pages -> .mid links)",
+    source="https://thefinalfantasy.net (crawled: site/midi-collection.html -> <game>/music-midi.html "
+           "-> .mid links)",
     licence="fan transcriptions of Square Enix music; no licence granted: research use, do not redistribute",
     size="a few hundred MIDI files, a few MB",
     fetch=fetch,

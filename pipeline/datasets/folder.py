@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import Dataset, midi_files
+from pipeline.datasets import MIDI_SUFFIXES, Dataset
 from pipeline.errors import DmcError
 
 
@@ -17,7 +17,8 @@ def fetch(dest: Path, params: dict[str, Any]) -> Path:
     root = Path(params["raw_dir"]).expanduser()
     if not root.is_dir():
         raise DmcError(f"params: 'raw_dir' {root} is not a folder (dataset=folder needs your MIDI folder)")
-    if not midi_files(root):
+    # The first file settles it; the manifest lists them all (one stat each) right after.
+    if next((p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file()), None) is None:
         raise DmcError(f"params: 'raw_dir' {root} holds no .mid/.midi files")
     return root
 
