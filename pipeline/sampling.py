@@ -331,24 +331,28 @@ def check_options(opts: GenerateOptions) -> None:
 
 def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str | Path | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Sample `opts.n` pieces with the trained model and write sample_000.mid, ... into `out_dir`.
+    """Sample `opts.n` pieces with a model and write sample_000.mid, ... into `out_dir`.
+
+    `checkpoint`: a path, a shipped model's name, or None for the checkout's model falling back to the
+    shipped default (`pipeline.pretrained.resolve_model`).
 
     Every file is first written into a temp folder inside `out_dir` and moved in at the end, so an
     error leaves no partial file behind. Returns a summary (files, seconds, notices).
     """
     from pipeline.diffusion import GaussianDiffusion
     from pipeline.model import default_device, load_trained
+    from pipeline.pretrained import resolve_model
     from pipeline.segments import Normalizer
 
     check_options(opts)
     sampler = Sampler(opts.sampler, opts.steps, opts.eta)
     grid = parse_quantize(opts.quantize)
-    path = Path(checkpoint) if checkpoint is not None else find_model()
-    if not path.is_file():
-        raise DmcError(f"no trained model at {path}; train one with `dvc repro train`"
-                       + ("" if checkpoint is None else " or pass --checkpoint PATH"))
+    # The checkout's model, else the shipped one (announced); `checkpoint` may also name a shipped model.
+    chosen = resolve_model(checkpoint)
+    if chosen.notice:
+        log(chosen.notice)
     device = _device(opts.device) if opts.device else default_device()
-    model, stats, diffusion_kwargs = load_trained(path, device)
+    model, stats, diffusion_kwargs = load_trained(chosen.path, device)
     # Segments are normalized into [0, 1], so no sample's x_0 can lie outside it.
     diffusion = GaussianDiffusion(**diffusion_kwargs, clip_sample=(0.0, 1.0)).to(device)
     normalizer = Normalizer.from_stats(stats)
