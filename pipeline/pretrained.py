@@ -171,8 +171,11 @@ def resolve_model(choice: str | Path | None = None, start: str | Path | None = N
         return ModelChoice(path / WEIGHTS_FILE, str(path))
     if path.is_file():
         return ModelChoice(path, str(path))
-    names = ", ".join(shipped_names()) or "none"
-    raise DmcError(f"--model {text}: no such file, and no shipped model of that name (shipped: {names})")
+    if isinstance(choice, str) and NAME.fullmatch(text):  # meant as a name, most likely
+        names = ", ".join(shipped_names()) or "none"
+        raise DmcError(f"--model {text}: no shipped model of that name (shipped: {names}; see `dmc models`) "
+                       "and no such file")
+    raise DmcError(f"no trained model at {path}; train one with `dvc repro train`")
 
 
 def _one_line(name: str, card: dict[str, Any]) -> str:
