@@ -116,7 +116,7 @@ def check_shipped(folder: str | Path) -> dict[str, Any]:
 
     folder = Path(folder)
     card = read_card(folder)
-    model, _, _ = load_trained(folder / WEIGHTS_FILE, "cpu")
+    model = load_trained(folder / WEIGHTS_FILE, "cpu")[0]
     reference = card.get("probe", {}).get("output")
     if not isinstance(reference, list) or len(reference) != PROBE_VALUES:
         raise DmcError(f"{folder / CARD}: no probe output to check the model against")
@@ -132,10 +132,9 @@ def check_shipped(folder: str | Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """A checkpoint to load, what to call it, and the line to print when the user did not pick it."""
+    """A checkpoint to load, and the line to print when the user did not pick it."""
 
     path: Path
-    label: str
     notice: str = ""
 
 
@@ -152,25 +151,25 @@ def resolve_model(choice: str | Path | None = None, start: str | Path | None = N
     if choice is None:
         local = find_model(start)
         if local.is_file():
-            return ModelChoice(local, str(local))
+            return ModelChoice(local)
         if DEFAULT not in shipped_names():
             raise DmcError(f"no trained model at {local} and no shipped model; train one with "
                            "`dvc repro train` or pick one with --model NAME|PATH")
         folder = WEIGHTS / DEFAULT
         card = check_shipped(folder)
-        return ModelChoice(folder / WEIGHTS_FILE, f"shipped:{DEFAULT}",
+        return ModelChoice(folder / WEIGHTS_FILE,
                            f"generate: no model trained in this checkout; using the shipped model "
                            f"{_one_line(DEFAULT, card)}")
     text = str(choice)
     if text in shipped_names():
         check_shipped(WEIGHTS / text)
-        return ModelChoice(WEIGHTS / text / WEIGHTS_FILE, f"shipped:{text}")
+        return ModelChoice(WEIGHTS / text / WEIGHTS_FILE)
     path = Path(choice)
     if path.is_dir() and (path / CARD).is_file():
         check_shipped(path)
-        return ModelChoice(path / WEIGHTS_FILE, str(path))
+        return ModelChoice(path / WEIGHTS_FILE)
     if path.is_file():
-        return ModelChoice(path, str(path))
+        return ModelChoice(path)
     if isinstance(choice, str) and NAME.fullmatch(text):  # meant as a name, most likely
         names = ", ".join(shipped_names()) or "none"
         raise DmcError(f"--model {text}: no shipped model of that name (shipped: {names}; see `dmc models`) "
