@@ -39,10 +39,12 @@ def _run_model(args: argparse.Namespace) -> None:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="compose new pieces as MIDI with the trained model")
+    p = sub.add_parser("generate", help="compose new pieces as MIDI with the trained or the shipped model")
     p.add_argument("out", help="output folder (created if missing); files are sample_000.mid, ...")
     p.add_argument("--n", type=int, default=8, help="pieces to generate (default 8)")
-    p.add_argument("--checkpoint", help="trained weights (default: models/model.pt of this project)")
+    p.add_argument("--model", "--checkpoint", dest="model", metavar="NAME|PATH",
+                   help="a shipped model (see `dmc models`) or a checkpoint file (default: models/model.pt "
+                   "of this checkout, else the shipped bach model)")
     # Sampler options default to None: GenerateOptions holds the defaults, and importing it here would
     # load torch for every `dmc` command.
     p.add_argument("--sampler", help="ddpm (all T steps), ddim, dpm++ or unipc")
@@ -76,11 +78,48 @@ def _run_generate(args: argparse.Namespace) -> None:
         **sampler, n=args.n, length=args.length, batch_size=args.batch_size, seed=args.seed,
         tempo=args.tempo, audio=args.audio, plot=args.plot, prompt=args.prompt,
         prompt_notes=args.prompt_notes, device=args.device, progress=False if args.quiet else None)
-    summary = sampling.generate_files(args.out, opts, args.checkpoint,
+    summary = sampling.generate_files(args.out, opts, args.model,
                                       log=lambda line: print(line, file=sys.stderr))
     midis = sum(name.endswith(".mid") for name in summary["files"])
     print(f"generate: {midis} pieces of {summary['notes_per_piece']} notes in {args.out} "
           f"({summary['sampler']}-{summary['steps']}, {summary['seconds']:.1f} s)")
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the shipped and the locally trained models, or show one's card")
+    p.add_argument("name", nargs="?", help="a shipped model: show its origin, evaluation and retrain command")
+    p.set_defaults(run=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> None:
+    from pipeline import pretrained
+
+    if args.name:
+        print(pretrained.describe_model(args.name))
+    else:
+        print(pretrained.format_models(pretrained.list_models()))
+
+
+def _add_export_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-model", help="turn this checkout's finished run into a shipped model "
+                       "(pipeline/weights/NAME: weights, card with params, data hashes, evaluation)")
+    p.add_argument("name", help="the model's name, e.g. bach")
+    p.add_argument("--from", dest="checkpoint", type=Path, metavar="PATH",
+                   help="the trained model (default: ROOT/models/model.pt); dvc.lock must record it")
+    p.add_argument("--root", type=Path, default=Path("."), help="the checkout of the run (default: .)")
+    p.add_argument("--dest", type=Path, help="folder to write NAME/ into (default: ROOT/pipeline/weights)")
+    p.add_argument("--note", default="", help="a line for the card, e.g. what the model is for")
+    p.add_argument("--dtype", default="bfloat16", help="bfloat16 (default, half the size) or float32")
+    p.set_defaults(run=_run_export_model)
+
+
+def _run_export_model(args: argparse.Namespace) -> None:
+    from pipeline import pretrained
+
+    folder = pretrained.export_model(args.name, args.root, args.checkpoint, args.dest, args.note, args.dtype)
+    print(f"export-model: wrote {folder}")
+    print(pretrained.describe_model(args.name) if folder.parent.resolve() == pretrained.WEIGHTS
+          else f"retrain: {pretrained.read_card(folder)['retrain']}")
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:
@@ -108,7 +147,7 @@ def _run_download(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dmc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    for add in (_add_notes, _add_model, _add_generate, _add_download):
+    for add in (_add_notes, _add_model, _add_generate, _add_models, _add_export_model, _add_download):
         add(sub)
     args = parser.parse_args(argv)
     try:

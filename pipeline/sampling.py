@@ -371,22 +371,26 @@ def grid_ticks(quantize: str, stats: dict[str, Any]) -> int | None:
 
 def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str | Path | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Sample `opts.n` pieces with the trained model and write sample_000.mid, ... into `out_dir`.
+    """Sample `opts.n` pieces with a model and write sample_000.mid, ... into `out_dir`.
+
+    `checkpoint`: a path, a shipped model's name, or None for the checkout's model falling back to the
+    shipped default (`pipeline.pretrained.resolve_model`).
 
     Every file is first written into a temp folder inside `out_dir` and moved in at the end, so an
     error leaves no partial file behind. Returns a summary (files, seconds, notices).
     """
     from pipeline.encoding import Encoding
     from pipeline.model import default_device, load_trained
+    from pipeline.pretrained import resolve_model
 
     check_options(opts)
     sampler = Sampler(opts.sampler, opts.steps, opts.eta, opts.guard)
-    path = Path(checkpoint) if checkpoint is not None else find_model()
-    if not path.is_file():
-        raise DmcError(f"no trained model at {path}; train one with `dvc repro train`"
-                       + ("" if checkpoint is None else " or pass --checkpoint PATH"))
+    # The checkout's model, else the shipped one (announced); `checkpoint` may also name a shipped model.
+    chosen = resolve_model(checkpoint)
+    if chosen.notice:
+        log(chosen.notice)
     device = _device(opts.device) if opts.device else default_device()
-    model, stats, diffusion_kwargs = load_trained(path, device)
+    model, stats, diffusion_kwargs = load_trained(chosen.path, device)
     encoding = Encoding.from_stats(stats)
     diffusion = sampler.diffusion(diffusion_kwargs, encoding, device)
     sampler.check_steps(diffusion.timesteps)

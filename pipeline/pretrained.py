@@ -1,0 +1,497 @@
+"""Shipped models: trained weights that come with the package, so `dmc generate` composes right after install.
+
+A shipped model is a folder `pipeline/weights/NAME/` of two files:
+- `model.pt`: the checkpoint `pipeline.model.load_trained` reads (config, EMA weights, stats, diffusion,
+  step), with every floating-point weight stored as bfloat16, which halves the package; they load back
+  into the float32 model unchanged.
+- `card.json`: what the model is and where it came from: the params of its run (as dvc.lock recorded
+  them), the dvc.lock hashes of its data, its evaluation table (metrics/evaluate.json), the command that
+  retrains it, the sha256 of `model.pt`, and a probe (below).
+
+Loading a shipped model checks, in order: the card's format, the sha256 of each file the card lists, the
+checkpoint itself (`weights_only=True`), then the probe: the network's output on a fixed input, recorded
+at export, must come out again. A model the code no longer reads the same way (a renamed config field, a
+layer that computes something else) fails one of these with one line instead of composing noise.
+
+`export_model` builds such a folder from a finished run of the pipeline, and refuses one whose dvc.lock
+does not tie the weights, the samples and the evaluation table together.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import DmcError
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+DEFAULT = "bach"  # what `dmc generate` uses when the checkout has no trained model
+CARD = "card.json"
+WEIGHTS_FILE = "model.pt"
+CARD_FORMAT = 1  # bump when the card or the shipped checkpoint changes shape; readers refuse others
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+PROBE_VALUES = 64
+PROBE_TIMESTEP = 250
+# The probe runs on the CPU in float32; another thread count or a GPU moves the output by ~1e-6 relative,
+# a changed layer by order 1.
+PROBE_TOLERANCE = 1e-3
+# Params that change how fast a run goes or where it fetches from, never what it computes: left out of
+# the retrain command. Everything else the stages read is in it, so it does not depend on the defaults
+# in whichever params.yaml it is run against.
+SPEED_ONLY = ("urls", "download.concurrency", "download.rate_limit", "download.timeout", "download.retries",
+              "download.backoff", "download.freemidi_ids", "prepare.n_jobs", "train.compile",
+              "train.val_every", "train.checkpoint_every")
+
+
+# -- reading and checking a shipped model -------------------------------------------------------------
+
+
+def shipped_names() -> list[str]:
+    """Names of the models shipped in WEIGHTS (folders holding a card)."""
+    if not WEIGHTS.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS.iterdir() if (p / CARD).is_file())
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    """The card of a shipped-model folder, after checking its format and every file's sha256."""
+    folder = Path(folder)
+    try:
+        card = json.loads((folder / CARD).read_text())
+    except FileNotFoundError:
+        raise DmcError(f"{folder}: no {CARD}; not a shipped model") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DmcError(f"{folder / CARD}: unreadable ({err})") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        got = card.get("format") if isinstance(card, dict) else None
+        raise DmcError(f"{folder / CARD}: card format {got!r}, this dmc reads format {CARD_FORMAT}; "
+                       "install the dmc version the model was made for")
+    files = card.get("files")
+    if not isinstance(files, dict) or WEIGHTS_FILE not in files:
+        raise DmcError(f"{folder / CARD}: lists no sha256 for {WEIGHTS_FILE}")
+    for name, expected in files.items():
+        if Path(name).name != name:  # a card names files in its own folder, nowhere else
+            raise DmcError(f"{folder / CARD}: file {name!r} is outside the model's folder")
+        path = folder / name
+        if not path.is_file():
+            raise DmcError(f"{path}: missing; the shipped model is incomplete")
+        if _sha256(path) != expected:
+            raise DmcError(f"{path}: sha256 does not match its card; the file is damaged or was replaced")
+    return card
+
+
+def _sha256(path: Path) -> str:
+    from pipeline.files import file_digest
+
+    return file_digest(path, "sha256")
+
+
+def probe(model: torch.nn.Module) -> list[float]:
+    """The network's output at PROBE_VALUES fixed positions for a fixed noisy input: a fingerprint of
+    what the code computes with these weights. Independent of the schedule and the encoding."""
+    width = model.config.stride * 8
+    x = torch.randn(1, model.config.features, 1, width, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        y = model(x, torch.tensor([PROBE_TIMESTEP])).flatten().double()
+    index = torch.linspace(0, y.numel() - 1, PROBE_VALUES).round().long()
+    return [float(v) for v in y[index]]
+
+
+def _probe_error(values: list[float], reference: list[float]) -> float:
+    a, b = torch.tensor(values, dtype=torch.float64), torch.tensor(reference, dtype=torch.float64)
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def check_shipped(folder: str | Path) -> dict[str, Any]:
+    """Verify a shipped-model folder end to end (card, hashes, checkpoint, probe); returns its card."""
+    from pipeline.model import load_trained
+
+    folder = Path(folder)
+    card = read_card(folder)
+    model = load_trained(folder / WEIGHTS_FILE, "cpu")[0]
+    reference = card.get("probe", {}).get("output")
+    if not isinstance(reference, list) or len(reference) != PROBE_VALUES:
+        raise DmcError(f"{folder / CARD}: no probe output to check the model against")
+    error = _probe_error(probe(model), reference)
+    if not error <= PROBE_TOLERANCE:
+        raise DmcError(f"{folder.name}: this dmc computes something else with these weights (probe off by "
+                       f"{error:.2g} relative); install the dmc version the model was made for")
+    return card
+
+
+# -- choosing the model `dmc generate` uses -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A checkpoint to load, and the line to print when the user did not pick it."""
+
+    path: Path
+    notice: str = ""
+
+
+def resolve_model(choice: str | Path | None = None, start: str | Path | None = None) -> ModelChoice:
+    """The model `dmc generate` uses.
+
+    None: the checkout's models/model.pt when it exists (a model trained here wins), else the shipped
+    DEFAULT, announced in one line. A string that names a shipped model picks it; anything else is a
+    path, either to a checkpoint or to a shipped-model folder (as `export-model` writes). Shipped models
+    are verified (`check_shipped`) before they are handed out.
+    """
+    from pipeline.sampling import find_model
+
+    if choice is None:
+        local = find_model(start)
+        if local.is_file():
+            return ModelChoice(local)
+        if DEFAULT not in shipped_names():
+            raise DmcError(f"no trained model at {local} and no shipped model; train one with "
+                           "`dvc repro train` or pick one with --model NAME|PATH")
+        folder = WEIGHTS / DEFAULT
+        card = check_shipped(folder)
+        return ModelChoice(folder / WEIGHTS_FILE,
+                           f"generate: no model trained in this checkout; using the shipped model "
+                           f"{_one_line(DEFAULT, card)}")
+    text = str(choice)
+    if text in shipped_names():
+        check_shipped(WEIGHTS / text)
+        return ModelChoice(WEIGHTS / text / WEIGHTS_FILE)
+    path = Path(choice)
+    if path.is_dir() and (path / CARD).is_file():
+        check_shipped(path)
+        return ModelChoice(path / WEIGHTS_FILE)
+    if path.is_file():
+        return ModelChoice(path)
+    if isinstance(choice, str) and NAME.fullmatch(text):  # meant as a name, most likely
+        names = ", ".join(shipped_names()) or "none"
+        raise DmcError(f"--model {text}: no shipped model of that name (shipped: {names}; see `dmc models`) "
+                       "and no such file")
+    raise DmcError(f"no trained model at {path}; train one with `dvc repro train`")
+
+
+def _one_line(name: str, card: dict[str, Any]) -> str:
+    oa = card.get("evaluation", {}).get("generated.oa_mean")
+    parts = [f"{card.get('preset', '?')} preset",
+             f"{card.get('steps', '?')} steps on {card.get('dataset', '?')}"]
+    if isinstance(oa, int | float):
+        parts.append(f"oa_mean {oa:.3f}")
+    if card.get("note"):
+        parts.append(str(card["note"]))
+    return f"{name} ({'; '.join(parts)})"
+
+
+# -- listing: `dmc models` ----------------------------------------------------------------------------
+
+
+def list_models(start: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per model `dmc generate` can use: the checkout's trained model (when there is one), then
+    each shipped model. `default` marks the one used without --model."""
+    from pipeline.sampling import find_model
+
+    rows = []
+    local = find_model(start)
+    if local.is_file():
+        rows.append(_local_row(local))
+    for name in shipped_names():
+        folder = WEIGHTS / name
+        try:
+            card = read_card(folder)
+        except DmcError as err:
+            rows.append({"name": name, "dataset": "?", "preset": "?", "steps": "?", "oa_mean": None,
+                         "source": f"shipped, unusable: {err}"})
+            continue
+        source = f"shipped ({folder})"
+        if card.get("note"):
+            source += f"; {card['note']}"
+        rows.append({"name": name, "dataset": card.get("dataset", "?"), "preset": card.get("preset", "?"),
+                     "steps": card.get("steps", "?"),
+                     "oa_mean": card.get("evaluation", {}).get("generated.oa_mean"), "source": source})
+    default = 0 if local.is_file() else next((i for i, r in enumerate(rows) if r["name"] == DEFAULT), None)
+    for i, row in enumerate(rows):
+        row["default"] = i == default
+    return rows
+
+
+def _local_row(path: Path) -> dict[str, Any]:
+    """The checkout's model: steps and preset from the checkpoint; dataset and oa_mean from dvc.lock and
+    metrics/evaluate.json, only when dvc.lock ties them to this very file."""
+    from pipeline.model import PRESETS, UNetConfig
+
+    root = path.parent.parent
+    row: dict[str, Any] = {"name": str(path), "dataset": "?", "preset": "?", "steps": "?", "oa_mean": None,
+                           "source": "trained in this checkout"}
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        row["steps"] = int(ckpt["step"])
+        config = UNetConfig.from_dict(ckpt["config"])
+        same = [name for name, p in PRESETS.items()
+                if UNetConfig.from_dict({**vars(p), "causal": config.causal}) == config]
+        row["preset"] = same[0] if same else "custom"
+    except Exception as err:  # listing must not stop at one bad file; it says what is wrong instead
+        row["source"] += f", unreadable: {type(err).__name__}"
+        return row
+    lock = _read_lock(root / "dvc.lock", required=False)
+    if lock and _out_md5(lock, "train", "models/model.pt") == _md5(path):
+        row["dataset"] = _lock_params(lock).get("dataset", "?")
+        try:
+            row["oa_mean"] = evaluation_of(root, path, lock).get("generated.oa_mean")
+        except DmcError:
+            row["source"] += ", not evaluated"
+    else:
+        row["source"] += ", not the model dvc.lock records"
+    return row
+
+
+def format_models(rows: list[dict[str, Any]]) -> str:
+    """The `dmc models` table; `*` marks the model `dmc generate` uses without --model."""
+    if not rows:
+        return "no models: none trained in this checkout and none shipped"
+    table = [("", "NAME", "DATASET", "PRESET", "STEPS", "OA_MEAN", "SOURCE")]
+    for r in rows:
+        oa = f"{r['oa_mean']:.3f}" if isinstance(r["oa_mean"], int | float) else "-"
+        table.append(("*" if r["default"] else "", str(r["name"]), str(r["dataset"]), str(r["preset"]),
+                      str(r["steps"]), oa, str(r["source"])))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+             for row in table]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def describe_model(name: str) -> str:
+    """`dmc models NAME`: a shipped model's card in words: provenance, evaluation next to the baselines,
+    and the command that retrains it."""
+    if name not in shipped_names():
+        names = ", ".join(shipped_names()) or "none"
+        raise DmcError(f"no shipped model named {name!r} (shipped: {names})")
+    folder = WEIGHTS / name
+    card = read_card(folder)
+    lines = [f"{name}: {card.get('preset')} preset, {card.get('steps')} steps on {card.get('dataset')}"
+             + (f" ({card['note']})" if card.get("note") else ""),
+             f"  files: {folder} ({', '.join(f'{f} sha256 {h[:12]}' for f, h in card['files'].items())})"]
+    source = card.get("source", {})
+    lines.append(f"  from: git {source.get('git_commit') or '?'}"
+                 + (" (uncommitted changes)" if source.get("git_dirty") else "")
+                 + f", exported {source.get('exported', '?')}")
+    lines.append("  data (dvc.lock md5): " + ", ".join(f"{k} {v}" for k, v in card.get("data", {}).items()))
+    evaluation = card.get("evaluation", {})
+    sets = [s for s in ("generated", "markov", "shuffle", "real", "test") if f"{s}.oa_mean" in evaluation]
+    if sets:
+        lines.append("  evaluation (metrics/evaluate.json of the run; overlap and KL with the test set):")
+        lines.append("    " + "  ".join(f"{s:>9}" for s in ["set", *sets]))
+        for metric in ("oa_mean", "kl_mean"):
+            lines.append("    " + "  ".join([f"{metric:>9}", *(f"{evaluation[f'{s}.{metric}']:>9.4f}"
+                                                              for s in sets)]))
+    if card.get("weights_probe_error"):
+        lines.append(f"  {card.get('weights_dtype')} weights move the network's output by "
+                     f"{card['weights_probe_error']:.2g} relative; the table is of the float32 weights")
+    lines.append(f"  retrain: {card.get('retrain', '?')}")
+    return "\n".join(lines)
+
+
+# -- export: a finished run -> a shipped-model folder -------------------------------------------------
+
+
+def _md5(path: Path) -> str:
+    from pipeline.files import file_digest
+
+    return file_digest(path, "md5")
+
+
+def _read_lock(path: Path, required: bool = True) -> dict[str, Any] | None:
+    from pipeline.params import parse
+
+    try:
+        lock = parse(path.read_text())  # YAML 1.2 floats, as DVC writes them: `1e-05` is a number
+    except FileNotFoundError:
+        if not required:
+            return None
+        raise DmcError(f"{path}: no such file; export the model of a finished `dvc repro`") from None
+    except (OSError, DmcError) as err:
+        raise DmcError(f"{path}: unreadable ({err})") from None
+    if not isinstance(lock, dict) or not isinstance(lock.get("stages"), dict):
+        if not required:
+            return None
+        raise DmcError(f"{path}: not a dvc.lock (no stages)")
+    return lock
+
+
+def _entries(lock: dict[str, Any], stage: str, kind: str) -> dict[str, str]:
+    stage_lock = lock["stages"].get(stage) or {}
+    return {e["path"]: e.get("md5") for e in stage_lock.get(kind) or []
+            if isinstance(e, dict) and "path" in e}
+
+
+def _out_md5(lock: dict[str, Any], stage: str, path: str) -> str | None:
+    return _entries(lock, stage, "outs").get(path)
+
+
+def _lock_params(lock: dict[str, Any]) -> dict[str, Any]:
+    """The params every stage ran with, as dvc.lock recorded them, merged into one nested dict."""
+    merged: dict[str, Any] = {}
+    for stage in lock["stages"].values():
+        for key, value in ((stage.get("params") or {}).get("params.yaml") or {}).items():
+            *parents, leaf = key.split(".")
+            node = merged
+            for part in parents:
+                node = node.setdefault(part, {})
+            if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+                node[leaf].update(value)
+            else:
+                node[leaf] = value
+    return merged
+
+
+def evaluation_of(root: Path, model_path: Path, lock: dict[str, Any]) -> dict[str, Any]:
+    """metrics/evaluate.json, once dvc.lock shows it was computed from the samples of this model."""
+    md5 = _md5(model_path)
+    chain = [
+        (_out_md5(lock, "train", "models/model.pt"), md5,
+         "models/model.pt is not the model dvc.lock records"),
+        (_entries(lock, "sample", "deps").get("models/model.pt"), md5,
+         "the samples in dvc.lock were not drawn from this model"),
+        (_entries(lock, "evaluate", "deps").get("samples"), _out_md5(lock, "sample", "samples"),
+         "the evaluation in dvc.lock is not of its samples"),
+        (_entries(lock, "evaluate", "deps").get("data/prepared"), _entries(lock, "train", "deps").get(
+            "data/prepared"), "the evaluation in dvc.lock used other data than the training"),
+    ]
+    metrics = root / "metrics" / "evaluate.json"
+    for recorded, actual, problem in chain:
+        if recorded is None or recorded != actual:
+            raise DmcError(f"{problem}; run `dvc repro` to the end (or `dvc exp apply` the run) first")
+    if not metrics.is_file() or _out_md5(lock, "evaluate", "metrics/evaluate.json") != _md5(metrics):
+        raise DmcError(f"{metrics} is not the evaluation dvc.lock records; run `dvc repro` to the end first")
+    return json.loads(metrics.read_text())
+
+
+def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
+
+
+def _override(value: Any) -> str:
+    """A value in the override grammar of `dvc exp run -S` (Hydra's), which reads back as the same YAML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_override(v) for v in value) + "]"
+    text = str(value)
+    if _PLAIN.fullmatch(text) and text.lower() not in ("true", "false", "null", "nan", "inf"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _shell_word(arg: str) -> str:
+    if shlex.quote(arg) == arg:
+        return arg
+    return f'"{arg}"' if not re.search(r'["$`\\!]', arg) else shlex.quote(arg)
+
+
+def retrain_command(params: dict[str, Any]) -> str:
+    """`dvc exp run -S ...` that sets every param the run's stages read (but SPEED_ONLY ones), so it
+    reproduces the run whatever the defaults of the params.yaml it runs against."""
+    flat = _flat(params)
+    keys = [k for k in flat if not any(k == s or k.startswith(s + ".") for s in SPEED_ONLY)]
+    return "dvc exp run " + " ".join(f"-S {_shell_word(f'{k}={_override(flat[k])}')}" for k in keys)
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def cast_weights(state: dict[str, torch.Tensor], dtype: str = "bfloat16") -> dict[str, torch.Tensor]:
+    """Floating-point tensors as `dtype` (contiguous copies, so no storage of the original is saved)."""
+    return {k: v.detach().to(DTYPES[dtype]).contiguous().clone() if v.is_floating_point() else v.clone()
+            for k, v in state.items()}
+
+
+def export_model(name: str, root: str | Path = ".", checkpoint: str | Path | None = None,
+                 dest: str | Path | None = None, note: str = "", dtype: str = "bfloat16") -> Path:
+    """Write the shipped-model folder `dest/NAME` (default: ROOT/pipeline/weights/NAME) from the finished
+    run in checkout ROOT: its models/model.pt (or `checkpoint`), dvc.lock and metrics. The weights are
+    stored as `dtype` (bfloat16 halves the file; the card records how far that moves the output). Atomic:
+    an error leaves any previous folder of that name as it was."""
+    from pipeline.files import atomic_path
+    from pipeline.model import UNet, UNetConfig, load_trained
+
+    if not NAME.fullmatch(name):
+        raise DmcError(f"model name {name!r}: use lowercase letters, digits, - and _")
+    if dtype not in DTYPES:
+        raise DmcError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    root = Path(root)
+    model_path = Path(checkpoint) if checkpoint is not None else root / "models" / "model.pt"
+    if not model_path.is_file():
+        raise DmcError(f"no trained model at {model_path}; run `dvc repro` first")
+    lock = _read_lock(root / "dvc.lock")
+    evaluation = evaluation_of(root, model_path, lock)
+    params = _lock_params(lock)
+    ckpt = torch.load(model_path, map_location="cpu", weights_only=True)
+    load_trained(model_path, "cpu")  # refuse an incompatible checkpoint before writing anything
+    ema = cast_weights(ckpt["ema"], dtype)
+    config = UNetConfig.from_dict(ckpt["config"])
+    full, shipped = UNet(config).eval(), UNet(config).eval()
+    full.load_state_dict(ckpt["ema"])
+    shipped.load_state_dict(ema)
+    output = probe(shipped)
+    train_metrics = root / "metrics" / "train.json"
+    card = {
+        "format": CARD_FORMAT,
+        "name": name,
+        "note": note,
+        "dataset": params.get("dataset"),
+        "preset": params.get("preset"),
+        "steps": int(ckpt["step"]),
+        "seq_len": ckpt["stats"].get("seq_len"),
+        "parameters": sum(p.numel() for p in shipped.parameters()),
+        "weights_dtype": dtype,
+        "files": {},
+        "data": {"data/manifest.json": _entries(lock, "prepare", "deps").get("data/manifest.json"),
+                 "data/prepared": _entries(lock, "train", "deps").get("data/prepared")},
+        "params": params,
+        "retrain": retrain_command(params),
+        "evaluation": evaluation,
+        "train": json.loads(train_metrics.read_text()) if train_metrics.is_file() else None,
+        "source": {"model_md5": _md5(model_path), "git_commit": _git(root, "rev-parse", "HEAD"),
+                   "git_dirty": bool(_git(root, "status", "--porcelain", "--untracked-files=no")),
+                   "exported": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "probe": {"timestep": PROBE_TIMESTEP, "output": output},
+        # How far storing the weights as `dtype` moves the network's output (0 for float32).
+        "weights_probe_error": round(_probe_error(output, probe(full)), 6),
+    }
+    target = Path(dest) / name if dest is not None else root / "pipeline" / "weights" / name
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        with open(tmp / WEIGHTS_FILE, "wb") as f:  # a file object: the zip then holds no temp name
+            torch.save({"config": ckpt["config"], "ema": ema, "stats": ckpt["stats"],
+                        "diffusion": ckpt["diffusion"], "step": ckpt["step"]}, f)
+        card["files"] = {WEIGHTS_FILE: _sha256(tmp / WEIGHTS_FILE)}
+        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+        check_shipped(tmp)  # what we ship must load, here and now
+    return target
+
