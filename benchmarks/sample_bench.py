@@ -1,10 +1,14 @@
-"""Seconds to generate 8 pieces of 128 notes with the `full` U-Net: DDIM-50 and DDPM-1000, CPU and CUDA.
+"""Seconds to generate 8 pieces of 128 notes with the `full` U-Net, per sampler and step count, CPU and CUDA.
 
 Random weights time the same as trained ones. The goal is DDIM-50 under 3 s on a 2-core CPU; the
 original TensorFlow code needs about 95 s for its 1000-step sampling there.
 
     python benchmarks/sample_bench.py                      # everything (DDPM-1000 on CPU takes minutes)
     python benchmarks/sample_bench.py --samplers ddim-50   # the quick one
+    python benchmarks/sample_bench.py --samplers dpm++-15 unipc-15 ddim-20 ddim-50
+
+The quality side of each sampler (evaluate metrics against DDPM-1000) is `benchmarks/quality.py`'s
+`CONFIG@variant` rows.
     python benchmarks/sample_bench.py --preset tiny --pieces 2 --samplers ddim-5   # a smoke test
 """
 
@@ -46,8 +50,9 @@ def main() -> None:
     parser.add_argument("--preset", default="full", choices=sorted(PRESETS))
     parser.add_argument("--pieces", type=int, default=8)
     parser.add_argument("--notes", type=int, default=128)
-    parser.add_argument("--samplers", nargs="+", default=["ddim-50", "ddpm-1000"],
-                        help="name-steps pairs, e.g. ddim-50 ddim-20 ddpm-1000")
+    parser.add_argument("--samplers", nargs="+",
+                        default=["dpm++-15", "unipc-15", "ddim-20", "ddim-50", "ddpm-1000"],
+                        help="name-steps pairs, e.g. dpm++-15 ddim-50 ddpm-1000")
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

@@ -194,10 +194,12 @@ class Sampler:
     def n_steps(self, timesteps: int) -> int:
         return timesteps if self.name == "ddpm" else min(self.steps, timesteps)
 
-    def check_steps(self, timesteps: int) -> None:
-        """More steps than the model's timesteps is a mistake, not a request to clamp silently."""
+    def steps_notice(self, timesteps: int) -> str | None:
+        """A one-line notice when more steps are asked than the model has timesteps (all are run)."""
         if self.name != "ddpm" and self.steps > timesteps:
-            raise DmcError(f"--steps {self.steps} exceeds the model's {timesteps} diffusion timesteps")
+            return (f"notice: --steps {self.steps} exceeds the model's {timesteps} diffusion timesteps; "
+                    f"running {timesteps}")
+        return None
 
     def diffusion(self, config: dict[str, Any], encoding: Any, device: torch.device | str = "cpu") -> Any:
         """The model's diffusion process (its checkpoint's `config`), with this sampler's x_0 guard."""
@@ -393,7 +395,6 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     model, stats, diffusion_kwargs = load_trained(chosen.path, device)
     encoding = Encoding.from_stats(stats)
     diffusion = sampler.diffusion(diffusion_kwargs, encoding, device)
-    sampler.check_steps(diffusion.timesteps)
     grid = grid_ticks(opts.quantize, stats)
     seq_len = int(stats["seq_len"])
     rows = len(stats.get("instruments") or ["piano"])
@@ -404,7 +405,9 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
                        f"{seq_len} notes per row; ask for at most {seq_len}")
     k = 0 if prompt is None else prompt.shape[-1]
     check_prompt(k, seq_len, length)
-    notices: list[str] = []
+    notices = [n for n in (sampler.steps_notice(diffusion.timesteps),) if n]
+    for notice in notices:
+        log(notice)
     if opts.audio:
         from pipeline.audio import missing_tools
 

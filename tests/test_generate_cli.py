@@ -32,6 +32,20 @@ def one_line_error(capsys) -> str:
     return err
 
 
+def test_more_steps_than_timesteps_runs_them_all_with_a_one_line_notice(checkpoint, tmp_path, capsys):
+    assert generate(tmp_path / "out", "--n", 1, "--steps", 5000, "--checkpoint", checkpoint) == 0
+    err = capsys.readouterr().err.strip()
+    assert err == "notice: --steps 5000 exceeds the model's 20 diffusion timesteps; running 20"
+
+
+@pytest.mark.parametrize("sampler", ["dpm++", "unipc"])
+def test_the_few_step_samplers_and_the_data_grid_write_pieces(sampler, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert generate(out, "--n", 2, "--sampler", sampler, "--steps", 4, "--guard", "dynamic",
+                    "--chord-snap", "0.1", "--quantize", "auto", "--checkpoint", checkpoint) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["sample_000.mid", "sample_001.mid"]
+
+
 def test_generate_writes_n_pieces_with_piano_rolls(checkpoint, tmp_path, capsys):
     out = tmp_path / "new" / "pieces"
     assert generate(out, "--n", 3, "--batch-size", 2, "--steps", 3, "--plot", "--checkpoint", checkpoint,
@@ -82,6 +96,8 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path, capsys):
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--audio", "flac"], "--audio must be one of"),
     (["--quantize", "1/7"], "--quantize"),
+    (["--guard", "soft"], "--guard must be one of clip, dynamic, none"),
+    (["--chord-snap", "-1"], "--chord-snap must be >= 0"),
     (["--device", "tpu9"], "--device"),
 ])
 def test_bad_options_are_refused_in_one_line(args, message, checkpoint, tmp_path, capsys):
