@@ -141,6 +141,26 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     return out
 
 
+def check_batch_fits(batch_size: int, segment_bytes: int, device: torch.device) -> None:
+    """Refuse a `batch_size` whose inputs alone outgrow the device's memory, with a line naming the key,
+    before numpy or torch fail on a multi-terabyte allocation with a traceback."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    elif hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:  # no portable way to ask; the allocation itself will tell
+        return
+    # Per sample: the segment, its noise and its noisy version (float32), and its index (int64).
+    needed = batch_size * (3 * segment_bytes + 8)
+    if needed > total:
+        raise DmcError(f"batch_size {batch_size:,}: one batch of inputs alone needs {_gib(needed)}, more "
+                       f"than the {_gib(total)} of memory on {device.type}; lower batch_size")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.0f} GiB"
+
+
 _PERMUTATION_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
 
 
@@ -402,6 +422,7 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     if width % config.stride:
         raise DmcError(f"seq_len {width} is not a multiple of {config.stride} (the U-Net halves it "
                        f"{len(config.channels) - 1} times)")
+    check_batch_fits(settings.batch_size, data.train[0].nbytes, device)
     if settings.batch_size % rank.world:
         raise DmcError(f"batch_size {settings.batch_size} does not split evenly over {rank.world} processes")
     log = log if rank.main else (lambda *_: None)

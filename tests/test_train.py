@@ -157,6 +157,14 @@ def test_bad_inputs_are_one_line_errors(data, prepared_dir, tmp_path):
         load_data(empty)
 
 
+def test_a_batch_larger_than_memory_is_a_one_line_error_naming_batch_size(data, tmp_path):
+    huge = TrainSettings(preset="tiny", steps=2, batch_size=1_000_000_000_000)
+    with pytest.raises(DmcError, match=r"^batch_size 1,000,000,000,000: .* lower batch_size$") as err:
+        train(huge, data, tmp_path / "m", tmp_path / "x", device="cpu", log=_quiet)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "x").exists()
+
+
 # -- the stage as a process: kill -9 and resume, DDP with torchrun ---------------------------------------
 
 
