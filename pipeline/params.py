@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,26 @@ def _seq_len(v: Any) -> str | None:
     return f"must be a multiple of 8 (the U-Net pools three times), got {v}"
 
 
+# pipeline.sampling.TICKS_PER_QUARTER, the resolution samples are written at (not imported: that pulls in
+# torch, and the validate stage checks params without it). tests/test_params.py pins the two as equal.
+SAMPLE_TICKS_PER_QUARTER = 480
+
+
+def _grid(v: Any) -> str | None:
+    """"" or a note value such as 1/16 that is a whole number of ticks (as sampling.parse_quantize)."""
+    if not isinstance(v, str):
+        return f"must be \"\" or a note value such as 1/16, got {v!r}"
+    if not v.strip():
+        return None
+    try:
+        value = Fraction(v.strip())
+    except (ValueError, ZeroDivisionError):
+        return f"must be \"\" or a note value such as 1/16, got {v!r}"
+    if value <= 0 or (value * 4 * SAMPLE_TICKS_PER_QUARTER).denominator != 1:
+        return f"{v} is not a whole number of ticks at {SAMPLE_TICKS_PER_QUARTER} per quarter note"
+    return None
+
+
 _POS = _number(0, lo_open=True)
 _POS_INT = _number(1, integer=True)
 _NONNEG_INT = _number(0, integer=True)
@@ -128,7 +149,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "sample.eta": _number(0),
     "sample.length": _POS_INT,
     "sample.tempo": _POS,
-    "sample.quantize": _STR,
+    "sample.quantize": _grid,
     "sample.audio": _choice("", "wav", "ogg", "mp3"),
     "sample.plot": _BOOL,
     "evaluate.n_baseline": _POS_INT,
