@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pipeline.diffusion import GaussianDiffusion
 from pipeline.errors import DmcError
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, remove_stale_temps, write_json
 from pipeline.model import UNet, UNetConfig, count, default_device, get_config
 
 VAL_BATCHES = 8   # validation looks at most this many batches, so it costs a few steps' time
@@ -433,6 +433,10 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     model, ema, opt, diffusion = build(settings, config, device)
     fp = fingerprint(settings, data)
     ckpt_path = checkpoint_path(models_dir)
+    if rank.main:  # a kill during a write leaves its temp file (5 MB for a tiny checkpoint) behind
+        for folder in (models_dir, ckpt_path.parent, metrics_dir):
+            for litter in remove_stale_temps(folder):
+                log(f"train: removed {litter}, left by an interrupted write")
     state = _resume(ckpt_path, fp, model, ema, opt, device, log)
 
     net: nn.Module = model

@@ -165,6 +165,18 @@ def test_a_batch_larger_than_memory_is_a_one_line_error_naming_batch_size(data, 
     assert not (tmp_path / "m").exists() and not (tmp_path / "x").exists()
 
 
+def test_train_start_removes_the_temp_file_of_a_checkpoint_write_killed_midway(data, tmp_path):
+    from test_files import killed_during_write
+
+    models = tmp_path / "m"
+    litter = killed_during_write(checkpoint_path(models))
+    assert litter.stat().st_size == 5_000_000
+    lines: list[str] = []
+    train(SETTINGS, data, models, tmp_path / "x", stop_at=1, device="cpu", log=lines.append)
+    assert not litter.exists()
+    assert f"train: removed {litter}, left by an interrupted write" in lines
+
+
 # -- the stage as a process: kill -9 and resume, DDP with torchrun ---------------------------------------
 
 
