@@ -2,7 +2,10 @@
 
 For each file (parsed with symusic, which is C++):
 1. A file that does not parse, has ticks-per-quarter <= 0 (or SMPTE timing), or has no usable track is
-   rejected with a reason (`RejectedFile`); nothing is dropped silently.
+   rejected with a reason (`RejectedFile`); nothing is dropped silently. So is a main track whose notes
+   are never released (`unreleased-notes`), or whose tick count passes 2**31 (`tick-overflow`: symusic
+   counts ticks in 32 bits, so later onsets come out negative; a count that wraps all the way past 2**32,
+   sixteen maximal delta-times or more, comes out positive and is not caught).
 2. Candidate tracks: non-drum tracks whose General MIDI program is in `programs`. A track is the notes
    of one (MIDI track chunk, channel, program) as symusic splits them; no program change means 0.
 3. Main track: the candidate with the most notes (after step 4), the first in file order on ties.
@@ -117,9 +120,13 @@ def _main_track(score: symusic.Score, programs: Sequence[int]) -> tuple[int, Any
     """(index, track, cleaned (time, duration, pitch)) of the main track; RejectedFile when there is none."""
     best = None
     index = -1
+    unreleased = False  # a candidate track had note-ons but symusic kept none of them
     for track in score.tracks:
         count = track.note_num()
-        if count == 0:  # lyric-only tracks, or note-ons that were never released
+        if count == 0:
+            # symusic makes a track for each (chunk, channel, program) that has a note-on, and one for
+            # a chunk's lyrics; an empty track without lyrics therefore only held notes never released.
+            unreleased |= not track.is_drum and track.program in programs and len(track.lyrics) == 0
             continue
         index += 1
         if track.is_drum or track.program not in programs:
@@ -130,11 +137,18 @@ def _main_track(score: symusic.Score, programs: Sequence[int]) -> tuple[int, Any
         notes = _clean(arrays["time"], arrays["duration"], arrays["pitch"])
         if best is None or len(notes[0]) > len(best[2][0]):
             best = (index, track, notes)
+    if best is None and unreleased:
+        raise RejectedFile("the piano track's notes are never released (note-ons without note-offs)",
+                           "unreleased-notes")
     if best is None:
         raise RejectedFile(f"no track with a program in {_ranges(set(programs))} (piano set)",
                            "no-piano-track")
-    if len(best[2][0]) == 0:
+    time = best[2][0]
+    if len(time) == 0:
         raise RejectedFile("the piano track has only zero-length notes", "no-notes")
+    if time[0] < 0:  # sorted: the first onset is the smallest
+        raise RejectedFile(f"tick count overflows 32 bits (an onset at tick {time[0]:,}): delta-times sum "
+                           "past 2**31", "tick-overflow")
     return best
 
 

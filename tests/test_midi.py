@@ -204,6 +204,43 @@ def test_bad_files_are_rejected_with_a_reason(tmp_path, data, code):
     assert "\n" not in str(err.value) and str(err.value)
 
 
+MAX_DELTA = 0x0FFFFFFF  # the largest delta-time a MIDI variable-length quantity holds
+
+
+def test_ticks_that_overflow_32_bits_are_rejected_as_tick_overflow(tmp_path):
+    # Nine maximal delta-times put the notes at 2.4e9 ticks, past symusic's int32 (-4.47M beats at 480).
+    late = [Meta("text", text="wait", time=MAX_DELTA) for _ in range(9)] + notes_track([60, 62])
+    with pytest.raises(RejectedFile) as err:
+        extract_notes(write(tmp_path, "late.mid", smf([late])))
+    assert err.value.code == "tick-overflow"
+    assert "overflows 32 bits" in str(err.value) and "\n" not in str(err.value)
+    # Seven are 1.88e9 ticks: late but in range, and the onsets stay exact.
+    ok = [Meta("text", text="wait", time=MAX_DELTA) for _ in range(7)] + notes_track([60])
+    assert extract_notes(write(tmp_path, "ok.mid", smf([ok]))).onset.tolist() == [7 * MAX_DELTA / 480]
+
+
+@pytest.mark.parametrize("tracks", [
+    [[On(note=60, velocity=64), On(note=64, velocity=64, time=480)]],                  # no note-offs at all
+    [[On(note=60, velocity=64)], notes_track([50, 52], channel=1, program=40)],       # and a violin track
+], ids=["alone", "beside-a-released-violin"])
+def test_notes_never_released_are_rejected_as_unreleased_not_as_no_piano_track(tmp_path, tracks):
+    with pytest.raises(RejectedFile) as err:
+        extract_notes(write(tmp_path, "held.mid", smf(tracks)))
+    assert err.value.code == "unreleased-notes"
+    assert "never released" in str(err.value)
+
+
+@pytest.mark.parametrize("tracks", [
+    [[Meta("lyrics", text="la", time=10)]],                                           # lyrics make a track
+    [[Prog(channel=1, program=40), On(channel=1, note=60, velocity=64)]],             # held, but a violin
+    [[On(channel=9, note=36, velocity=64)]],                                          # held, but drums
+])
+def test_lyrics_and_held_non_piano_notes_stay_no_piano_track(tmp_path, tracks):
+    with pytest.raises(RejectedFile) as err:
+        extract_notes(write(tmp_path, "other.mid", smf(tracks)))
+    assert err.value.code == "no-piano-track"
+
+
 def test_random_bytes_never_crash_the_extractor(tmp_path):
     rng = np.random.default_rng(0)
     for k in range(200):
