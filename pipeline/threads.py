@@ -9,8 +9,10 @@ takes `cpus // jobs` threads, where `jobs` is how many experiments run at once:
 - `OMP_NUM_THREADS`, when set, is kept (torch reads it too).
 - Otherwise, in one of `dvc queue`'s temp copies, `jobs` is the number of live queue workers. DVC tells
   a stage only DVC_ROOT, DVC_EXP_NAME, DVC_EXP_BASELINE_REV and DVC_STAGE, never the `-j`; but each
-  worker `dvc queue start` spawns records its pid in `$DVC_ROOT/.dvc/tmp/exps/celery/dvc-exp-worker-<n>.json`
-  (DVC 3.x internals; if they move, this counts 0 workers and a stage takes every core, as before).
+  worker that `dvc queue start` spawns records its pid in
+  `$DVC_ROOT/.dvc/tmp/exps/celery/dvc-exp-worker-<n>.json` (DVC 3.x internals: if they move, no worker
+  is counted and a stage takes torch's default, as before).
+- A stage that runs alone (`dvc repro`, `dvc exp run`) keeps torch's default: a thread per physical core.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ def queue_jobs(environ: Mapping[str, str], cwd: str | Path) -> int:
 
 
 def threads_per_job(environ: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-                    cpus: int | None = None) -> tuple[int, str]:
-    """(threads, why): DMC_THREADS, else OMP_NUM_THREADS, else the CPUs shared out over queue jobs."""
+                    cpus: int | None = None) -> tuple[int | None, str]:
+    """(threads, why): DMC_THREADS, else OMP_NUM_THREADS, else the CPUs shared out over queue jobs; None
+    (leave torch's default, one thread per physical core) for a stage that runs alone."""
     environ = os.environ if environ is None else environ
     if ENV in environ:
         value = environ[ENV].strip()
@@ -79,12 +82,15 @@ def threads_per_job(environ: Mapping[str, str] | None = None, cwd: str | Path | 
     cpus = available_cpus() if cpus is None else cpus
     jobs = queue_jobs(environ, Path.cwd() if cwd is None else cwd)
     if jobs == 1:
-        return cpus, f"{cpus} CPUs"
+        return None, "alone: torch's default"
     return max(1, cpus // jobs), f"{cpus} CPUs shared by {jobs} dvc queue jobs"
 
 
-def limit_threads(threads: int) -> None:
-    """Size torch's intra- and inter-op pools, and OMP/MKL's for child processes and later imports."""
+def limit_threads(threads: int | None) -> None:
+    """Size torch's intra- and inter-op pools, and OMP/MKL's for child processes and later imports;
+    None changes nothing."""
+    if threads is None:
+        return
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
     torch = sys.modules.get("torch")  # a stage that never imports torch need not pay for its import

@@ -39,12 +39,12 @@ def test_a_stage_in_a_queue_copy_shares_the_cpus_over_the_live_workers(tmp_path)
     assert threads_per_job(env, copy, cpus=1)[0] == 1  # never 0
 
 
-def test_outside_a_queue_copy_a_stage_takes_every_cpu(tmp_path):
+def test_outside_a_queue_copy_a_stage_keeps_torchs_default(tmp_path):
     fake_queue(tmp_path, [os.getpid(), os.getpid()])
     env = {"DVC_ROOT": str(tmp_path)}
     assert queue_jobs(env, tmp_path) == 1                      # dvc repro / dvc exp run in the workspace
     assert queue_jobs({}, tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123") == 1   # no DVC_ROOT
-    assert threads_per_job(env, tmp_path, cpus=8) == (8, "8 CPUs")
+    assert threads_per_job(env, tmp_path, cpus=8) == (None, "alone: torch's default")
 
 
 def test_dmc_threads_then_omp_num_threads_override_the_share(tmp_path):
