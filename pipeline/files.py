@@ -19,12 +19,13 @@ _TEMP_NAME = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")
 _SWEPT: set[Path] = set()  # folders this process has already swept (one listing per folder)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (another user's counts; unsure counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):  # someone else's process, or a platform that cannot ask: keep
+    except OSError:  # someone else's process (PermissionError), or a platform that cannot ask
         return True
     return True
 
@@ -40,7 +41,7 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP_NAME.match(entry.name)
-        if not match or (match["pid"] and _running(int(match["pid"]))):
+        if not match or (match["pid"] and process_running(int(match["pid"]))):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):

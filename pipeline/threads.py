@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.errors import DmcError
+from pipeline.files import process_running
 
 ENV = "DMC_THREADS"
 
@@ -34,16 +35,6 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
 
 
 def queue_jobs(environ: Mapping[str, str], cwd: str | Path) -> int:
@@ -62,7 +53,7 @@ def queue_jobs(environ: Mapping[str, str], cwd: str | Path) -> int:
             pid, returncode = int(record["pid"]), record.get("returncode")
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        workers += returncode is None and _alive(pid)
+        workers += returncode is None and process_running(pid)
     return max(1, workers)
 
 
