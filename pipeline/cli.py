@@ -23,7 +23,7 @@ def _add_notes(sub: argparse._SubParsersAction) -> None:
 def _run_notes(args: argparse.Namespace) -> None:
     from pipeline import midi
 
-    print(midi.notes_json(args.file, programs=midi.programs_from_params(args.params)))
+    midi.write_notes_json(sys.stdout, args.file, programs=midi.programs_from_params(args.params))
 
 
 def _add_model(sub: argparse._SubParsersAction) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,16 +13,61 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# atomic_path's temp names: `.<target>.<writer pid>-<8 random>.tmp`. Before the pid was added they were
+# `.<target>.<8 random>.tmp`; those are still recognized, as litter of a version that is not running.
+_TEMP_NAME = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")
+_SWEPT: set[Path] = set()  # folders this process has already swept (one listing per folder)
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (another user's counts; unsure counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process (PermissionError), or a platform that cannot ask
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temp files and folders that atomic_path left in `folder` when its writer was killed
+    (kill -9, power loss). Temps of writers still running are kept. Returns what was removed."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if not match or (match["pid"] and process_running(int(match["pid"]))):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # another process swept it first
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it over `path`, on error remove it.
 
     Works for files and folders alike: whatever the caller creates at the temp path replaces `path`.
+    The first write into a folder also removes the temps that killed writers left there.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    parent = path.parent.resolve()
+    if parent not in _SWEPT:
+        remove_stale_temps(parent)
+        _SWEPT.add(parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.unlink(tmp)  # the caller creates a file or a folder there
     tmp_path = Path(tmp)

@@ -2,7 +2,10 @@
 
 For each file (parsed with symusic, which is C++):
 1. A file that does not parse, has ticks-per-quarter <= 0 (or SMPTE timing), or has no usable track is
-   rejected with a reason (`RejectedFile`); nothing is dropped silently.
+   rejected with a reason (`RejectedFile`); nothing is dropped silently. So is a main track whose notes
+   are never released (`unreleased-notes`), or whose tick count passes 2**31 (`tick-overflow`: symusic
+   counts ticks in 32 bits, so later onsets come out negative; a count that wraps all the way past 2**32,
+   sixteen maximal delta-times or more, comes out positive and is not caught).
 2. Candidate tracks: non-drum tracks whose General MIDI program is in `programs`. A track is the notes
    of one (MIDI track chunk, channel, program) as symusic splits them; no program change means 0.
 3. Main track: the candidate with the most notes (after step 4), the first in file order on ties.
@@ -17,7 +20,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import symusic
@@ -117,9 +120,13 @@ def _main_track(score: symusic.Score, programs: Sequence[int]) -> tuple[int, Any
     """(index, track, cleaned (time, duration, pitch)) of the main track; RejectedFile when there is none."""
     best = None
     index = -1
+    unreleased = False  # a candidate track had note-ons but symusic kept none of them
     for track in score.tracks:
         count = track.note_num()
-        if count == 0:  # lyric-only tracks, or note-ons that were never released
+        if count == 0:
+            # symusic makes a track for each (chunk, channel, program) that has a note-on, and one for
+            # a chunk's lyrics; an empty track without lyrics therefore only held notes never released.
+            unreleased |= not track.is_drum and track.program in programs and len(track.lyrics) == 0
             continue
         index += 1
         if track.is_drum or track.program not in programs:
@@ -130,11 +137,18 @@ def _main_track(score: symusic.Score, programs: Sequence[int]) -> tuple[int, Any
         notes = _clean(arrays["time"], arrays["duration"], arrays["pitch"])
         if best is None or len(notes[0]) > len(best[2][0]):
             best = (index, track, notes)
+    if best is None and unreleased:
+        raise RejectedFile("the piano track's notes are never released (note-ons without note-offs)",
+                           "unreleased-notes")
     if best is None:
         raise RejectedFile(f"no track with a program in {_ranges(set(programs))} (piano set)",
                            "no-piano-track")
-    if len(best[2][0]) == 0:
+    time = best[2][0]
+    if len(time) == 0:
         raise RejectedFile("the piano track has only zero-length notes", "no-notes")
+    if time[0] < 0:  # sorted: the first onset is the smallest
+        raise RejectedFile(f"tick count overflows 32 bits (an onset at tick {time[0]:,}): delta-times sum "
+                           "past 2**31", "tick-overflow")
     return best
 
 
@@ -213,10 +227,24 @@ def programs_from_params(path: str | Path = "params.yaml") -> tuple[int, ...]:
     return tuple(load_params(path)["prepare"]["programs"])
 
 
-def notes_json(path: str | Path, programs: Sequence[int] = DEFAULT_PROGRAMS) -> str:
-    """What the pipeline takes from one file, as JSON (`dmc notes`). Raises RejectedFile."""
+def write_notes_json(out: TextIO, path: str | Path, programs: Sequence[int] = DEFAULT_PROGRAMS) -> None:
+    """Write what the pipeline takes from one file to `out` as JSON (`dmc notes`), one note per line.
+
+    Streamed in blocks of notes, so memory stays that of the note arrays (about 60 bytes a note) however
+    long the output gets: 3M notes print about 200 MB. Raises RejectedFile before writing anything.
+    """
     n = extract_notes(path, programs)
-    notes = [{"pitch": int(p), "onset": float(o), "duration": float(d), "delta": float(dt)}
-             for p, o, d, dt in zip(n.pitch, n.onset, n.duration, n.delta, strict=True)]
-    return json.dumps({"track": {"index": n.track_index, "program": n.program, "name": n.name},
-                       "ticks_per_quarter": n.ticks_per_quarter, "notes": notes}, indent=1)
+    track = {"index": n.track_index, "program": n.program, "name": n.name}
+    out.write(f'{{\n "track": {json.dumps(track)},\n "ticks_per_quarter": {n.ticks_per_quarter},\n'
+              ' "notes": [')
+    for start in range(0, len(n), _NOTES_PER_WRITE):
+        block = slice(start, start + _NOTES_PER_WRITE)
+        # repr of a Python float is exactly what json.dumps writes for it.
+        lines = [f'{{"pitch": {p}, "onset": {o!r}, "duration": {d!r}, "delta": {dt!r}}}'
+                 for p, o, d, dt in zip(n.pitch[block].tolist(), n.onset[block].tolist(),
+                                        n.duration[block].tolist(), n.delta[block].tolist(), strict=True)]
+        out.write(("\n  " if start == 0 else ",\n  ") + ",\n  ".join(lines))
+    out.write("\n ]\n}\n")
+
+
+_NOTES_PER_WRITE = 10_000

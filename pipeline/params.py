@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +86,24 @@ def _seq_len(v: Any) -> str | None:
     return f"must be a multiple of 8 (the U-Net pools three times), got {v}"
 
 
-def _quantize(v: Any) -> str | None:
-    """"" (no grid), "auto" (the data's own) or a note value such as 1/16."""
-    from pipeline.sampling import AUTO, parse_quantize
+# pipeline.sampling.TICKS_PER_QUARTER, the resolution samples are written at (not imported: that pulls in
+# torch, and the validate stage checks params without it). tests/test_params.py pins the two as equal.
+SAMPLE_TICKS_PER_QUARTER = 480
 
+
+def _grid(v: Any) -> str | None:
+    """"", "auto" (the training data's own grid) or a note value such as 1/16 that is a whole number of
+    ticks (as sampling.parse_quantize)."""
     if not isinstance(v, str):
-        return f"must be a string such as \"\", \"auto\" or \"1/16\", got {v!r}"
-    if v.strip() in ("", AUTO):
+        return f"must be \"\", \"auto\" or a note value such as 1/16, got {v!r}"
+    if v.strip() in ("", "auto"):
         return None
     try:
-        parse_quantize(v)
-    except DmcError as err:
-        return str(err).split(": ", 1)[-1]
+        value = Fraction(v.strip())
+    except (ValueError, ZeroDivisionError):
+        return f"must be \"\" or a note value such as 1/16, got {v!r}"
+    if value <= 0 or (value * 4 * SAMPLE_TICKS_PER_QUARTER).denominator != 1:
+        return f"{v} is not a whole number of ticks at {SAMPLE_TICKS_PER_QUARTER} per quarter note"
     return None
 
 
@@ -155,7 +162,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "sample.eta": _number(0),
     "sample.length": _POS_INT,
     "sample.tempo": _POS,
-    "sample.quantize": _quantize,
+    "sample.quantize": _grid,
     "sample.audio": _choice("", "wav", "ogg", "mp3"),
     "sample.plot": _BOOL,
     "evaluate.n_baseline": _POS_INT,

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from pipeline.diffusion import GaussianDiffusion
 from pipeline.encoding import Encoding
 from pipeline.errors import DmcError
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, remove_stale_temps, write_json
 from pipeline.model import UNet, UNetConfig, count, default_device, get_config
 
 VAL_BATCHES = 8   # validation looks at most this many batches, so it costs a few steps' time
@@ -150,6 +150,26 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
         here = epochs == epoch
         out[here] = _permutation(n, seed, int(epoch))[positions[here] % n]
     return out
+
+
+def check_batch_fits(batch_size: int, segment_bytes: int, device: torch.device) -> None:
+    """Refuse a `batch_size` whose inputs alone outgrow the device's memory, with a line naming the key,
+    before numpy or torch fail on a multi-terabyte allocation with a traceback."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    elif hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:  # no portable way to ask; the allocation itself will tell
+        return
+    # Per sample: the segment, its noise and its noisy version (float32), and its index (int64).
+    needed = batch_size * (3 * segment_bytes + 8)
+    if needed > total:
+        raise DmcError(f"batch_size {batch_size:,}: one batch of inputs alone needs {_gib(needed)}, more "
+                       f"than the {_gib(total)} of memory on {device.type}; lower batch_size")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.0f} GiB"
 
 
 _PERMUTATION_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
@@ -440,6 +460,7 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     if width % config.stride:
         raise DmcError(f"seq_len {width} is not a multiple of {config.stride} (the U-Net halves it "
                        f"{len(config.channels) - 1} times)")
+    check_batch_fits(settings.batch_size, data.train[0].nbytes, device)
     if settings.batch_size % rank.world:
         raise DmcError(f"batch_size {settings.batch_size} does not split evenly over {rank.world} processes")
     log = log if rank.main else (lambda *_: None)
@@ -450,6 +471,10 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     model, ema, opt, diffusion = build(settings, config, device)
     fp = fingerprint(settings, data)
     ckpt_path = checkpoint_path(models_dir)
+    if rank.main:  # a kill during a write leaves its temp file (5 MB for a tiny checkpoint) behind
+        for folder in (models_dir, ckpt_path.parent, metrics_dir):
+            for litter in remove_stale_temps(folder):
+                log(f"train: removed {litter}, left by an interrupted write")
     state = _resume(ckpt_path, fp, model, ema, opt, device, log)
 
     net: nn.Module = model

@@ -11,11 +11,24 @@ from collections.abc import Callable
 from pipeline.errors import DmcError
 
 
-def run(stage: str, main: Callable[[], None]) -> None:
-    """Run a stage's main, recorded in MLflow; a DmcError becomes one line on stderr and exit code 2."""
-    from pipeline.tracking import track_stage
+def run(stage: str, main: Callable[[], None], record: bool = True) -> None:
+    """Run a stage's main, recorded in MLflow unless `record` is false; a DmcError becomes one line on
+    stderr and exit code 2.
+
+    First the stage's CPU threads are sized (pipeline.threads), so queued experiments share the cores.
+    """
+    from pipeline.threads import limit_threads, threads_per_job
 
     try:
+        threads, why = threads_per_job()
+        limit_threads(threads)
+        if "dvc queue" in why:
+            print(f"{stage}: {threads} thread{'s' * (threads > 1)} ({why})")
+        if not record:
+            main()
+            return
+        from pipeline.tracking import track_stage  # imports MLflow: seconds
+
         with track_stage(stage):
             main()
     except DmcError as err:

@@ -204,6 +204,43 @@ def test_bad_files_are_rejected_with_a_reason(tmp_path, data, code):
     assert "\n" not in str(err.value) and str(err.value)
 
 
+MAX_DELTA = 0x0FFFFFFF  # the largest delta-time a MIDI variable-length quantity holds
+
+
+def test_ticks_that_overflow_32_bits_are_rejected_as_tick_overflow(tmp_path):
+    # Nine maximal delta-times put the notes at 2.4e9 ticks, past symusic's int32 (-4.47M beats at 480).
+    late = [Meta("text", text="wait", time=MAX_DELTA) for _ in range(9)] + notes_track([60, 62])
+    with pytest.raises(RejectedFile) as err:
+        extract_notes(write(tmp_path, "late.mid", smf([late])))
+    assert err.value.code == "tick-overflow"
+    assert "overflows 32 bits" in str(err.value) and "\n" not in str(err.value)
+    # Seven are 1.88e9 ticks: late but in range, and the onsets stay exact.
+    ok = [Meta("text", text="wait", time=MAX_DELTA) for _ in range(7)] + notes_track([60])
+    assert extract_notes(write(tmp_path, "ok.mid", smf([ok]))).onset.tolist() == [7 * MAX_DELTA / 480]
+
+
+@pytest.mark.parametrize("tracks", [
+    [[On(note=60, velocity=64), On(note=64, velocity=64, time=480)]],                  # no note-offs at all
+    [[On(note=60, velocity=64)], notes_track([50, 52], channel=1, program=40)],       # and a violin track
+], ids=["alone", "beside-a-released-violin"])
+def test_notes_never_released_are_rejected_as_unreleased_not_as_no_piano_track(tmp_path, tracks):
+    with pytest.raises(RejectedFile) as err:
+        extract_notes(write(tmp_path, "held.mid", smf(tracks)))
+    assert err.value.code == "unreleased-notes"
+    assert "never released" in str(err.value)
+
+
+@pytest.mark.parametrize("tracks", [
+    [[Meta("lyrics", text="la", time=10)]],                                           # lyrics make a track
+    [[Prog(channel=1, program=40), On(channel=1, note=60, velocity=64)]],             # held, but a violin
+    [[On(channel=9, note=36, velocity=64)]],                                          # held, but drums
+])
+def test_lyrics_and_held_non_piano_notes_stay_no_piano_track(tmp_path, tracks):
+    with pytest.raises(RejectedFile) as err:
+        extract_notes(write(tmp_path, "other.mid", smf(tracks)))
+    assert err.value.code == "no-piano-track"
+
+
 def test_random_bytes_never_crash_the_extractor(tmp_path):
     rng = np.random.default_rng(0)
     for k in range(200):
@@ -259,6 +296,66 @@ def test_dmc_notes_prints_the_main_track_as_json(tmp_path):
     assert data["track"] == {"index": 0, "program": 0, "name": "melody"}
     assert data["notes"] == [{"pitch": 60, "onset": 0.0, "duration": 1.0, "delta": 0.0},
                              {"pitch": 62, "onset": 1.0, "duration": 1.0, "delta": 1.0}]
+
+
+def running_status_midi(n_notes: int, seed: int = 0) -> bytes:
+    """One track of `n_notes` notes, 60 ticks each, in running status (3 bytes an event): the densest
+    SMF there is, 6 bytes a note."""
+    rng = np.random.default_rng(seed)
+    pitch = rng.integers(21, 109, n_notes, dtype=np.uint8)
+    events = np.empty((n_notes, 6), dtype=np.uint8)
+    events[:, :3] = np.stack([np.zeros_like(pitch), pitch, np.full_like(pitch, 64)], axis=1)  # on, delta 0
+    events[:, 3:] = np.stack([np.full_like(pitch, 60), pitch, np.zeros_like(pitch)], axis=1)  # velocity 0
+    body = bytearray(events.tobytes())
+    body[1:1] = b"\x90"  # the one status byte; every later event reuses it
+    body += b"\x00\xff\x2f\x00"
+    return (b"MThd" + (6).to_bytes(4, "big") + b"\x00\x00\x00\x01\x01\xe0"
+            + b"MTrk" + len(body).to_bytes(4, "big") + bytes(body))
+
+
+class _CountingSink(io.TextIOBase):
+    """stdout that keeps only the byte count and the text's head and tail."""
+
+    def __init__(self) -> None:
+        self.size, self.head, self.tail = 0, "", ""
+
+    def write(self, text: str) -> int:
+        self.size += len(text)
+        self.head = self.head or text
+        self.tail = (self.tail + text)[-200:]
+        return len(text)
+
+
+def test_dmc_notes_streams_so_memory_does_not_grow_with_the_json(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from pipeline import cli
+
+    n = 100_000
+    path = write(tmp_path, "dense.mid", running_status_midi(n))
+    sink = _CountingSink()
+    monkeypatch.setattr(sys, "stdout", sink)
+    tracemalloc.start()
+    try:
+        assert cli.main(["notes", str(path), "--params", str(tmp_path / "none.yaml")]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The JSON is ~7 MB; built whole as a list of dicts and one string it took ~60 MB. Streamed, the peak
+    # is the note arrays (~6 MB) and one block of lines.
+    assert sink.size > 7_000_000
+    assert peak < 12_000_000, f"peak {peak / 1e6:.0f} MB"
+    assert sink.head.startswith('{\n "track": {"index": 0, "program": 0, "name": ""},')
+    assert sink.tail.endswith('"delta": 0.125}\n ]\n}\n')
+
+
+def test_dmc_notes_json_parses_whole_across_write_blocks(tmp_path):
+    n = 25_000  # more than two blocks of _NOTES_PER_WRITE
+    out = _dmc("notes", str(write(tmp_path, "dense.mid", running_status_midi(n))), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    notes = json.loads(out.stdout)["notes"]
+    assert len(notes) == n and n > 2 * midi._NOTES_PER_WRITE
+    assert notes[-1]["onset"] == (n - 1) * 0.125 and {x["duration"] for x in notes} == {0.125}
 
 
 def test_dmc_notes_on_a_rejected_file_exits_2_with_one_line(tmp_path):

@@ -52,6 +52,26 @@ def test_an_invalid_value_is_one_line_naming_the_key(key, value):
     assert f"'{key}'" in message and "\n" not in message
 
 
+@pytest.mark.parametrize("grid", ["1/7", "1/1024", "sixteenth", "0", "-1/4", "1/0"])
+def test_a_bad_quantize_grid_names_the_params_key_not_the_cli_flag(grid):
+    with pytest.raises(DmcError) as err:
+        validate(_with("sample.quantize", grid))
+    assert "'sample.quantize'" in str(err.value) and "--quantize" not in str(err.value)
+
+
+def test_the_params_grid_check_agrees_with_sampling_parse_quantize():
+    from pipeline import params, sampling
+
+    assert params.SAMPLE_TICKS_PER_QUARTER == sampling.TICKS_PER_QUARTER
+    for grid in ["", " ", "1/16", "1/12", "3/8", "1", "1/7", "1/1024", "x", "0", "-1/4", "1/0", " 1/8 "]:
+        try:
+            sampling.parse_quantize(grid)
+            accepted = True
+        except DmcError:
+            accepted = False
+        assert (params._grid(grid) is None) == accepted, grid
+
+
 def test_split_fractions_must_sum_to_one():
     with pytest.raises(DmcError, match="'prepare.split' fractions must sum to 1"):
         validate(_with("prepare.split.val", 0.3))

@@ -157,6 +157,26 @@ def test_bad_inputs_are_one_line_errors(data, prepared_dir, tmp_path):
         load_data(empty)
 
 
+def test_a_batch_larger_than_memory_is_a_one_line_error_naming_batch_size(data, tmp_path):
+    huge = TrainSettings(preset="tiny", steps=2, batch_size=1_000_000_000_000)
+    with pytest.raises(DmcError, match=r"^batch_size 1,000,000,000,000: .* lower batch_size$") as err:
+        train(huge, data, tmp_path / "m", tmp_path / "x", device="cpu", log=_quiet)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "x").exists()
+
+
+def test_train_start_removes_the_temp_file_of_a_checkpoint_write_killed_midway(data, tmp_path):
+    from test_files import killed_during_write
+
+    models = tmp_path / "m"
+    litter = killed_during_write(checkpoint_path(models))
+    assert litter.stat().st_size == 5_000_000
+    lines: list[str] = []
+    train(SETTINGS, data, models, tmp_path / "x", stop_at=1, device="cpu", log=lines.append)
+    assert not litter.exists()
+    assert f"train: removed {litter}, left by an interrupted write" in lines
+
+
 # -- the stage as a process: kill -9 and resume, DDP with torchrun ---------------------------------------
 
 
