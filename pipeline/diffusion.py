@@ -42,15 +42,16 @@ class GaussianDiffusion(nn.Module):
     """DDPM (Ho et al. 2020) with a choice of schedule, prediction target and loss weighting.
 
     The first seven arguments are the training config a checkpoint stores (`config`); the defaults are
-    the original recipe. `clip_sample` ((low, high), scalars or one per feature) and `dynamic_features`
-    only change sampling (see `guarded`).
+    the original recipe. `clip_sample` ((low, high), scalars or one per feature; see `guarded`) and
+    `dynamic_threshold` ((quantile, largest threshold): Imagen's dynamic thresholding, which diffusers'
+    schedulers apply to their x_0 estimate) only change sampling.
     """
 
     def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  schedule: str = "linear", prediction: str = "epsilon", loss_weight: str = "none",
                  min_snr_gamma: float = 5.0,
                  clip_sample: tuple[float | Sequence[float], float | Sequence[float]] | None = None,
-                 dynamic_features: Sequence[int] = (), dynamic_quantile: float = 0.995):
+                 dynamic_threshold: tuple[float, float] | None = None):
         super().__init__()
         choices = (("schedule", schedule, SCHEDULES), ("prediction", prediction, PREDICTIONS),
                    ("loss_weight", loss_weight, LOSS_WEIGHTS))
@@ -68,16 +69,18 @@ class GaussianDiffusion(nn.Module):
         # x_0 = (x_t - √(1-ᾱ)ε)/√ᾱ multiplies the network's error by up to 1/√ᾱ ≈ 150, and an undertrained
         # network's samples then blow up far outside the data's range.
         self.clip_sample = clip_sample
-        self.dynamic_features = tuple(dynamic_features)
-        self.dynamic_quantile = dynamic_quantile
+        self.dynamic_threshold = dynamic_threshold
         schedule_of = _diffusers_class(SAMPLERS["ddpm"])(**self._scheduler_config())
         self.register_buffer("alphas_cumprod", schedule_of.alphas_cumprod.float(), persistent=False)
         self.register_buffer("betas", schedule_of.betas.float(), persistent=False)
 
     def _scheduler_config(self) -> dict:
+        quantile, largest = self.dynamic_threshold or (0.995, 1.0)
         return {"num_train_timesteps": self.timesteps, "beta_start": self.config["beta_start"],
                 "beta_end": self.config["beta_end"], "beta_schedule": SCHEDULES[self.config["schedule"]],
-                "prediction_type": PREDICTIONS[self.prediction]}
+                "prediction_type": PREDICTIONS[self.prediction],
+                "thresholding": self.dynamic_threshold is not None,
+                "dynamic_thresholding_ratio": quantile, "sample_max_value": largest}
 
     # -- the forward process and what the network learns -----------------------------------------------
 
@@ -141,38 +144,22 @@ class GaussianDiffusion(nn.Module):
         return eps if self.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
 
     def guarded(self, model: Denoiser) -> Denoiser:
-        """`model` with its x_0 estimate kept inside `clip_sample` (per feature, axis 1).
-
-        Features in `dynamic_features` get Imagen's dynamic thresholding, measured within their bounds: per
-        sample, s = the `dynamic_quantile` of |x_0| in units of the half-range (at least 1), and x_0 is
-        clipped to ±s and divided by s, so an overshooting estimate shrinks as a whole instead of piling
-        up on the bound. The others are clipped, which is right where the bound itself is the common
-        value (a delta of 0 is a chord). diffusers' own thresholding scales every feature of a sample
-        together, which moves those zeros off the bound (benchmarks/README.md measures it).
-
-        Guarding the output rather than inside each scheduler works the same for every sampler, and the
-        DDIM step then uses the noise the guarded x_0 implies, as the original DDIM clip does."""
+        """`model` with its x_0 estimate clipped to `clip_sample` (per feature, axis 1). Clipping the
+        output rather than inside each scheduler works the same for every sampler, and the DDIM step then
+        uses the noise the clipped x_0 implies, as the original DDIM clip does."""
         if self.clip_sample is None:
             return model
         low, high = self.clip_sample
 
-        def guarded(x: Tensor, t: Tensor) -> Tensor:
+        def clipped(x: Tensor, t: Tensor) -> Tensor:
             out = model(x, t).to(x.dtype)
             shape = (1, -1, *([1] * (x.ndim - 2)))
             lo = torch.as_tensor(low, dtype=x.dtype, device=x.device).reshape(shape)
             hi = torch.as_tensor(high, dtype=x.dtype, device=x.device).reshape(shape)
             x0 = self.predicted_x0(out, x, t)
-            kept = torch.maximum(torch.minimum(x0, hi), lo)
-            if self.dynamic_features:
-                f = list(self.dynamic_features)
-                center, half = (hi[:, f] + lo[:, f]) / 2, (hi[:, f] - lo[:, f]).clamp_min(1e-6) / 2
-                u = (x0[:, f] - center) / half
-                s = torch.quantile(u.abs().flatten(1), self.dynamic_quantile, dim=1).clamp_min(1.0)
-                s = s.view(-1, *([1] * (x.ndim - 1)))
-                kept[:, f] = center + torch.maximum(torch.minimum(u, s), -s) / s * half
-            return self.output_for(kept, x, t)
+            return self.output_for(torch.maximum(torch.minimum(x0, hi), lo), x, t)
 
-        return guarded
+        return clipped
 
     # -- sampling -----------------------------------------------------------------------------------------
 

@@ -174,7 +174,8 @@ def read_prompt(path: str | Path, encoding: Any, n_notes: int,
 class Sampler:
     """How to run the reverse process: `ddpm` visits all T steps, the others (`ddim`, `dpm++`, `unipc`)
     visit `steps` of them. `guard` keeps the x_0 estimate in the data's range: `clip` (to the train
-    split's bounds, per feature), `dynamic` (dynamic thresholding of pitch, the rest clipped) or `none`."""
+    split's bounds, per feature), `dynamic` (Imagen's dynamic thresholding, as diffusers does it) or
+    `none`."""
 
     name: str = "ddim"
     steps: int = 50
@@ -207,7 +208,10 @@ class Sampler:
 
         low, high = encoding.bounds
         bounds = {"clip_sample": (low.tolist(), high.tolist())}
-        guard = {"clip": bounds, "dynamic": {**bounds, "dynamic_features": (0,)}, "none": {}}[self.guard]
+        # Per sample, s = the 99.5% quantile of |x_0| (at least 1, at most the widest bound); x_0 is
+        # clipped to ±s and divided by s. It suits encodings centred on 0 (symmetric, standard).
+        widest = float(max(np.abs(low).max(), np.abs(high).max(), 1.0))
+        guard = {"clip": bounds, "dynamic": {"dynamic_threshold": (0.995, widest)}, "none": {}}[self.guard]
         return GaussianDiffusion(**config, **guard).to(device)
 
 
@@ -329,7 +333,7 @@ class GenerateOptions:
     seed: int = 0
     tempo: float = 120.0
     quantize: str = ""  # "" (none), a note value such as 1/16, or "auto" (the training data's grid)
-    guard: str = "clip"  # clip | dynamic | none: what keeps x_0 estimates in range (Sampler)
+    guard: str = "dynamic"  # dynamic | clip | none: what keeps x_0 estimates in range (Sampler)
     chord_snap: float = 0.0  # beats: shorter deltas become 0 (a chord)
     audio: str = ""  # "" | wav | ogg | mp3
     plot: bool = False

@@ -59,6 +59,13 @@ def test_a_bad_quantize_grid_names_the_params_key_not_the_cli_flag(grid):
     assert "'sample.quantize'" in str(err.value) and "--quantize" not in str(err.value)
 
 
+@pytest.mark.parametrize(("key", "value"), [("sample.quantize", "auto"), ("sample.sampler", "dpm++"),
+                                            ("sample.guard", "clip"), ("diffusion.prediction", "v"),
+                                            ("diffusion.schedule", "cosine"), ("features", "original")])
+def test_the_quality_levers_accept_their_documented_values(key, value):
+    validate(_with(key, value))
+
+
 def test_the_params_grid_check_agrees_with_sampling_parse_quantize():
     from pipeline import params, sampling
 
