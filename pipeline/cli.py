@@ -113,6 +113,7 @@ def _run_compare(args: argparse.Namespace) -> None:
     result = compare.compare(args.out, args.tracking_uri, args.experiment)
     print(result["text"])
     print(f"compare: wrote {', '.join(str(f) for f in result['files'])}")
+    print(f"compare: in mlflow ui: {result['link']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,7 @@ class Execution:
     """One parent run: what it ran on and its headline metrics; `oa` per feature from its evaluate child."""
 
     run_id: str
+    experiment_id: str
     name: str
     dataset: str
     preset: str
@@ -43,6 +44,9 @@ def read_executions(uri: str, experiment: str = tracking.EXPERIMENT) -> list[Exe
     """The parent runs that reached evaluate, oldest first."""
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise DmcError(f"compare: no MLflow store at {uri.removeprefix('sqlite:///')}; "
+                       "run the pipeline first (dvc repro)")
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -54,7 +58,8 @@ def read_executions(uri: str, experiment: str = tracking.EXPERIMENT) -> list[Exe
         tags, params = run.data.tags, run.data.params
         if "mlflow.parentRunId" in tags or not any(k.startswith(_GENERATED) for k in run.data.metrics):
             continue
-        execution = Execution(run.info.run_id, run.info.run_name or run.info.run_id[:8],
+        execution = Execution(run.info.run_id, run.info.experiment_id,
+                              run.info.run_name or run.info.run_id[:8],
                               params.get("dataset", tags.get("dataset", "")), params.get("preset", ""),
                               params.get("steps", ""), run.info.start_time, dict(run.data.metrics))
         evaluations = [c for c in children.values()
@@ -163,7 +168,8 @@ def write_oa_figure(path: Path, executions: list[Execution]) -> Path:
 
 
 def compare(out_dir: Path, uri: str | None = None, experiment: str = tracking.EXPERIMENT) -> dict[str, Any]:
-    """Read the store, write `out_dir/compare.csv`, `compare.txt` and `compare_oa.png`; return the text."""
+    """Read the store, write `out_dir/compare.csv`, `compare.txt` and `compare_oa.png`; return the text,
+    the files and the link to the runs table."""
     uri = uri or tracking.tracking_uri(tracking.repo_root("."))
     executions = read_executions(uri, experiment)
     out_dir = Path(out_dir)
@@ -172,4 +178,6 @@ def compare(out_dir: Path, uri: str | None = None, experiment: str = tracking.EX
         tmp.write_text(text + "\n")
     files = [out_dir / "compare.txt", write_csv(out_dir / "compare.csv", executions),
              write_oa_figure(out_dir / "compare_oa.png", executions)]
-    return {"text": text, "files": files, "executions": executions}
+    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    link = tracking.runs_view_url(executions[0].experiment_id, base)
+    return {"text": text, "files": files, "executions": executions, "link": link}

@@ -66,11 +66,12 @@ KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 # as JSON, opened by `?viewStateShareKey=<key>` (MLflow's own "Share" button stores the same).
 VIEW_KEY = "dmc-runs"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-VIEW_COLUMNS = ("attributes.`Dataset`", "params.`dataset`", "params.`preset`", "params.`steps`",
-                "metrics.`evaluate.generated.oa_mean`", "metrics.`evaluate.markov.oa_mean`",
-                "metrics.`evaluate.real.oa_mean`", "metrics.`evaluate.generated.kl_mean`",
+# In this order (`columnOrder`; MLflow would sort each group by name): OA before KL, data before time.
+VIEW_COLUMNS = ("attributes.`Dataset`", "metrics.`evaluate.generated.oa_mean`",
+                "metrics.`evaluate.markov.oa_mean`", "metrics.`evaluate.real.oa_mean`",
+                "metrics.`evaluate.generated.kl_mean`",
                 "metrics.`train.loss`", "metrics.`train.val_loss`", "metrics.`prepare.segments.train`",
-                "metrics.`seconds.train`")
+                "metrics.`seconds.train`", "params.`dataset`", "params.`preset`", "params.`steps`")
 # Dataset inputs: each `data/` dependency, named after the dataset plus its kind, with one context
 # per role wherever it is logged (MLflow's Datasets filter lists each name-context pair).
 DATA_DEPS = {"data/manifest.json": "raw", "data/prepared": "prepared"}
@@ -273,7 +274,7 @@ def runs_view_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> st
 def runs_view() -> dict[str, Any]:
     """The saved view: parent runs only, newest first, the dataset and headline metric columns."""
     return {"searchFilter": f"tags.`{ROW_TAG}` = 'execution'", "orderByKey": "attributes.start_time",
-            "orderByAsc": False, "selectedColumns": list(VIEW_COLUMNS)}
+            "orderByAsc": False, "selectedColumns": list(VIEW_COLUMNS), "columnOrder": list(VIEW_COLUMNS)}
 
 
 # -- recording a stage -------------------------------------------------------------------------------
