@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -196,3 +197,38 @@ def test_an_execution_stores_at_most_15_mb_and_its_gallery_2_mb(store):
     assert page.count("<audio controls") == 8  # every sample still playable in the viewer
     if shutil.which("oggenc"):
         assert page.count('src="data:audio/ogg;base64,') == 8
+
+
+def test_compare_table_puts_every_generated_number_beside_its_baselines(tmp_path, monkeypatch, capsys):
+    """Fast: two recorded evaluate stages (hand-written evaluate.json, one with a metric added later)."""
+    from pipeline import cli
+
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    for name in ("DVC_ROOT", "DVC_EXP_NAME", "MLFLOW_TRACKING_URI", "RANK", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DMC_TRACKING", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    (tmp_path / "metrics").mkdir()
+    for dataset, oa, extra in (("bach", 0.45, {}), ("renaissance", 0.55, {"edge_pinning": 0.2})):
+        from pipeline.params import load_params
+
+        params = merge(load_params(REPO / "params.yaml"), {"dataset": dataset})
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        (tmp_path / "data/prepared/segments.parquet").write_text(dataset)
+        summary = {f"{s}.{k}": v for s, shift in (("generated", 0), ("markov", 0.3), ("real", 0.45))
+                   for k, v in {"oa_mean": oa + shift, **extra}.items()}
+        features = {f"{s}.oa.pitch_count": 0.5 for s in ("generated", "real")}
+        (tmp_path / "metrics/evaluate.json").write_text(json.dumps({**summary, **features}))
+        tracking.log_stage("evaluate", tmp_path)
+    assert cli.main(["compare", "--out", "cmp"]) == 0
+    rows = [re.split(r"\s{2,}", line.strip()) for line in capsys.readouterr().out.splitlines()]
+    assert rows[1] == ["dataset", "bach", "renaissance"] and rows[2] == ["preset", "tiny", "tiny"]
+    assert ["generated oa_mean", "0.45 (markov 0.75, real 0.9)", "0.55 (markov 0.85, real 1)"] in rows
+    assert ["generated edge_pinning", "- (markov -, real -)", "0.2 (markov 0.2, real 0.2)"] in rows
+    with open("cmp/compare.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:5] == ["run", "run_id", "dataset", "preset", "steps"]
+    assert {"evaluate.generated.edge_pinning", "evaluate.markov.edge_pinning", "evaluate.real.edge_pinning",
+            "seconds.evaluate"} <= set(header)
+    assert Path("cmp/compare_oa.png").is_file()
