@@ -144,10 +144,29 @@ def _run_download(args: argparse.Namespace) -> None:
     print(f"download: {dataset.name}: {len(datasets.midi_files(root)):,} MIDI files under {root}")
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="the tracked executions side by side: a table and an OA figure")
+    p.add_argument("--out", type=Path, default=Path("compare"),
+                   help="where compare.txt, compare.csv and compare_oa.png go (default: compare/)")
+    p.add_argument("--experiment", default="dmc", help="the MLflow experiment (default: dmc)")
+    p.add_argument("--tracking-uri", help="the store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.set_defaults(run=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> None:
+    from pipeline import compare
+
+    result = compare.compare(args.out, args.tracking_uri, args.experiment)
+    print(result["text"])
+    print(f"compare: wrote {', '.join(str(f) for f in result['files'])}")
+    print(f"compare: in mlflow ui: {result['link']}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dmc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    for add in (_add_notes, _add_model, _add_generate, _add_models, _add_export_model, _add_download):
+    for add in (_add_notes, _add_model, _add_generate, _add_models, _add_export_model, _add_download,
+                _add_compare):
         add(sub)
     args = parser.parse_args(argv)
     try:

@@ -69,7 +69,8 @@ def repo(tmp_path: Path, template_db: Path, monkeypatch: pytest.MonkeyPatch) -> 
     (tmp_path / "data/prepared/segments.parquet").write_bytes(b"segments")
     (tmp_path / "data/prepared/stats.json").write_text("{}")
     (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics/prepare.json").write_text(json.dumps({"files": 12, "segments": {"train": 40}}))
+    (tmp_path / "metrics/prepare.json").write_text(json.dumps({"files": 12, "segments": {"train": 40},
+                                                               "seconds": 0.5}))
     for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI", "RANK",
                  "DMC_TRACKING", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(name, raising=False)
@@ -146,14 +147,61 @@ def test_stage_is_a_child_run_under_a_parent_with_params_tags_metrics_and_raw_da
         assert run.data.tags["dataset"] == "bach" and run.data.tags["preset"] == "tiny"
         assert run.data.tags["dvc.exp_name"] == "brisk-oboe" and run.data.tags["dvc.baseline_rev"] == "a" * 40
         assert run.data.tags["dmc.version.torch"] and run.data.tags["dmc.version.dvc"]
-        assert run.data.metrics["prepare.files"] == 12 and run.data.metrics["prepare.segments.train"] == 40
+    # Counts are headline (the parent's row); the stage's own timing detail stays on its child.
+    assert parent.data.metrics["prepare.files"] == 12 and parent.data.metrics["prepare.segments.train"] == 40
+    assert parent.data.metrics["seconds.prepare"] >= 0
+    assert child.data.metrics == {"prepare.seconds": 0.5}
+    assert parent.data.tags["dmc.run"] == "execution" and child.data.tags["dmc.run"] == "stage"
     assert child.data.tags["dmc.stage"] == "prepare"
     (data,) = child.inputs.dataset_inputs
-    assert data.dataset.name == "bach-raw"
+    assert data.dataset.name == "bach-raw" and [t.value for t in data.tags] == ["source"]
     assert data.dataset.digest == tracking.dvc_md5(repo / "data/manifest.json")
     artifacts = [a.path for a in client_for(repo).list_artifacts(child.info.run_id, "metrics")]
     assert artifacts == ["metrics/prepare.json"]
     assert (repo / "mlartifacts").is_dir()
+
+
+def test_experiment_is_a_model_training_one_with_a_saved_view_of_the_parents(repo):
+    with tracking.track_stage("prepare"):
+        pass
+    client = client_for(repo)
+    experiment = client.get_experiment_by_name("dmc")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{tracking.VIEW_KEY}"])
+    assert "attributes.`Dataset`" in view["selectedColumns"]
+    assert "metrics.`evaluate.generated.oa_mean`" in view["selectedColumns"]
+    # The view's filter, run through MLflow's own search, keeps the parent and drops its stage child.
+    found = client.search_runs([experiment.experiment_id], filter_string=view["searchFilter"])
+    assert [r.info.run_id for r in found] == [r.info.run_id for r in parents(repo)] and len(runs(repo)) == 2
+    url = tracking.runs_view_url(experiment.experiment_id)
+    assert url == (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+                   "?viewStateShareKey=dmc-runs&workflowType=machine_learning")
+
+
+def test_an_older_experiment_gets_the_kind_and_view_but_a_chosen_kind_is_kept(repo):
+    client = client_for(repo)
+    old = client.create_experiment("dmc")
+    with tracking.track_stage("prepare"):
+        pass
+    tags = client.get_experiment(old).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and tracking.VIEW_TAG in tags
+    client.set_experiment_tag(old, "mlflow.experimentKind", "finetuning")
+    with tracking.track_stage("download"):
+        pass
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "finetuning"
+
+
+def test_headline_metrics_are_the_evaluate_summary_of_each_set_whatever_its_names():
+    for name in ("evaluate.generated.oa_mean", "evaluate.markov.kl_mean", "evaluate.generated.rejected",
+                 "evaluate.generated.edge_pinning", "evaluate.real.chord_fraction"):
+        assert tracking.is_headline("evaluate", name), name
+    for name in ("evaluate.generated.oa.pitch_count", "evaluate.generated.soprano.oa_mean",
+                 "evaluate.generated.pitch_range.mean"):
+        assert not tracking.is_headline("evaluate", name), name
+    assert tracking.is_headline("train", "train_loss")
+    assert not tracking.is_headline("train", "train.steps_per_s")
+    assert tracking.is_headline("prepare", "prepare.segments.test")
+    assert not tracking.is_headline("sample", "sample.seconds")
 
 
 def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(repo):
@@ -168,7 +216,7 @@ def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(re
     diffusion = {"timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02}
     torch.save({"config": asdict(config), "ema": model.state_dict(), "stats": {}, "step": 3,
                 "diffusion": diffusion}, repo / "models/model.pt")
-    (repo / "metrics/train.json").write_text(json.dumps({"final_loss": 0.25, "device": "cpu"}))
+    (repo / "metrics/train.json").write_text(json.dumps({"loss": 0.25, "steps_per_s": 3.5, "device": "cpu"}))
     (repo / "metrics/train_loss.csv").write_text("step,loss\n1,0.9\n2,0.5\n3,0.25\n")
     (repo / "metrics/val_loss.csv").write_text("step,loss\n3,0.3\n")
     with tracking.track_stage("train"):
@@ -176,14 +224,17 @@ def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(re
     (parent,) = parents(repo)
     (child,) = children(repo, parent.info.run_id)
     client = client_for(repo)
-    for run in (parent, child):
-        history = client.get_metric_history(run.info.run_id, "train_loss")
-        points = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
-        assert points == [(1, 0.9), (2, 0.5), (3, 0.25)]
-        assert run.data.metrics["val_loss"] == 0.3 and run.data.metrics["train.final_loss"] == 0.25
+    history = client.get_metric_history(parent.info.run_id, "train_loss")
+    points = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
+    assert points == [(1, 0.9), (2, 0.5), (3, 0.25)]
+    assert parent.data.metrics["val_loss"] == 0.3 and parent.data.metrics["train.loss"] == 0.25
+    # Each metric in one run: the curves and final losses on the row, throughput on the train child.
+    assert child.data.metrics == {"train.steps_per_s": 3.5}
+    assert not client.get_metric_history(child.info.run_id, "train_loss")
     prepared = tracking.dvc_md5(repo / "data/prepared")
-    assert [d.dataset.digest for d in child.inputs.dataset_inputs] == [prepared]
-    assert [d.dataset.digest for d in parent.inputs.dataset_inputs] == [prepared]
+    for run in (child, parent):  # one context for the prepared data wherever it is an input
+        assert [(d.dataset.digest, [t.value for t in d.tags]) for d in run.inputs.dataset_inputs] == \
+            [(prepared, ["training"])]
     assert parent.data.tags["dmc.data.prepared"] == prepared
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     loaded = mlflow.pytorch.load_model(f"runs:/{child.info.run_id}/model")
@@ -220,30 +271,10 @@ def test_sample_stage_logs_the_samples_and_a_self_contained_gallery_on_the_paren
     assert {"samples/sample_000.mid", "samples/sample_000.wav", "samples/sample_001.png"} <= logged
     page = Path(client.download_artifacts(parent.info.run_id, "gallery.html", str(repo / "download")))
     text = page.read_text()
-    assert text.count("data:image/png;base64,") == 2 and text.count("data:audio/wav;base64,") == 2
-    assert text.count("data:audio/midi;base64,") == 2 and 'src="samples/' not in text
-
-
-def test_compact_wav_is_mono_at_half_rate_and_keeps_the_signal():
-    import io
-
-    t = np.arange(44100) / 44100
-    tone = (10000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(44100)
-        w.writeframes(np.stack([tone, tone], axis=1).tobytes())
-    small = tracking.compact_wav(buffer.getvalue())
-    with wave.open(io.BytesIO(small)) as w:
-        assert (w.getnchannels(), w.getframerate(), w.getnframes()) == (1, 22050, 22050)
-        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    expected = tone.astype(np.float64).reshape(-1, 2).mean(axis=1)
-    assert np.abs(x - expected).max() <= 1 and np.corrcoef(x, tone[::2])[0, 1] > 0.99
-    assert len(small) < len(buffer.getvalue()) / 3.9
-    with wave.open(io.BytesIO(tracking.compact_wav(buffer.getvalue(), seconds=0.5))) as w:
-        assert w.getnframes() == 11025
+    assert text.count("data:image/png;base64,") == 2 and text.count("data:audio/midi;base64,") == 2
+    assert text.count("<audio controls") == 2 and 'src="samples/' not in text
+    # Where the viewer blocks the MIDI download, the page names the run that holds the files.
+    assert f"sample ({child.info.run_id[:8]})" in text
 
 
 def test_stages_dvc_skipped_keep_the_grouping_and_a_rerun_starts_a_new_parent(repo):
