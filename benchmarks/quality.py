@@ -68,6 +68,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "enc+hop32": {**ENCODED, "prepare.hop": 32},
     # The default: what the ablation supports, within a 15-minute `dvc repro` on 2 cores.
     "default": {**ENCODED, "sample.guard": "dynamic"},
+    "default+x0": {**ENCODED, "sample.guard": "dynamic", "diffusion.prediction": "x0"},
 }
 # Sampler settings tried on an already trained configuration: `name@variant`.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -83,6 +84,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "snap": {"sample.chord_snap": 0.125},
     "grid": {"sample.quantize": "auto"},
     "snap+grid": {"sample.chord_snap": 0.125, "sample.quantize": "auto"},
+    "clip": {"sample.guard": "clip"},
     "dynamic+grid": {"sample.guard": "dynamic", "sample.quantize": "auto"},
     "dynamic+snap+grid": {"sample.guard": "dynamic", "sample.chord_snap": 0.125, "sample.quantize": "auto"},
 }
