@@ -76,6 +76,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "dynamic": {"sample.guard": "dynamic"},
     "ddim20": {"sample.steps": 20},
     "ddim100": {"sample.steps": 100},
+    "ddim20+snap+grid": {"sample.steps": 20, "sample.chord_snap": 0.125, "sample.quantize": "auto"},
     "eta1": {"sample.eta": 1.0},
     "ddpm": {"sample.sampler": "ddpm"},
     "dpm++15": {"sample.sampler": "dpm++", "sample.steps": 15},
