@@ -119,6 +119,8 @@ def test_evaluate_stage_writes_flat_metrics_tables_and_a_plot_deterministically(
     for name in ("test", "generated", "markov", "shuffle", "real"):
         assert 0 <= data[f"{name}.oa_mean"] <= 1
         assert f"{name}.scale_consistency.mean" in data
+        assert 0 <= data[f"{name}.edge_fraction"] <= 1 and 0 <= data[f"{name}.chord_fraction"] <= 1
+    assert data["real.chord_fraction"] > 0.5  # chorales: four voices to a chord
     assert data["generated.n_pieces"] == 4 and data["generated.rejected"] == 0
     assert data["test.framewise.pitch.consistency"] == 1.0 and data["real.framewise.pitch.pairs"] > 0
     assert all(isinstance(v, int | float) and math.isfinite(v) for v in data.values())

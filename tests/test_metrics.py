@@ -241,3 +241,12 @@ def test_evaluate_sets_reports_flat_finite_numbers_for_every_set(chorale_halves)
     assert all(isinstance(v, int | float) and math.isfinite(v) for v in flat.values())
     assert {"real.scale_consistency.mean", "real.oa.note_length_transition_matrix",
             "real.framewise.duration.variance"} <= set(flat)
+
+
+def test_edge_and_chord_fractions_count_notes_not_pieces():
+    chord_then_run = M.Piece.from_notes(np.array([60, 64, 67, 72, 36]), np.array([0.0, 0, 0, 1, 2]),
+                                        np.ones(5))
+    run = M.Piece.from_notes(np.array([88, 62, 64]), np.array([0.0, 1, 2]), np.ones(3))
+    assert M.edge_fraction([chord_then_run, run], low=36, high=88) == 2 / 8
+    assert M.chord_fraction([chord_then_run, run]) == 2 / 6  # of the notes after each piece's first
+    assert np.isnan(M.chord_fraction([M.Piece.from_notes(np.array([60]), np.zeros(1), np.ones(1))]))
