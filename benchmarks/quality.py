@@ -135,10 +135,8 @@ def sample_and_score(params: dict[str, Any], prepared: Path, model: Path, sample
     from pipeline.evaluation import evaluate_samples
     from pipeline.sampling import GenerateOptions, generate_files
 
-    p = params["sample"]
-    opts = GenerateOptions(n=pieces, sampler=p["sampler"], steps=p["steps"], eta=p["eta"], length=p["length"],
-                           batch_size=min(pieces, 64), seed=params["seed"], quantize=p["quantize"],
-                           guard=p["guard"], chord_snap=p["chord_snap"], device=device, progress=False)
+    opts = GenerateOptions.from_params(params, n=pieces, batch_size=min(pieces, 64), audio="", plot=False,
+                                       device=device, progress=False)
     shutil.rmtree(samples, ignore_errors=True)
     summary = generate_files(samples, opts, model, log=lambda *_: None)
     e = params["evaluate"]

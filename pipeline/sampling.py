@@ -180,7 +180,7 @@ class Sampler:
     name: str = "ddim"
     steps: int = 50
     eta: float = 0.0
-    guard: str = "clip"
+    guard: str = "dynamic"
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
@@ -341,6 +341,16 @@ class GenerateOptions:
     prompt_notes: int = 32
     device: str | None = None
     progress: bool | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], **overrides: Any) -> GenerateOptions:
+        """The sample stage's options from params.yaml's `sample` section and `seed`."""
+        p = params["sample"]
+        opts = {"n": p["n"], "sampler": p["sampler"], "steps": p["steps"], "eta": p["eta"],
+                "length": p["length"], "batch_size": min(p["n"], 64), "seed": params["seed"],
+                "tempo": p["tempo"], "quantize": p["quantize"], "guard": p["guard"],
+                "chord_snap": p["chord_snap"], "audio": p["audio"], "plot": p["plot"]}
+        return cls(**{**opts, **overrides})
 
 
 def check_options(opts: GenerateOptions) -> None:

@@ -15,11 +15,7 @@ METRICS = Path("metrics/sample.json")
 
 def main() -> None:
     params = load_params()
-    p = params["sample"]
-    opts = GenerateOptions(n=p["n"], sampler=p["sampler"], steps=p["steps"], eta=p["eta"], length=p["length"],
-                           batch_size=min(p["n"], 64), seed=params["seed"], tempo=p["tempo"],
-                           quantize=p["quantize"], guard=p["guard"], chord_snap=p["chord_snap"],
-                           audio=p["audio"], plot=p["plot"])
+    opts = GenerateOptions.from_params(params)
     # The whole folder is replaced at once: evaluation never sees a mix of two runs.
     with atomic_path(SAMPLES) as tmp:
         summary = generate_files(tmp, opts, MODEL_PATH)
