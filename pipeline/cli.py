@@ -61,6 +61,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    help="snap the rhythm to a grid such as 1/16, or auto: the training data's grid")
     p.add_argument("--prompt", type=Path, metavar="FILE.mid", help="continue the start of this MIDI file")
     p.add_argument("--prompt-notes", type=int, default=32, metavar="K", help="prompt notes kept (default 32)")
+    p.add_argument("--keep", metavar="GROUPS", help="harmonize/accompany: keep these instrument groups of "
+                   "the prompt whole (comma-separated, e.g. soprano) and generate the model's other rows")
     p.add_argument("--audio", default="", metavar="FORMAT", help="also render wav, ogg or mp3 (fluidsynth)")
     p.add_argument("--plot", action="store_true", help="also write a piano-roll PNG per piece")
     p.add_argument("--device", help="cpu, cuda, mps (default: the fastest present)")
@@ -77,12 +79,19 @@ def _run_generate(args: argparse.Namespace) -> None:
     opts = sampling.GenerateOptions(
         **sampler, n=args.n, length=args.length, batch_size=args.batch_size, seed=args.seed,
         tempo=args.tempo, audio=args.audio, plot=args.plot, prompt=args.prompt,
-        prompt_notes=args.prompt_notes, device=args.device, progress=False if args.quiet else None)
+        prompt_notes=args.prompt_notes, keep=_groups(args.keep), device=args.device,
+        progress=False if args.quiet else None)
     summary = sampling.generate_files(args.out, opts, args.model,
                                       log=lambda line: print(line, file=sys.stderr))
     midis = sum(name.endswith(".mid") for name in summary["files"])
     print(f"generate: {midis} pieces of {summary['notes_per_piece']} notes in {args.out} "
-          f"({summary['sampler']}-{summary['steps']}, {summary['seconds']:.1f} s)")
+          f"({summary['sampler']}-{summary['steps']}, {summary['seconds']:.1f} s, "
+          f"{summary['pieces_per_s']:.1f} pieces/s)")
+
+
+def _groups(text: str | None) -> tuple[str, ...]:
+    """`--keep soprano, alto` -> ("soprano", "alto")."""
+    return tuple(g.strip() for g in (text or "").split(",") if g.strip())
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:

@@ -12,8 +12,8 @@ window's shared start, so all rows are shifted by the same amount (the smallest 
 aligned. Training masks padding out of the loss, so the model writes a note at every position of every
 row; in the data a window ends where its busiest row runs out of room, so decoding ends every row at the
 earliest last onset of any row, and notes after it (positions that were padding in training) are not
-written. Multi-row models generate one window per piece (`length` <= seq_len): continuing a window would
-need its rows re-aligned in time, which is not implemented.
+written. Multi-row pieces of any length, and pieces around kept rows (harmonize a melody), are grown in
+time-aligned windows by `pipeline.multirow`; `generate_files` sends every multi-row model there.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -35,6 +35,7 @@ from tqdm import tqdm
 from pipeline import midi
 from pipeline.diffusion import GUARDS, SAMPLERS
 from pipeline.errors import DmcError
+from pipeline.multirow import Given, RowNotes, check_length, generate_rows, kept_rows, prompt_rows
 
 TICKS_PER_QUARTER = 480
 AUTO = "auto"  # quantize: snap to the grid the training data lies on
@@ -100,7 +101,14 @@ def decode_row(frequency: np.ndarray, duration: np.ndarray, delta: np.ndarray,
         beats = np.cumsum(delta) - start
     else:
         beats = np.cumsum(delta) - delta[:1] if len(delta) else delta
-    onset = np.rint(beats * TICKS_PER_QUARTER).astype(np.int64)
+    return to_ticks(pitch, beats, duration, grid)
+
+
+def to_ticks(pitch: np.ndarray, beats: np.ndarray, duration: np.ndarray,
+             grid: int | None = None) -> DecodedTrack:
+    """Notes with onset and duration in beats -> a DecodedTrack in ticks, on `grid` when one is given."""
+    pitch = np.asarray(pitch)
+    onset = np.rint(np.asarray(beats, dtype=np.float64) * TICKS_PER_QUARTER).astype(np.int64)
     duration = np.maximum(np.asarray(duration, dtype=np.float64), 0.0)
     length = np.rint(duration * TICKS_PER_QUARTER).astype(np.int64)
     if grid:
@@ -246,6 +254,15 @@ def generate(model: Denoiser, diffusion: Any, n: int, rows: int, seq_len: int, l
     seq_len grow window by window, each window continuing the previous one's last `overlap` notes
     (default seq_len // 2). The same seed, arguments and device give the same numbers.
     """
+    return np.concatenate(list(generate_batches(model, diffusion, n, rows, seq_len, length, sampler,
+                                                batch_size, seed, device, prompt, overlap, progress)))
+
+
+def generate_batches(model: Denoiser, diffusion: Any, n: int, rows: int, seq_len: int, length: int,
+                     sampler: Sampler, batch_size: int = 8, seed: int = 0, device: torch.device | str = "cpu",
+                     prompt: np.ndarray | None = None, overlap: int | None = None,
+                     progress: bool | None = None) -> Iterator[np.ndarray]:
+    """`generate`, a batch at a time, so that a caller writing files holds one batch in memory."""
     if n <= 0:
         raise DmcError(f"--n must be positive, got {n}")
     if length <= 0:
@@ -262,7 +279,6 @@ def generate(model: Denoiser, diffusion: Any, n: int, rows: int, seq_len: int, l
     starts = window_starts(length, seq_len, overlap)
     n_batches = math.ceil(n / batch_size)
     total = n_batches * len(starts) * sampler.n_steps(diffusion.timesteps)
-    pieces = []
     with torch.inference_mode(), tqdm(total=total, desc="denoising", unit="step", disable=None
                                       if progress is None else not progress) as bar:
         for first in range(0, n, batch_size):
@@ -280,18 +296,19 @@ def generate(model: Denoiser, diffusion: Any, n: int, rows: int, seq_len: int, l
                 mask[..., :overlap] = True
                 piece = torch.cat([piece, _window(model, diffusion, sampler, known, mask, generator, bar)
                                    [..., overlap:]], dim=-1)
-            pieces.append(piece[..., :length].float().cpu().numpy())
-    return np.concatenate(pieces)
+            yield piece[..., :length].float().cpu().numpy()
 
 
 def _window(model: Denoiser, diffusion: Any, sampler: Sampler, known: torch.Tensor, mask: torch.Tensor | None,
-            generator: torch.Generator, bar: tqdm) -> torch.Tensor:
+            generator: torch.Generator, bar: tqdm | None) -> torch.Tensor:
+    """One window of samples, grown around `known` where `mask` is set (each piece may have its own)."""
     x = torch.randn(known.shape, device=known.device, generator=generator)
     steps = sampler.n_steps(diffusion.timesteps)
     for step in diffusion.denoise_steps(model, x, sampler.name, steps, sampler.eta, generator,
                                         known if mask is not None else None, mask):
         x = step
-        bar.update()
+        if bar is not None:
+            bar.update()
     return x
 
 
@@ -339,6 +356,7 @@ class GenerateOptions:
     plot: bool = False
     prompt: Path | None = None
     prompt_notes: int = 32
+    keep: tuple[str, ...] = ()  # instrument groups taken whole from `prompt` (multi-row models)
     device: str | None = None
     progress: bool | None = None
 
@@ -363,6 +381,8 @@ def check_options(opts: GenerateOptions) -> None:
         raise DmcError(f"--length must be positive, got {opts.length}")
     if opts.batch_size <= 0:
         raise DmcError(f"--batch-size must be positive, got {opts.batch_size}")
+    if opts.keep and opts.prompt is None:
+        raise DmcError("--keep needs --prompt FILE.mid: the file the kept parts come from")
     if opts.prompt_notes <= 0:
         raise DmcError(f"--prompt-notes must be positive, got {opts.prompt_notes}")
     if not opts.tempo > 0:
@@ -411,14 +431,31 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     diffusion = sampler.diffusion(diffusion_kwargs, encoding, device)
     grid = grid_ticks(opts.quantize, stats)
     seq_len = int(stats["seq_len"])
-    rows = len(stats.get("instruments") or ["piano"])
-    prompt = None if opts.prompt is None else read_prompt(opts.prompt, encoding, opts.prompt_notes)
-    length = opts.length or seq_len
-    if rows > 1 and length > seq_len:
-        raise DmcError(f"--length {length}: a model of {rows} instrument rows writes one window of "
-                       f"{seq_len} notes per row; ask for at most {seq_len}")
-    k = 0 if prompt is None else prompt.shape[-1]
-    check_prompt(k, seq_len, length)
+    groups = list(stats.get("instruments") or ["piano"])
+    rows = len(groups)
+    tracks_of = programs_for(stats, rows)
+    if rows > 1:
+        given = _given_rows(opts, groups)
+        # Harmonizing, a piece is as long as its kept parts by default; from scratch, one window.
+        length = opts.length or max((len(r) for r in given.kept.values()), default=seq_len)
+        check_length(given, length, groups)
+        batches = (_row_tracks(pieces, given, grid, tracks_of) for pieces in generate_rows(
+            model, diffusion, sampler, encoding, opts.n, rows, seq_len, length, given, opts.batch_size,
+            opts.seed, device, chord_snap=opts.chord_snap, progress=opts.progress))
+    else:
+        if opts.keep:
+            kept_rows(opts.prompt, groups, opts.keep)  # raises: one row
+        prompt = None if opts.prompt is None else read_prompt(opts.prompt, encoding, opts.prompt_notes)
+        length = opts.length or seq_len
+        k = 0 if prompt is None else prompt.shape[-1]
+        check_prompt(k, seq_len, length)
+        keep = None
+        if prompt is not None:
+            keep = np.zeros((3, 1, length), dtype=bool)
+            keep[:, 0, :k] = True
+        arrays = generate_batches(model, diffusion, opts.n, rows, seq_len, length, sampler, opts.batch_size,
+                                  opts.seed, device, prompt, progress=opts.progress)
+        batches = (_array_tracks(x, encoding, grid, keep, opts.chord_snap, tracks_of) for x in arrays)
     notices = [n for n in (sampler.steps_notice(diffusion.timesteps),) if n]
     for notice in notices:
         log(notice)
@@ -437,17 +474,20 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     except OSError as err:
         raise DmcError(f"cannot write to output folder {out_dir}: {err.strerror or err}") from None
     ok = False
+    names: list[str] = []
     try:
         start = time.perf_counter()
-        x = generate(model, diffusion, opts.n, rows, seq_len, length, sampler, opts.batch_size, opts.seed,
-                     device, prompt, progress=opts.progress)
+        sampling = 0.0
+        index = 0
+        # One batch at a time, written before the next is drawn: memory stays bounded for any --n.
+        batch_start = time.perf_counter()
+        for tracks in batches:
+            sampling += time.perf_counter() - batch_start
+            for piece in tracks:
+                names += _write_piece(staging, f"sample_{index:03d}", piece, opts, notices, log)
+                index += 1
+            batch_start = time.perf_counter()
         seconds = time.perf_counter() - start
-        keep = None
-        if prompt is not None:
-            keep = np.zeros(x.shape[1:], dtype=bool)
-            keep[:, 0, : prompt.shape[-1]] = True
-        tracks_of = programs_for(stats, rows)
-        names = _write_pieces(staging, x, encoding, grid, keep, tracks_of, opts, notices, log)
         for name in names:
             (staging / name).replace(out_dir / name)
         ok = True
@@ -455,8 +495,51 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
         shutil.rmtree(staging, ignore_errors=True)
         if created and not ok and not any(out_dir.iterdir()):
             out_dir.rmdir()
-    return {"files": names, "seconds": seconds, "pieces": opts.n, "notes_per_piece": length,
+    return {"files": names, "seconds": sampling, "total_seconds": seconds, "pieces": opts.n,
+            "pieces_per_s": opts.n / sampling if sampling > 0 else math.inf, "notes_per_piece": length,
             "sampler": sampler.name, "steps": sampler.n_steps(diffusion.timesteps), "notices": notices}
+
+
+def _given_rows(opts: GenerateOptions, groups: list[str]) -> Given:
+    """What a multi-row piece starts from: the kept parts of the prompt, or its start to continue."""
+    if opts.keep:
+        return Given(kept_rows(opts.prompt, groups, opts.keep))
+    if opts.prompt is not None:
+        rows, end = prompt_rows(opts.prompt, groups, opts.prompt_notes)
+        return Given({}, rows, end)
+    return Given({})
+
+
+Track = list[midi.TrackNotes]
+
+
+def _array_tracks(x: np.ndarray, encoding: Any, grid: int | None, keep: np.ndarray | None, chord_snap: float,
+                  tracks_of: list[tuple[int, bool, str]]) -> list[Track]:
+    """Single-row samples [B, 3, 1, W] -> one list of tracks per piece."""
+    beats = 1 / TICKS_PER_QUARTER
+    return [[midi.TrackNotes(pitch=t.pitch, onset=t.onset * beats, duration=t.duration * beats,
+                             program=program, is_drum=drum, name=name)
+             for t, (program, drum, name) in zip(decode(sample, encoding, grid, keep, chord_snap), tracks_of,
+                                                 strict=True)]
+            for sample in x]
+
+
+def _row_tracks(pieces: list[list[RowNotes]], given: Given, grid: int | None,
+                tracks_of: list[tuple[int, bool, str]]) -> list[Track]:
+    """Multi-row pieces -> tracks. Kept rows are written as they came; generated ones go on the grid."""
+    out = []
+    for rows in pieces:
+        tracks = []
+        for h, (row, (program, drum, name)) in enumerate(zip(rows, tracks_of, strict=True)):
+            if h in given.kept:
+                onset, duration, pitch = row.onset, row.duration, row.pitch
+            else:
+                t = to_ticks(row.pitch, row.onset, row.duration, grid)
+                onset, duration, pitch = t.onset / TICKS_PER_QUARTER, t.duration / TICKS_PER_QUARTER, t.pitch
+            tracks.append(midi.TrackNotes(pitch=pitch, onset=onset, duration=duration, program=program,
+                                          is_drum=drum, name=name))
+        out.append(tracks)
+    return out
 
 
 def _device(name: str) -> torch.device:
@@ -471,33 +554,22 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _write_pieces(folder: Path, x: np.ndarray, encoding: Any, grid: int | None, keep: np.ndarray | None,
-                  tracks_of: list[tuple[int, bool, str]], opts: GenerateOptions, notices: list[str],
-                  log: Callable[[str], None]) -> list[str]:
-    """Decode each sample and write its MIDI (and audio, piano roll) into `folder`; returns file names."""
+def _write_piece(folder: Path, stem: str, tracks: Track, opts: GenerateOptions, notices: list[str],
+                 log: Callable[[str], None]) -> list[str]:
+    """Write one piece's MIDI (and audio, piano roll) into `folder`; returns the file names."""
     from pipeline import audio
 
-    names: list[str] = []
-    render = bool(opts.audio) and audio.can_render()
-    for i, sample in enumerate(tqdm(x, desc="writing", unit="piece", disable=None if opts.progress is None
-                                    else not opts.progress)):
-        tracks = [midi.TrackNotes(pitch=t.pitch, onset=t.onset / TICKS_PER_QUARTER,
-                                  duration=t.duration / TICKS_PER_QUARTER,
-                                  program=program, is_drum=drum, name=name)
-                  for t, (program, drum, name) in zip(decode(sample, encoding, grid, keep, opts.chord_snap),
-                                                      tracks_of, strict=True)]
-        stem = f"sample_{i:03d}"
-        midi.write_midi(folder / f"{stem}.mid", tracks, tempo=opts.tempo, ticks_per_quarter=TICKS_PER_QUARTER)
-        names.append(f"{stem}.mid")
-        if render:
-            try:
-                names.append(audio.render_audio_file(folder / f"{stem}.mid", folder / f"{stem}.{opts.audio}",
-                                                     opts.audio).name)
-            except RuntimeError as err:  # the MIDI is the product; a failed rendering is only noted
-                notices.append(f"notice: no audio for {stem}: {err}")
-                log(notices[-1])
-        if opts.plot:
-            from pipeline.plots import write_piano_roll
+    midi.write_midi(folder / f"{stem}.mid", tracks, tempo=opts.tempo, ticks_per_quarter=TICKS_PER_QUARTER)
+    names = [f"{stem}.mid"]
+    if opts.audio and audio.can_render():
+        try:
+            names.append(audio.render_audio_file(folder / f"{stem}.mid", folder / f"{stem}.{opts.audio}",
+                                                 opts.audio).name)
+        except RuntimeError as err:  # the MIDI is the product; a failed rendering is only noted
+            notices.append(f"notice: no audio for {stem}: {err}")
+            log(notices[-1])
+    if opts.plot:
+        from pipeline.plots import write_piano_roll
 
-            names.append(write_piano_roll(folder / f"{stem}.png", tracks, title=stem).name)
+        names.append(write_piano_roll(folder / f"{stem}.png", tracks, title=stem).name)
     return names
