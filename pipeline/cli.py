@@ -94,6 +94,49 @@ def _groups(text: str | None) -> tuple[str, ...]:
     return tuple(g.strip() for g in (text or "").split(",") if g.strip())
 
 
+def _add_evaluate_harmony(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate-harmony", help="harmonize the test split's melodies (keep the soprano, "
+                       "generate the rest) and measure them against Bach and a Markov baseline")
+    p.add_argument("--model", "--checkpoint", dest="model", metavar="NAME|PATH",
+                   help="a multi-row model (default: models/model.pt of this checkout)")
+    p.add_argument("--keep", default="", metavar="GROUPS", help="the parts kept from each test file "
+                   "(comma-separated; default: the model's first row, e.g. soprano)")
+    p.add_argument("--prepared", type=Path, default=Path("data/prepared"), help="its test split's files")
+    p.add_argument("--manifest", type=Path, default=Path("data/manifest.json"), help="where the files are")
+    p.add_argument("--limit", type=int, help="harmonize only the first N test files")
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guard", default="dynamic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="params.yaml to read evaluate.frame_beats and hop_beats from")
+    p.add_argument("--out", type=Path, default=Path("metrics/harmony.json"), help="the metrics, as JSON")
+    p.add_argument("--samples", type=Path, metavar="DIR", help="also write each harmonization (MIDI, PNG)")
+    p.add_argument("--device", help="cpu, cuda, mps (default: the fastest present)")
+    p.set_defaults(run=_run_evaluate_harmony)
+
+
+def _run_evaluate_harmony(args: argparse.Namespace) -> None:
+    from pipeline import harmony, sampling
+    from pipeline.params import load_params
+
+    evaluate = load_params(args.params)["evaluate"] if args.params.is_file() else {}
+    if args.limit is not None and args.limit < 2:
+        raise DmcError(f"--limit must be at least 2, got {args.limit}")
+    opts = sampling.GenerateOptions(sampler=args.sampler, steps=args.steps, guard=args.guard, seed=args.seed,
+                                    batch_size=args.batch_size, device=args.device)
+    sampling.check_options(opts)
+    report, groups = harmony.harmonize_checkout(
+        args.model, opts, args.prepared, args.manifest, _groups(args.keep), args.limit, args.out,
+        args.samples, evaluate.get("frame_beats", 16.0), evaluate.get("hop_beats", 8.0),
+        log=lambda line: print(line, file=sys.stderr))
+    print(f"evaluate-harmony: {len(report.files)} test files, {', '.join(report.kept)} kept, "
+          f"{args.sampler}-{args.steps}")
+    print(report.table(groups))
+    print(f"evaluate-harmony: wrote {args.out}" + (f" and {args.samples}/" if args.samples else ""))
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the shipped and the locally trained models, or show one's card")
     p.add_argument("name", nargs="?", help="a shipped model: show its origin, evaluation and retrain command")
@@ -174,8 +217,8 @@ def _run_compare(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dmc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    for add in (_add_notes, _add_model, _add_generate, _add_models, _add_export_model, _add_download,
-                _add_compare):
+    for add in (_add_notes, _add_model, _add_generate, _add_evaluate_harmony, _add_models, _add_export_model,
+                _add_download, _add_compare):
         add(sub)
     args = parser.parse_args(argv)
     try:

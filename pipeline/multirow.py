@@ -74,22 +74,23 @@ NO_NOTES = RowNotes.of(EMPTY, EMPTY, EMPTY)
 # -- reading the given parts of a prompt file -------------------------------------------------------------
 
 
-def read_rows(path: str | Path, groups: Sequence[str]) -> list[RowNotes | None]:
-    """Each instrument group's track of a MIDI file, found as the prepare stage finds it (None: absent)."""
+def read_rows(path: str | Path, groups: Sequence[str], what: str = "--prompt") -> list[RowNotes | None]:
+    """Each instrument group's track of a MIDI file, found as the prepare stage finds it (None: absent).
+    Errors name the file as `what`'s."""
     from pipeline.instruments import extract_rows, groups_of
 
     path = Path(path)
     if not path.is_file():
-        raise DmcError(f"--prompt: no such file {path}")
+        raise DmcError(f"{what}: no such file {path}")
     try:
         rows = extract_rows(path, groups_of(groups))
     except DmcError as err:  # RejectedFile: not MIDI, or no track in any group
-        raise DmcError(f"--prompt: {path}: {err}") from None
+        raise DmcError(f"{what}: {path}: {err}") from None
     return [None if r is None else RowNotes.of(r.pitch, r.onset, r.duration) for r in rows]
 
 
-def kept_rows(path: str | Path, groups: Sequence[str], keep: Sequence[str]) -> dict[int, RowNotes]:
-    """The rows `keep` names (`--keep soprano,alto`), whole, from the prompt file: row index -> notes."""
+def check_keep(groups: Sequence[str], keep: Sequence[str]) -> None:
+    """`--keep` must name some, not all, of a multi-row model's instrument groups."""
     if len(groups) < 2:
         raise DmcError(f"--keep: the model has one row ({groups[0]}); keeping parts needs a model of several "
                        "instrument rows (e.g. instruments: [soprano, alto, tenor, bass])")
@@ -100,6 +101,11 @@ def kept_rows(path: str | Path, groups: Sequence[str], keep: Sequence[str]) -> d
     if len(set(keep)) == len(groups):
         raise DmcError(f"--keep: every row of the model ({', '.join(groups)}) is kept; nothing is left to "
                        "generate")
+
+
+def kept_rows(path: str | Path, groups: Sequence[str], keep: Sequence[str]) -> dict[int, RowNotes]:
+    """The rows `keep` names (`--keep soprano,alto`), whole, from the prompt file: row index -> notes."""
+    check_keep(groups, keep)
     rows = read_rows(path, groups)
     missing = [k for k in keep if rows[groups.index(k)] is None]
     if missing:
@@ -170,14 +176,6 @@ def decode_new(x: np.ndarray, given: Sequence[RowNotes], start: float, encoding:
 # -- pieces ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Piece:
-    final: list[RowNotes]
-    end: float  # final up to here; -inf before the first window
-    windows: int = 0
-    stalled: int = 0
-
-
 @dataclass(frozen=True)
 class Given:
     """What every piece starts from: rows kept whole (`kept`), and/or a start to continue (`prompt`, final
@@ -201,6 +199,15 @@ class Given:
         return not self.kept and self.prompt is None
 
 
+@dataclass
+class _Piece:
+    given: Given
+    final: list[RowNotes]
+    end: float  # final up to here; -inf before the first window
+    windows: int = 0
+    stalled: int = 0
+
+
 def check_length(given: Given, length: int, groups: Sequence[str]) -> None:
     """A kept or prompt row longer than the piece is refused."""
     rows = [*given.kept.items(), *enumerate(given.prompt or [])]
@@ -210,8 +217,8 @@ def check_length(given: Given, length: int, groups: Sequence[str]) -> None:
                            f"least {len(row)}")
 
 
-def _given_rows(piece: _Piece, given: Given, start: float, seq_len: int) -> list[RowNotes]:
-    rows = []
+def _given_rows(piece: _Piece, start: float, seq_len: int) -> list[RowNotes]:
+    given, rows = piece.given, []
     for h, final in enumerate(piece.final):
         row = _from(final, start)
         if h in given.kept:
@@ -221,8 +228,9 @@ def _given_rows(piece: _Piece, given: Given, start: float, seq_len: int) -> list
     return rows
 
 
-def _advance(piece: _Piece, given: Given, rows: list[RowNotes], new: list[RowNotes]) -> None:
+def _advance(piece: _Piece, rows: list[RowNotes], new: list[RowNotes]) -> None:
     """Make the window's notes final up to its end (module docstring)."""
+    given = piece.given
     last = [float(n.onset[-1]) if len(n) else float(r.onset[-1]) if len(r) else -math.inf
             for r, n in zip(rows, new, strict=True)]
     end = min(last)
@@ -239,11 +247,12 @@ def _advance(piece: _Piece, given: Given, rows: list[RowNotes], new: list[RowNot
     piece.end = end
 
 
-def _finish(piece: _Piece, given: Given, length: int) -> list[RowNotes] | None:
+def _finish(piece: _Piece, length: int) -> list[RowNotes] | None:
     """The finished rows, or None while the busiest row has fewer than `length` notes or kept notes wait."""
+    given = piece.given
     if piece.end < given.kept_until:
         return None
-    reached = [float(r.onset[length - 1]) for r in piece.final if len(r) >= length]
+    reached = [float(r.onset[length - 1]) if length else -math.inf for r in piece.final if len(r) >= length]
     if not reached:
         return None
     until = max(min(reached), given.kept_until)
@@ -257,46 +266,53 @@ def _finish(piece: _Piece, given: Given, length: int) -> list[RowNotes] | None:
 
 
 def generate_rows(model: Any, diffusion: Any, sampler: Any, encoding: Any, n: int, rows: int, seq_len: int,
-                  length: int, given: Given | None = None, batch_size: int = 8, seed: int = 0,
+                  length: int | None, given: Given | Sequence[Given] | None = None, batch_size: int = 8,
+                  seed: int = 0,
                   device: torch.device | str = "cpu", overlap: int | None = None, chord_snap: float = 0.0,
                   progress: bool | None = None) -> Iterator[list[list[RowNotes]]]:
     """Draw `n` multi-row pieces, yielded a batch at a time: per piece, one RowNotes per row.
 
-    Every piece starts from `given` (kept rows, a prompt to continue, or nothing) and grows window by
-    window until its busiest row holds `length` notes and every kept note is placed. Each window continues
-    the last `overlap` notes (default seq_len // 2) of every row. The same seed, arguments and device give
-    the same notes.
+    Every piece starts from `given` (kept rows, a prompt to continue, or nothing; or one Given per piece)
+    and grows window by window until its busiest row holds `length` notes and every kept note is placed;
+    `length` None: until the kept notes are placed, so the piece lasts as long as they do. Each window
+    continues the last `overlap` notes (default seq_len // 2) of every row. The same seed, arguments and
+    device give the same notes.
     """
     from pipeline.sampling import _window
 
-    given = given or Given({})
+    givens = list(given) if isinstance(given, Sequence) else [given or Given({})] * n
+    if len(givens) != n:
+        raise ValueError(f"{len(givens)} givens for {n} pieces")
+    if length is None and not all(g.kept for g in givens):
+        raise ValueError("length None needs kept rows in every piece")
     overlap = seq_len // 2 if overlap is None else overlap
     if not 0 < overlap < seq_len:
         raise ValueError(f"overlap must be in (0, {seq_len}), got {overlap}")
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    kept_notes = max((len(r) for r in given.kept.values()), default=0)
+    kept_notes = max((len(r) for g in givens for r in g.kept.values()), default=0)
+    length = length or 0
     # Windows a piece may take: enough for `length` and every kept note, with room for slow ones.
     max_windows = 4 * (math.ceil((length + kept_notes) / (seq_len - overlap)) + 2)
     steps = sampler.n_steps(diffusion.timesteps)
     bar = tqdm(total=n, desc="composing", unit="piece", disable=None if progress is None else not progress)
     with torch.inference_mode(), bar:
         for first in range(0, n, batch_size):
-            pieces = [_Piece([*(given.prompt or [NO_NOTES] * rows)], given.prompt_end)
-                      for _ in range(min(batch_size, n - first))]
-            done: list[list[RowNotes] | None] = [_finish(p, given, length) for p in pieces]
+            pieces = [_Piece(g, [*(g.prompt or [NO_NOTES] * rows)], g.prompt_end)
+                      for g in givens[first:first + batch_size]]
+            done: list[list[RowNotes] | None] = [_finish(p, length) for p in pieces]
             while not all(d is not None for d in done):
                 active = [i for i, d in enumerate(done) if d is None]
                 plans = []
                 for i in active:
                     p = pieces[i]
                     if p.windows >= max_windows:
-                        raise DmcError(f"after {p.windows} windows a piece still lacks its {length} notes "
-                                       f"({p.stalled} windows made no progress in time); try another seed "
-                                       "or a shorter --length")
-                    start = window_start(p.final, overlap, given.origin) if p.end > -math.inf \
-                        else given.origin
-                    plans.append((start, _given_rows(p, given, start, seq_len)))
+                        raise DmcError(f"after {p.windows} windows a piece is still unfinished ({p.stalled} "
+                                       "windows made no progress in time); try another seed or a shorter "
+                                       "--length")
+                    start = window_start(p.final, overlap, p.given.origin) if p.end > -math.inf \
+                        else p.given.origin
+                    plans.append((start, _given_rows(p, start, seq_len)))
                 encoded = [encode_given(g, s, seq_len, encoding) for s, g in plans]
                 known = torch.as_tensor(np.stack([k for k, _ in encoded]), device=device)
                 mask = torch.as_tensor(np.stack([m for _, m in encoded])[:, None], device=device)
@@ -304,8 +320,8 @@ def generate_rows(model: Any, diffusion: Any, sampler: Any, encoding: Any, n: in
                             None).float().cpu().numpy()
                 for j, i in enumerate(active):
                     start, g = plans[j]
-                    _advance(pieces[i], given, g, decode_new(x[j], g, start, encoding, chord_snap))
-                    done[i] = _finish(pieces[i], given, length)
+                    _advance(pieces[i], g, decode_new(x[j], g, start, encoding, chord_snap))
+                    done[i] = _finish(pieces[i], length)
                     if done[i] is not None:
                         bar.update()
                 bar.set_postfix(windows=max(p.windows for p in pieces), steps=steps)

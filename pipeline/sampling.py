@@ -405,6 +405,38 @@ def grid_ticks(quantize: str, stats: dict[str, Any]) -> int | None:
     return None if not beats else max(1, round(beats * TICKS_PER_QUARTER))
 
 
+@dataclass
+class LoadedModel:
+    """A trained model ready to sample: the network, its data's stats and encoding, its diffusion process
+    with the chosen sampler's guard, on `device`."""
+
+    model: Denoiser
+    stats: dict[str, Any]
+    encoding: Any
+    diffusion: Any
+    sampler: Sampler
+    device: torch.device
+
+
+def load_sampler(checkpoint: str | Path | None, opts: GenerateOptions,
+                 log: Callable[[str], None] = print) -> LoadedModel:
+    """Load `checkpoint` (a path, a shipped model's name, or None for the checkout's model falling back to
+    the shipped default, `pipeline.pretrained.resolve_model`) for sampling with `opts`' sampler."""
+    from pipeline.encoding import Encoding
+    from pipeline.model import default_device, load_trained
+    from pipeline.pretrained import resolve_model
+
+    sampler = Sampler(opts.sampler, opts.steps, opts.eta, opts.guard)
+    chosen = resolve_model(checkpoint)
+    if chosen.notice:
+        log(chosen.notice)
+    device = _device(opts.device) if opts.device else default_device()
+    model, stats, diffusion_kwargs = load_trained(chosen.path, device)
+    encoding = Encoding.from_stats(stats)
+    return LoadedModel(model, stats, encoding, sampler.diffusion(diffusion_kwargs, encoding, device), sampler,
+                       device)
+
+
 def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str | Path | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Sample `opts.n` pieces with a model and write sample_000.mid, ... into `out_dir`.
@@ -415,20 +447,10 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     Every file is first written into a temp folder inside `out_dir` and moved in at the end, so an
     error leaves no partial file behind. Returns a summary (files, seconds, notices).
     """
-    from pipeline.encoding import Encoding
-    from pipeline.model import default_device, load_trained
-    from pipeline.pretrained import resolve_model
-
     check_options(opts)
-    sampler = Sampler(opts.sampler, opts.steps, opts.eta, opts.guard)
-    # The checkout's model, else the shipped one (announced); `checkpoint` may also name a shipped model.
-    chosen = resolve_model(checkpoint)
-    if chosen.notice:
-        log(chosen.notice)
-    device = _device(opts.device) if opts.device else default_device()
-    model, stats, diffusion_kwargs = load_trained(chosen.path, device)
-    encoding = Encoding.from_stats(stats)
-    diffusion = sampler.diffusion(diffusion_kwargs, encoding, device)
+    loaded = load_sampler(checkpoint, opts, log)
+    model, stats, encoding, diffusion, sampler, device = (loaded.model, loaded.stats, loaded.encoding,
+                                                          loaded.diffusion, loaded.sampler, loaded.device)
     grid = grid_ticks(opts.quantize, stats)
     seq_len = int(stats["seq_len"])
     groups = list(stats.get("instruments") or ["piano"])
@@ -439,7 +461,7 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
         # Harmonizing, a piece is as long as its kept parts by default; from scratch, one window.
         length = opts.length or max((len(r) for r in given.kept.values()), default=seq_len)
         check_length(given, length, groups)
-        batches = (_row_tracks(pieces, given, grid, tracks_of) for pieces in generate_rows(
+        batches = (row_tracks(pieces, given, grid, tracks_of) for pieces in generate_rows(
             model, diffusion, sampler, encoding, opts.n, rows, seq_len, length, given, opts.batch_size,
             opts.seed, device, chord_snap=opts.chord_snap, progress=opts.progress))
     else:
@@ -524,7 +546,7 @@ def _array_tracks(x: np.ndarray, encoding: Any, grid: int | None, keep: np.ndarr
             for sample in x]
 
 
-def _row_tracks(pieces: list[list[RowNotes]], given: Given, grid: int | None,
+def row_tracks(pieces: list[list[RowNotes]], given: Given, grid: int | None,
                 tracks_of: list[tuple[int, bool, str]]) -> list[Track]:
     """Multi-row pieces -> tracks. Kept rows are written as they came; generated ones go on the grid."""
     out = []

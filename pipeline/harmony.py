@@ -1,0 +1,207 @@
+"""`dmc evaluate-harmony`: harmonize the test split's melodies and measure the result against Bach.
+
+For every test file of a multi-row dataset (the chorales as `bach-satb`), the kept parts (default: the
+first row, the soprano) are taken whole from the file and the model writes the other rows
+(`pipeline.multirow`), as `dmc generate --prompt FILE --keep soprano` does. Three sets are measured:
+- `model`: the model's harmonizations;
+- `markov`: the same kept parts, each other voice drawn from its own first-order Markov chain fitted on the
+  train split's notes of that voice. It never looks at the melody: the bar any harmonizer must clear;
+- `bach`: the test files as written.
+
+Per generated voice, against the real voices of the test files: OA (the mean over Yang & Lerch's
+features) and framewise consistency and variance (`pipeline.metrics`); `bach` there is the train files'
+voices, the real-vs-real ceiling. Per piece, all voices together: the consonant fraction of vertical
+intervals and parallel fifths and octaves per 100 notes (`pipeline.voice_leading`), averaged over pieces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.baselines import MarkovChain
+from pipeline.errors import DmcError
+from pipeline.metrics import QUANTUM, Piece, evaluate_sets, flat_metrics, from_zero
+from pipeline.multirow import NO_NOTES, Given, RowNotes, check_keep, generate_rows, read_rows
+from pipeline.segments import SEGMENTS_FILE
+from pipeline.voice_leading import voice_leading
+
+SETS = ("model", "markov", "bach")
+VOICE_COLUMNS = ("oa_mean", "framewise.pitch.consistency", "framewise.pitch.variance",
+                 "framewise.duration.consistency", "framewise.duration.variance")
+PIECE_COLUMNS = ("consonant_fraction", "parallel_fifths", "parallel_octaves")
+
+
+@dataclass
+class HarmonyReport:
+    metrics: dict[str, float]  # `{set}.{voice}.{VOICE_COLUMNS}` and `{set}.{PIECE_COLUMNS}`
+    files: list[str]  # the test files harmonized
+    kept: list[str]
+    generated: list[list[RowNotes]]  # the model's pieces, one RowNotes per row
+
+    def table(self, groups: Sequence[str]) -> str:
+        """The report as two Markdown tables: per generated voice, and per piece."""
+        m = self.metrics
+        lines = ["| voice | set | OA | pitch cons | pitch var | dur cons | dur var |",
+                 "|---|---|---|---|---|---|---|"]
+        for voice in (g for g in groups if g not in self.kept):
+            for name in SETS:
+                cells = [m.get(f"{name}.{voice}.{c}", float("nan")) for c in VOICE_COLUMNS]
+                lines.append(f"| {voice} | {name} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+        lines += ["", "| set | consonant | parallel 5ths / 100 notes | parallel 8ves / 100 notes |",
+                  "|---|---|---|---|"]
+        for name in SETS:
+            cells = [m.get(f"{name}.{c}", float("nan")) for c in PIECE_COLUMNS]
+            lines.append(f"| {name} | {cells[0]:.3f} | {cells[1]:.2f} | {cells[2]:.2f} |")
+        return "\n".join(lines)
+
+
+def split_files(prepared_dir: str | Path, split: str) -> list[str]:
+    """The files (relative to the dataset's root) that gave segments of `split`, in sorted order."""
+    table = pq.read_table(Path(prepared_dir) / SEGMENTS_FILE, columns=["file", "split"],
+                          filters=[("split", "==", split)])
+    return sorted(set(table.column("file").to_pylist()))
+
+
+def voice_chains(rows: Sequence[Sequence[RowNotes | None]], n_rows: int) -> list[MarkovChain | None]:
+    """One Markov chain per row, fitted on that row's notes of every file (None: the row never plays)."""
+    chains: list[MarkovChain | None] = []
+    for h in range(n_rows):
+        lines = [r[h] for r in rows if r[h] is not None and len(r[h]) >= 2]
+        if not lines:
+            chains.append(None)
+            continue
+        width = max(len(r) for r in lines)
+        pitch, duration, delta = (np.zeros((len(lines), width)) for _ in range(3))
+        mask = np.zeros((len(lines), width), dtype=bool)
+        for i, r in enumerate(lines):
+            k = len(r)
+            pitch[i, :k], duration[i, :k] = r.pitch, r.duration
+            delta[i, :k], mask[i, :k] = np.diff(r.onset, prepend=r.onset[0]), True
+        chains.append(MarkovChain.fit(pitch, duration, delta, mask=mask))
+    return chains
+
+
+def markov_voice(chain: MarkovChain, start: float, until: float, rng: np.random.Generator,
+                 block: int = 256) -> RowNotes:
+    """A line drawn from `chain`, its first note at beat `start`, with every note up to `until`."""
+    line, onset = RowNotes.of([], [], []), start
+    while onset <= until:  # a block of notes at a time, until the line reaches the end
+        pitch, duration, delta = chain.sample(1, block, rng)
+        onsets = onset + np.cumsum(delta[0]) - delta[0, 0]
+        line = line.then(RowNotes.of(pitch[0], onsets, duration[0]))
+        onset = float(onsets[-1]) + max(float(delta[0].mean()), QUANTUM)
+    return line.where(line.onset <= until)
+
+
+def _piece(row: RowNotes | None) -> Piece:
+    """One voice as a metrics Piece starting at beat 0 (an absent voice: no notes)."""
+    r = row if row is not None else RowNotes.of([], [], [])
+    return from_zero(Piece.from_notes(r.pitch, r.onset, r.duration))
+
+
+def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, stats: dict[str, Any],
+                     prepared_dir: str | Path, root: str | Path, keep: Sequence[str] | None = None,
+                     limit: int | None = None, seed: int = 0, batch_size: int = 16,
+                     device: str = "cpu", frame_beats: float = 16.0, hop_beats: float = 8.0,
+                     n_reference: int = 64, progress: bool | None = None) -> HarmonyReport:
+    """Harmonize every test file's kept parts with the model and with Markov voices; measure all three."""
+    groups = list(stats["instruments"])
+    if len(groups) < 2:
+        raise DmcError(f"evaluate-harmony: the model has one row ({groups[0]}); it needs several instrument "
+                       "rows, e.g. a model trained with dataset=bach-satb and instruments=[soprano, alto, "
+                       "tenor, bass]")
+    keep = list(keep or groups[:1])
+    check_keep(groups, keep)
+    kept_index = [groups.index(k) for k in keep]
+    root = Path(root)
+    files, real = [], []
+    for name in split_files(prepared_dir, "test")[:limit]:
+        rows = read_rows(root / name, groups, "evaluate-harmony")
+        if all(rows[h] is not None and len(rows[h]) for h in kept_index):
+            files.append(name)
+            real.append(rows)
+    if len(files) < 2:
+        raise DmcError(f"evaluate-harmony: {len(files)} test file(s) with the kept parts "
+                       f"({', '.join(keep)}); 2 or more are needed")
+    givens = [Given({h: rows[h] for h in kept_index}) for rows in real]
+    model_rows = [p for batch in generate_rows(model, diffusion, sampler, encoding, len(givens), len(groups),
+                                               int(stats["seq_len"]), None, givens, batch_size, seed, device,
+                                               progress=progress) for p in batch]
+    train = [read_rows(root / name, groups, "evaluate-harmony") for name in split_files(prepared_dir, "train")]
+    chains = voice_chains(train, len(groups))
+    rng = np.random.default_rng(seed)
+    markov_rows = []
+    for given in givens:
+        rows = []
+        for h in range(len(groups)):
+            if h in given.kept or chains[h] is None:
+                rows.append(given.kept.get(h, RowNotes.of([], [], [])))
+            else:
+                rows.append(markov_voice(chains[h], given.origin, given.kept_until, rng))
+        markov_rows.append(rows)
+    reference_rows = [train[i] for i in np.sort(rng.choice(len(train), min(n_reference, len(train)),
+                                                           replace=False))]
+    metrics: dict[str, float] = {"files": len(files)}
+    sets = {"model": model_rows, "markov": markov_rows, "bach": real}
+    for name, pieces in sets.items():
+        scores = [voice_leading([r for r in rows if r is not None]) for rows in pieces]
+        for column in PIECE_COLUMNS:
+            values = np.array([s[column] for s in scores], dtype=float)
+            metrics[f"{name}.{column}"] = float(np.nanmean(values))
+    for h, voice in enumerate(groups):
+        if h in kept_index:
+            continue
+        ref = [_piece(rows[h]) for rows in real if rows[h] is not None]
+        voice_sets = {"model": [_piece(r[h]) for r in model_rows],
+                      "markov": [_piece(r[h]) for r in markov_rows],
+                      "bach": [_piece(r[h]) for r in reference_rows if r[h] is not None]}
+        flat = flat_metrics(evaluate_sets(voice_sets, ref, frame_beats=frame_beats,
+                                          hop_beats=hop_beats))
+        for name in SETS:
+            for column in VOICE_COLUMNS:
+                if f"{name}.{column}" in flat:
+                    metrics[f"{name}.{voice}.{column}"] = flat[f"{name}.{column}"]
+    return HarmonyReport(metrics, files, keep, model_rows)
+
+
+def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: str | Path,
+                       manifest: str | Path, keep: Sequence[str] | None = None, limit: int | None = None,
+                       out: str | Path | None = None, samples_dir: str | Path | None = None,
+                       frame_beats: float = 16.0, hop_beats: float = 8.0,
+                       log: Any = print) -> tuple[HarmonyReport, list[str]]:
+    """`dmc evaluate-harmony`: load the model, harmonize the test files, write the metrics to `out` (JSON)
+    and, with `samples_dir`, each harmonization as MIDI and a piano roll named after its test file.
+    Returns the report and the model's instrument groups."""
+    from pipeline import midi
+    from pipeline.datasets import read_manifest
+    from pipeline.files import atomic_path, write_json
+    from pipeline.plots import write_piano_roll
+    from pipeline.sampling import load_sampler, programs_for, row_tracks
+
+    _, root, _ = read_manifest(Path(manifest))
+    if not root.is_absolute():  # the download stage writes it relative to the project: above data/
+        root = Path(manifest).resolve().parent.parent / root
+    loaded = load_sampler(checkpoint, opts, log)
+    groups = list(loaded.stats["instruments"])
+    report = evaluate_harmony(loaded.model, loaded.diffusion, loaded.sampler, loaded.encoding, loaded.stats,
+                              prepared_dir, root, keep, limit, opts.seed, opts.batch_size, loaded.device,
+                              frame_beats, hop_beats, progress=opts.progress)
+    if out is not None:
+        write_json(out, {"kept": report.kept, "sampler": loaded.sampler.name,
+                         "steps": loaded.sampler.n_steps(loaded.diffusion.timesteps), **report.metrics})
+    if samples_dir is not None:
+        kept = Given({groups.index(k): NO_NOTES for k in report.kept})  # which rows to write as they came
+        pieces = row_tracks(report.generated, kept, None, programs_for(loaded.stats, len(groups)))
+        with atomic_path(samples_dir) as tmp:
+            tmp.mkdir(parents=True)
+            for name, tracks in zip(report.files, pieces, strict=True):
+                stem = Path(name).stem
+                midi.write_midi(tmp / f"{stem}.mid", tracks, tempo=opts.tempo)
+                write_piano_roll(tmp / f"{stem}.png", tracks, title=f"{stem}: {', '.join(report.kept)} kept")
+    return report, groups
