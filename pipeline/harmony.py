@@ -133,7 +133,8 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
     model_rows = [p for batch in generate_rows(model, diffusion, sampler, encoding, len(givens), len(groups),
                                                int(stats["seq_len"]), None, givens, batch_size, seed, device,
                                                progress=progress) for p in batch]
-    train = [read_rows(root / name, groups, "evaluate-harmony") for name in split_files(prepared_dir, "train")]
+    train = [read_rows(root / name, groups, "evaluate-harmony")
+             for name in split_files(prepared_dir, "train")]
     chains = voice_chains(train, len(groups))
     rng = np.random.default_rng(seed)
     markov_rows = []

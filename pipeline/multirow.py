@@ -240,9 +240,10 @@ def _advance(piece: _Piece, rows: list[RowNotes], new: list[RowNotes]) -> None:
         return
     for h, n in enumerate(new):
         fresh = n.where((n.onset > piece.end) & (n.onset <= end))
-        if h in given.kept:
+        if h in given.kept:  # its kept notes, then (once they run out) generated ones strictly after them
             kept = given.kept[h]
-            fresh = kept.where((kept.onset > piece.end) & (kept.onset <= end)).then(fresh)
+            fresh = kept.where((kept.onset > piece.end) & (kept.onset <= end)).then(
+                fresh.where(fresh.onset > kept.onset[-1]))
         piece.final[h] = piece.final[h].then(fresh)
     piece.end = end
 

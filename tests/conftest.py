@@ -92,3 +92,44 @@ def in_tmp_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return tmp_path
+
+
+SATB = ("soprano", "alto", "tenor", "bass")
+
+
+@pytest.fixture(scope="session")
+def satb_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A four-voice project folder: 8 chorales of `bach-satb` under data/raw/bach-satb, its
+    data/manifest.json, data/prepared (seq_len 32, every split non-empty) and models/model.pt, a randomly
+    initialised tiny U-Net of four rows on a 20-step schedule (the harmonization tests' model)."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from pipeline.datasets import bach_satb, write_manifest
+    from pipeline.model import PRESETS, UNet
+    from pipeline.segments import PrepareConfig, write_prepared
+
+    root = tmp_path_factory.mktemp("satb-project")
+    params = repo_params()
+    params["prepare"]["n_jobs"] = 1
+    raw = bach_satb.fetch(root / "data" / "raw" / "bach-satb", params, limit=8)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)  # the manifest records the root relative to the project, as the download stage does
+    try:
+        write_manifest(Path("data/manifest.json"), "bach-satb", raw)
+    finally:
+        mp.undo()
+    files = sorted(p.name for p in raw.glob("*.mid"))
+    summary = write_prepared(root / "data" / "prepared", "bach-satb", raw, files, PrepareConfig(
+        seq_len=PREPARED_SEQ_LEN, split=PREPARED_SPLIT, instruments=SATB, min_instruments=4), n_jobs=1)
+    assert all(summary["segments"][s] > 0 for s in ("train", "val", "test")), summary
+    torch.manual_seed(0)
+    config = PRESETS["tiny"]
+    stats = json.loads((root / "data" / "prepared" / "stats.json").read_text())
+    (root / "models").mkdir()
+    torch.save({"config": dataclasses.asdict(config), "ema": UNet(config).state_dict(), "stats": stats,
+                "diffusion": {"timesteps": 20, "beta_start": 1e-4, "beta_end": 0.02}, "step": 0},
+               root / "models" / "model.pt")
+    return root
