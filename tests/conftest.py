@@ -99,9 +99,9 @@ SATB = ("soprano", "alto", "tenor", "bass")
 
 @pytest.fixture(scope="session")
 def satb_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A four-voice project folder: 8 chorales of `bach-satb` under data/raw/bach-satb, its
-    data/manifest.json, data/prepared (seq_len 32, every split non-empty) and models/model.pt, a randomly
-    initialised tiny U-Net of four rows on a 20-step schedule (the harmonization tests' model)."""
+    """A four-voice project folder: 10 chorales of `bach-satb` under data/raw/bach-satb, its
+    data/manifest.json, data/prepared (seq_len 32; 5/3/2 files in train/val/test) and models/model.pt, a
+    randomly initialised tiny U-Net of four rows on a 20-step schedule (the harmonization tests' model)."""
     import dataclasses
     import json
 
@@ -114,7 +114,7 @@ def satb_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("satb-project")
     params = repo_params()
     params["prepare"]["n_jobs"] = 1
-    raw = bach_satb.fetch(root / "data" / "raw" / "bach-satb", params, limit=8)
+    raw = bach_satb.fetch(root / "data" / "raw" / "bach-satb", params, limit=10)
     mp = pytest.MonkeyPatch()
     mp.chdir(root)  # the manifest records the root relative to the project, as the download stage does
     try:
@@ -123,7 +123,7 @@ def satb_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.undo()
     files = sorted(p.name for p in raw.glob("*.mid"))
     summary = write_prepared(root / "data" / "prepared", "bach-satb", raw, files, PrepareConfig(
-        seq_len=PREPARED_SEQ_LEN, split=PREPARED_SPLIT, instruments=SATB, min_instruments=4), n_jobs=1)
+        seq_len=PREPARED_SEQ_LEN, split=(0.5, 0.2, 0.3), instruments=SATB, min_instruments=4), n_jobs=1)
     assert all(summary["segments"][s] > 0 for s in ("train", "val", "test")), summary
     torch.manual_seed(0)
     config = PRESETS["tiny"]
