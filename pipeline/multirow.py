@@ -104,14 +104,37 @@ def check_keep(groups: Sequence[str], keep: Sequence[str]) -> None:
 
 
 def kept_rows(path: str | Path, groups: Sequence[str], keep: Sequence[str]) -> dict[int, RowNotes]:
-    """The rows `keep` names (`--keep soprano,alto`), whole, from the prompt file: row index -> notes."""
+    """The rows `keep` names (`--keep soprano,alto`), whole, from the prompt file: row index -> notes.
+
+    A file of one track is a melody: with one group kept, that track is the group's row whatever its name.
+    """
     check_keep(groups, keep)
+    melody = _only_track(path) if len(set(keep)) == 1 else None
+    if melody is not None:
+        return {groups.index(keep[0]): melody}
     rows = read_rows(path, groups)
     missing = [k for k in keep if rows[groups.index(k)] is None]
     if missing:
         found = [g for g, r in zip(groups, rows, strict=True) if r is not None]
         raise DmcError(f"--keep {missing[0]}: {path} has no {missing[0]} track (found: {', '.join(found)})")
     return {groups.index(k): rows[groups.index(k)] for k in dict.fromkeys(keep)}
+
+
+def _only_track(path: str | Path) -> RowNotes | None:
+    """The notes of a MIDI file that has exactly one track with notes, else None."""
+    import symusic
+
+    path = Path(path)
+    if not path.is_file():
+        raise DmcError(f"--prompt: no such file {path}")
+    try:
+        tracks = sum(t.note_num() > 0 for t in symusic.Score(str(path)).tracks)
+    except Exception:  # not MIDI: read_rows says so in its own words
+        return None
+    if tracks != 1:
+        return None
+    notes = midi.extract_notes(path, programs=range(128))
+    return RowNotes.of(notes.pitch, notes.onset, notes.duration)
 
 
 def prompt_rows(path: str | Path, groups: Sequence[str], n_notes: int) -> tuple[list[RowNotes], float]:

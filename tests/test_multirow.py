@@ -76,6 +76,15 @@ def test_two_kept_parts_come_back_exactly_and_the_other_two_are_generated(satb_p
     assert ticks(out[1]) != ticks(source[1]) and len(out[1]) > 0 and len(out[2]) > 0
 
 
+def test_a_one_track_melody_is_the_kept_part_whatever_its_track_is_called(satb_project, chorale, tmp_path):
+    soprano = written_rows(chorale)[0]
+    midi.write_midi(tmp_path / "tune.mid", [midi.TrackNotes(soprano.pitch, soprano.onset, soprano.duration,
+                                                            name="Melody")])
+    generate_files(tmp_path / "out", options(n=1, prompt=tmp_path / "tune.mid", keep=("soprano",)),
+                   satb_project / "models" / "model.pt")
+    assert ticks(written_rows(tmp_path / "out" / "sample_000.mid")[0]) == ticks(soprano)
+
+
 def test_a_long_multi_row_piece_has_the_asked_length_and_its_rows_stay_aligned(model):
     net, diffusion, sampler, encoding, _ = model
     (batch,) = list(multirow.generate_rows(net, diffusion, sampler, encoding, 3, 4, 32, 100, batch_size=3))
