@@ -179,6 +179,18 @@ def test_long_pieces_have_the_asked_length_and_continue_the_first_window(checkpo
     assert sampling.window_starts(length, SEQ_LEN, SEQ_LEN // 2) == [0, 32, 48, 64]
 
 
+def test_pieces_come_a_batch_at_a_time_and_equal_one_call_for_all(checkpoint):
+    from pipeline.model import load_trained
+
+    model, _, kwargs = load_trained(checkpoint, "cpu")
+    diffusion, ddim = GaussianDiffusion(**kwargs), Sampler("ddim", 3)
+    batches = list(sampling.generate_batches(model, diffusion, 5, 1, SEQ_LEN, SEQ_LEN, ddim, batch_size=2,
+                                             progress=False))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    whole = sampling.generate(model, diffusion, 5, 1, SEQ_LEN, SEQ_LEN, ddim, batch_size=2, progress=False)
+    np.testing.assert_array_equal(np.concatenate(batches), whole)
+
+
 def test_long_piece_files_hold_more_notes_than_one_window(checkpoint, tmp_path):
     sampling.generate_files(tmp_path, quiet(n=1, length=3 * SEQ_LEN, steps=3), checkpoint)
     # A few decoded notes may merge (same pitch and tick), so count loosely above one window.
