@@ -107,6 +107,8 @@ def _add_evaluate_harmony(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guard", default="dynamic")
+    p.add_argument("--quantize", default="auto", metavar="GRID",
+                   help="the generated voices' rhythm grid: auto (the data's, default), 1/16, or '' for none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--params", type=Path, default=Path("params.yaml"),
@@ -125,14 +127,14 @@ def _run_evaluate_harmony(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 2:
         raise DmcError(f"--limit must be at least 2, got {args.limit}")
     opts = sampling.GenerateOptions(sampler=args.sampler, steps=args.steps, guard=args.guard, seed=args.seed,
-                                    batch_size=args.batch_size, device=args.device)
+                                    quantize=args.quantize, batch_size=args.batch_size, device=args.device)
     sampling.check_options(opts)
     report, groups = harmony.harmonize_checkout(
         args.model, opts, args.prepared, args.manifest, _groups(args.keep), args.limit, args.out,
         args.samples, evaluate.get("frame_beats", 16.0), evaluate.get("hop_beats", 8.0),
         log=lambda line: print(line, file=sys.stderr))
     print(f"evaluate-harmony: {len(report.files)} test files, {', '.join(report.kept)} kept, "
-          f"{args.sampler}-{args.steps}")
+          f"{args.sampler}-{args.steps}, grid {args.quantize or 'none'}")
     print(report.table(groups))
     print(f"evaluate-harmony: wrote {args.out}" + (f" and {args.samples}/" if args.samples else ""))
 

@@ -99,6 +99,14 @@ def markov_voice(chain: MarkovChain, start: float, until: float, rng: np.random.
     return line.where(line.onset <= until)
 
 
+def on_grid(row: RowNotes, grid: int) -> RowNotes:
+    """A generated row with its onsets and durations snapped to `grid` ticks, as generate writes it."""
+    from pipeline.sampling import TICKS_PER_QUARTER, to_ticks
+
+    t = to_ticks(row.pitch, row.onset, row.duration, grid)
+    return RowNotes.of(t.pitch, t.onset / TICKS_PER_QUARTER, t.duration / TICKS_PER_QUARTER)
+
+
 def _piece(row: RowNotes | None) -> Piece:
     """One voice as a metrics Piece starting at beat 0 (an absent voice: no notes)."""
     r = row if row is not None else RowNotes.of([], [], [])
@@ -109,8 +117,10 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
                      prepared_dir: str | Path, root: str | Path, keep: Sequence[str] | None = None,
                      limit: int | None = None, seed: int = 0, batch_size: int = 16,
                      device: str = "cpu", frame_beats: float = 16.0, hop_beats: float = 8.0,
-                     n_reference: int = 64, progress: bool | None = None) -> HarmonyReport:
-    """Harmonize every test file's kept parts with the model and with Markov voices; measure all three."""
+                     n_reference: int = 64, grid: int | None = None,
+                     progress: bool | None = None) -> HarmonyReport:
+    """Harmonize every test file's kept parts with the model and with Markov voices; measure all three.
+    `grid` (ticks) puts the generated voices on a rhythm grid, as `dmc generate --quantize` does."""
     groups = list(stats["instruments"])
     if len(groups) < 2:
         raise DmcError(f"evaluate-harmony: the model has one row ({groups[0]}); it needs several instrument "
@@ -133,6 +143,9 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
     model_rows = [p for batch in generate_rows(model, diffusion, sampler, encoding, len(givens), len(groups),
                                                int(stats["seq_len"]), None, givens, batch_size, seed, device,
                                                progress=progress) for p in batch]
+    if grid:
+        model_rows = [[r if h in kept_index else on_grid(r, grid) for h, r in enumerate(rows)]
+                      for rows in model_rows]
     train = [read_rows(root / name, groups, "evaluate-harmony")
              for name in split_files(prepared_dir, "train")]
     chains = voice_chains(train, len(groups))
@@ -183,7 +196,7 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
     from pipeline.datasets import read_manifest
     from pipeline.files import atomic_path, write_json
     from pipeline.plots import write_piano_roll
-    from pipeline.sampling import load_sampler, programs_for, row_tracks
+    from pipeline.sampling import grid_ticks, load_sampler, programs_for, row_tracks
 
     _, root, _ = read_manifest(Path(manifest))
     if not root.is_absolute():  # the download stage writes it relative to the project: above data/
@@ -192,9 +205,10 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
     groups = list(loaded.stats["instruments"])
     report = evaluate_harmony(loaded.model, loaded.diffusion, loaded.sampler, loaded.encoding, loaded.stats,
                               prepared_dir, root, keep, limit, opts.seed, opts.batch_size, loaded.device,
-                              frame_beats, hop_beats, progress=opts.progress)
+                              frame_beats, hop_beats, grid=grid_ticks(opts.quantize, loaded.stats),
+                              progress=opts.progress)
     if out is not None:
-        write_json(out, {"kept": report.kept, "sampler": loaded.sampler.name,
+        write_json(out, {"kept": report.kept, "sampler": loaded.sampler.name, "quantize": opts.quantize,
                          "steps": loaded.sampler.n_steps(loaded.diffusion.timesteps), **report.metrics})
     if samples_dir is not None:
         kept = Given({groups.index(k): NO_NOTES for k in report.kept})  # which rows to write as they came
