@@ -98,7 +98,7 @@ class _WindowProduct(torch.autograd.Function):
         B, H, W, C = x.shape
         c_out, _, k = weight.shape
         windows = _windows(x, k, pad)
-        taps = weight.transpose(1, 2).reshape(c_out, k * C)  # [c_out, (k, c_in)], as the windows
+        taps = weight.transpose(1, 2).reshape(c_out, k * C)  # [c_out, (k, c_in)], as the windows; a view
         ctx.save_for_backward(windows, taps)
         ctx.pad, ctx.shape = pad, x.shape
         return (windows @ taps.t()).view(B, H, W, c_out)
@@ -135,8 +135,11 @@ class Conv(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int, causal: bool):
         super().__init__()
         self.k = k
-        self.weight = nn.Parameter(torch.empty(c_out, c_in, k))  # as nn.Conv1d
-        nn.init.xavier_uniform_(self.weight)  # Keras' glorot_uniform, as the original
+        weight = torch.empty(c_out, c_in, k)  # as nn.Conv1d
+        nn.init.xavier_uniform_(weight)  # Keras' glorot_uniform, as the original
+        # Shaped as nn.Conv1d's (so checkpoints and conv1d read it), but stored tap-major: the window
+        # product then uses it in place instead of copying every conv weight on every call.
+        self.weight = nn.Parameter(torch.empty(c_out, k, c_in).transpose(1, 2).copy_(weight))
         self.pad = (k - 1, 0) if causal else ((k - 1) // 2, k // 2)
 
     def forward(self, x: Tensor) -> Tensor:
