@@ -135,7 +135,9 @@ def model_at(revision: str) -> ModuleType:
 
 def side_by_side(preset: str, device: torch.device, batch: int, seq_len: int, rounds: int, warmup: int,
                  revision: str) -> dict:
-    """This tree's U-Net against `revision`'s, same init seed, steps alternating (ABBA), medians."""
+    """This tree's U-Net against `revision`'s, same init seed, steps alternating (ABBA), medians of wall
+    and of process CPU time. On a loaded machine the CPU time is the steadier figure: it does not count
+    the time the other processes held the cores (their cache traffic still shows)."""
     old = model_at(revision)
     steps = {"this": make_step(preset, device, batch, seq_len, "eager")[0],
              revision: make_step(preset, device, batch, seq_len, "eager", unet=old.UNet)[0]}
@@ -143,18 +145,23 @@ def side_by_side(preset: str, device: torch.device, batch: int, seq_len: int, ro
         for i in range(warmup):
             run(i)
     times: dict[str, list[float]] = {k: [] for k in steps}
+    cpu: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(rounds):
         order = list(steps) if r % 2 == 0 else list(reversed(steps))
         for name in order:
             _sync(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             steps[name](warmup + r)
             _sync(device)
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     this, then = statistics.median(times["this"]), statistics.median(times[revision])
+    this_cpu, then_cpu = statistics.median(cpu["this"]), statistics.median(cpu[revision])
     return {"preset": preset, "device": device.type, "against": revision, "rounds": rounds,
             "threads": torch.get_num_threads(), "s_per_step_this": round(this, 4),
-            "s_per_step_against": round(then, 4), "speedup": round(then / this, 3)}
+            "s_per_step_against": round(then, 4), "speedup": round(then / this, 3),
+            "cpu_s_per_step_this": round(this_cpu, 4), "cpu_s_per_step_against": round(then_cpu, 4),
+            "cpu_speedup": round(then_cpu / this_cpu, 3)}
 
 
 def main() -> None:
@@ -202,10 +209,12 @@ def main() -> None:
                 results.append(r)
                 print(json.dumps(r), flush=True)
     if args.against:
-        print(f"\n{'preset':<7}{'device':<7}{'this s/step':>12}{args.against + ' s/step':>20}{'speedup':>9}")
+        print(f"\n{'preset':<7}{'device':<7}{'this s/step':>12}{args.against + ' s/step':>20}{'speedup':>9}"
+              f"{'CPU s: this':>13}{'against':>9}{'speedup':>9}")
         for r in results:
             print(f"{r['preset']:<7}{r['device']:<7}{r['s_per_step_this']:>12}{r['s_per_step_against']:>20}"
-                  f"{r['speedup']:>9}")
+                  f"{r['speedup']:>9}{r['cpu_s_per_step_this']:>13}{r['cpu_s_per_step_against']:>9}"
+                  f"{r['cpu_speedup']:>9}")
     else:
         print(f"\n{'preset':<7}{'device':<7}{'mode':<9}{'params':>12}{'s/step':>9}{'steps/s':>9}"
               f"{'samples/s':>11}{'200K steps':>12}")
