@@ -108,15 +108,20 @@ class GaussianDiffusion(nn.Module):
         capped = snr.clamp(max=self.min_snr_gamma)
         return {"epsilon": capped / snr, "v": capped / (snr + 1), "x0": capped}[self.prediction]
 
+    def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(t, noise) for a batch like x0: what `loss` draws, in the same order from the same generator."""
+        t = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        return t, torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+
     def loss(self, model: Denoiser, x0: Tensor, mask: Tensor | None = None,
-             generator: torch.Generator | None = None) -> Tensor:
+             generator: torch.Generator | None = None, drawn: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Mean squared error of the prediction at uniformly drawn timesteps, weighted per sample.
 
         `mask` (broadcastable to x0, 1 = real entry) restricts the loss to real notes, so padded or
-        absent instrument rows teach the network nothing.
+        absent instrument rows teach the network nothing. `drawn` is (t, noise) drawn beforehand (`draw`),
+        for a step replayed as a CUDA graph, which cannot draw.
         """
-        t = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        t, noise = self.draw(x0, generator) if drawn is None else drawn
         error = (model(self.add_noise(x0, noise, t), t).float() - self.target(x0, noise, t).float()) ** 2
         error = error * self.snr_weight(t).view(-1, *([1] * (error.ndim - 1)))
         if mask is None:

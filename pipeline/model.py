@@ -80,6 +80,51 @@ def sinusoidal(positions: Tensor, dim: int) -> Tensor:
 # -- layers: each takes and returns [B, H, W, C] ----------------------------------------------------
 
 
+def _windows(x: Tensor, k: int, pad: tuple[int, int]) -> Tensor:
+    """`[B, H, W, C] -> [B*H*W, k*C]`: every note's k-note window, tap-major (im2col). Each tap's channels
+    stay one contiguous run, so the copy streams memory instead of gathering with stride k."""
+    B, H, W, C = x.shape
+    x = F.pad(x.reshape(B * H, W, C), (0, 0, *pad))
+    return x.as_strided((B * H, W, k, C), (x.shape[1] * C, C, C, 1)).reshape(B * H * W, k * C)
+
+
+class _WindowProduct(torch.autograd.Function):
+    """`windows(x) @ weight` with a hand-written backward. Autograd's own (unfold's or as_strided's
+    adjoint) scatters through a zeroed padded copy with stride k; here the input gradient is k
+    contiguous slice additions straight into its own storage, and the padding is never materialized."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, pad: tuple[int, int]) -> Tensor:
+        B, H, W, C = x.shape
+        c_out, _, k = weight.shape
+        windows = _windows(x, k, pad)
+        taps = weight.transpose(1, 2).reshape(c_out, k * C)  # [c_out, (k, c_in)], as the windows; a view
+        ctx.save_for_backward(windows, taps)
+        ctx.pad, ctx.shape = pad, x.shape
+        return (windows @ taps.t()).view(B, H, W, c_out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor, None]:
+        windows, taps = ctx.saved_tensors
+        B, H, W, C = ctx.shape
+        c_out, k = taps.shape[0], taps.shape[1] // C
+        grad = grad.reshape(B * H * W, c_out)
+        grad_weight = (grad.t() @ windows).view(c_out, k, C).transpose(1, 2)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            per_tap = (grad @ taps).view(B * H, W, k, C)  # the gradient of every window entry
+            left = ctx.pad[0]
+            # Tap j of the window at note w read input note w + j - left; tap `left` covers every note.
+            grad_x = per_tap[:, :, left].contiguous()
+            for j in range(k):
+                lo, hi = max(0, left - j), min(W, W + left - j)  # notes w whose tap j is inside
+                if j != left and lo < hi:
+                    grad_x[:, lo + j - left:hi + j - left] += per_tap[:, lo:hi, j]
+            grad_x = grad_x.view(B, H, W, C)
+        return grad_x, grad_weight, None
+
+
 class Conv(nn.Module):
     """A bias-free 1×k convolution along the width; left-only padding when causal.
 
@@ -90,15 +135,15 @@ class Conv(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int, causal: bool):
         super().__init__()
         self.k = k
-        self.weight = nn.Parameter(torch.empty(c_out, c_in, k))  # as nn.Conv1d
-        nn.init.xavier_uniform_(self.weight)  # Keras' glorot_uniform, as the original
+        weight = torch.empty(c_out, c_in, k)  # as nn.Conv1d
+        nn.init.xavier_uniform_(weight)  # Keras' glorot_uniform, as the original
+        # Shaped as nn.Conv1d's (so checkpoints and conv1d read it), but stored tap-major: the window
+        # product then uses it in place instead of copying every conv weight on every call.
+        self.weight = nn.Parameter(torch.empty(c_out, k, c_in).transpose(1, 2).copy_(weight))
         self.pad = (k - 1, 0) if causal else ((k - 1) // 2, k // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, H, W, C = x.shape
-        x = F.pad(x.reshape(B * H, W, C), (0, 0, *self.pad))
-        windows = x.unfold(1, self.k, 1).reshape(B * H * W, C * self.k)  # [notes, (c_in, k)]
-        return (windows @ self.weight.flatten(1).t()).view(B, H, W, -1)
+        return _WindowProduct.apply(x, self.weight, self.pad)
 
 
 class SqueezeExcite(nn.Module):
@@ -111,13 +156,16 @@ class SqueezeExcite(nn.Module):
         self.causal = causal
 
     def forward(self, x: Tensor) -> Tensor:
-        s = x.mean(1)  # [B, W, C]
+        s = x[:, 0] if x.shape[1] == 1 else x.mean(1)  # [B, W, C]; one row needs no mean (nor its copy)
         if self.causal:
+            # `down` is linear and bias-free, so it commutes with the running mean: reducing the channels
+            # first makes the prefix sum (and its backward) `ratio` times cheaper.
+            s = self.down(s)
             count = torch.arange(1, s.shape[1] + 1, device=x.device, dtype=s.dtype)
             s = s.cumsum(1) / count[:, None]
         else:
-            s = s.mean(1, keepdim=True)
-        return x * torch.sigmoid(self.up(F.relu(self.down(s))))[:, None]
+            s = self.down(s.mean(1, keepdim=True))
+        return x * torch.sigmoid(self.up(F.relu(s)))[:, None]
 
 
 class ConvLayer(nn.Module):

@@ -142,6 +142,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "train.val_every": _POS_INT,
     "train.checkpoint_every": _POS_INT,
     "train.compile": _BOOL,
+    "train.graph": _BOOL,
     "train.causal": _BOOL,
     "diffusion.timesteps": _POS_INT,
     "diffusion.beta_start": _number(0, 1, lo_open=True),

@@ -68,6 +68,7 @@ class TrainSettings:
     val_every: int = 100
     checkpoint_every: int = 100
     compile: bool = False
+    graph: bool = False  # CUDA only: the whole step replayed as one CUDA graph (pipeline.cuda_graph)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainSettings:
@@ -79,7 +80,7 @@ class TrainSettings:
                    beta_start=d["beta_start"], beta_end=d["beta_end"], schedule=d["schedule"],
                    prediction=d["prediction"], loss_weight=d["loss_weight"], min_snr_gamma=d["min_snr_gamma"],
                    transpose=t["transpose"], val_every=t["val_every"], checkpoint_every=t["checkpoint_every"],
-                   compile=t["compile"])
+                   compile=t["compile"], graph=t["graph"])
 
     @property
     def diffusion(self) -> dict[str, Any]:
@@ -133,8 +134,8 @@ def load_data(prepared_dir: str | Path, seq_len: int | None = None) -> TrainData
 
 
 def fingerprint(settings: TrainSettings, data: TrainData) -> str:
-    """What the weights depend on: every setting but logging and compile, and the data itself."""
-    ignored = ("val_every", "checkpoint_every", "compile")
+    """What the weights depend on: every setting but logging, compile and graph, and the data itself."""
+    ignored = ("val_every", "checkpoint_every", "compile", "graph")
     relevant = {k: v for k, v in asdict(settings).items() if k not in ignored}
     text = json.dumps({"settings": relevant, "data": data.digest()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -200,11 +201,15 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
 
+    def weight(self, step: int) -> float:
+        """How far the average moves toward the weights at `step`: 1 - min(decay, warm-up)."""
+        return 1.0 - min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
         # One fused call for all tensors: on a GPU, a kernel per parameter would cost more than the math.
-        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()],
+                             self.weight(step))
 
 
 # -- RNG states as tensors and lists, so checkpoints load with weights_only=True ----------------------
@@ -463,6 +468,9 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     check_batch_fits(settings.batch_size, data.train[0].nbytes, device)
     if settings.batch_size % rank.world:
         raise DmcError(f"batch_size {settings.batch_size} does not split evenly over {rank.world} processes")
+    if settings.graph and (device.type != "cuda" or rank.world > 1):
+        where = f"{rank.world} processes" if device.type == "cuda" else f"a {device.type} device"
+        raise DmcError(f"train.graph needs one CUDA GPU and this run has {where}; set train.graph: false")
     log = log if rank.main else (lambda *_: None)
 
     torch.manual_seed(settings.seed)
@@ -484,11 +492,14 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     if settings.compile:
         # On one GPU, CUDA graphs ("reduce-overhead") remove the kernel-launch cost that bounds this small
         # net: 63 steps/s instead of 26 for `full` on an H200. They do not mix with DDP's hooks.
-        mode = "reduce-overhead" if device.type == "cuda" and rank.world == 1 else None
+        # With train.graph the whole step is captured instead, so compile adds no graphs of its own.
+        mode = "reduce-overhead" if device.type == "cuda" and rank.world == 1 and not settings.graph else None
         net = torch.compile(net, mode=mode)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # Autocast's weight cache would hold casts made during capture; a graph must recompute them.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda",
+                              cache_enabled=not settings.graph)
 
     # Small datasets live on the device, so a step never waits for a host-to-device copy.
     data_device = device if data.train.nbytes < 2**30 else torch.device("cpu")
@@ -501,6 +512,13 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     transposer = Transposer(Encoding.from_stats(data.stats), settings.transpose, device) \
         if settings.transpose else None
     local = settings.batch_size // rank.world
+    graphed = None
+    if settings.graph:
+        from pipeline.cuda_graph import CudaGraphStep
+
+        example = train_x[:local].to(device)
+        graphed = CudaGraphStep(net, model, ema, opt, diffusion, settings.grad_clip, autocast, example,
+                                None if train_m is None else train_m[:local].to(device))
     end = min(settings.steps, stop_at) if stop_at is not None else settings.steps
     pending: list[Tensor] = []  # losses not yet read back from the device
 
@@ -531,8 +549,9 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
                disable=None if rank.main else True)
     start_step, t0 = state.step, time.perf_counter()
     while state.step < end:
-        for group in opt.param_groups:
-            group["lr"] = settings.lr_at(state.step)
+        if graphed is None:  # a graphed step refills its own lr tensor
+            for group in opt.param_groups:
+                group["lr"] = settings.lr_at(state.step)
         idx = torch.from_numpy(batch_indices(state.step, len(train_x), settings.batch_size, settings.seed))
         mine = idx[rank.rank * local:(rank.rank + 1) * local].to(data_device)
         x0 = train_x[mine].to(device, non_blocking=True)
@@ -540,8 +559,11 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
         gen.manual_seed(step_seed(settings.seed, state.step, rank.rank))
         if transposer is not None:
             x0 = transposer(x0, gen, m0)
-        loss = optimize(net, model, ema, opt, diffusion, x0, gen, state.step, settings.grad_clip, autocast,
-                        m0)
+        if graphed is not None:
+            loss = graphed(x0, gen, state.step, settings.lr_at(state.step), m0)
+        else:
+            loss = optimize(net, model, ema, opt, diffusion, x0, gen, state.step, settings.grad_clip,
+                            autocast, m0)
         pending.append(loss)
         state.step += 1
         bar.update(1)

@@ -219,3 +219,21 @@ def test_conv_equals_a_left_padded_conv1d():
     rows = x.reshape(6, 16, 6).transpose(1, 2)  # [B*H, C, W]
     expected = torch.nn.functional.conv1d(torch.nn.functional.pad(rows, (4, 0)), conv.weight)
     torch.testing.assert_close(conv(x), expected.transpose(1, 2).reshape(2, 3, 16, 10))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("width", [16, 2])  # 2: narrower than the kernel, as at the deepest level
+def test_conv_gradients_equal_conv1d_gradients(causal, width):
+    # The conv's hand-written backward against autograd through the same convolution done by conv1d.
+    torch.manual_seed(0)
+    conv = Conv(6, 10, 5, causal=causal).double()
+    x = torch.randn(2, 3, width, 6, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 3, width, 10, dtype=torch.float64)
+    conv(x).backward(grad)
+    ours = x.grad, conv.weight.grad
+    x.grad = None
+    weight = conv.weight.detach().clone().requires_grad_(True)
+    rows = torch.nn.functional.pad(x.reshape(6, width, 6).transpose(1, 2), conv.pad)
+    torch.nn.functional.conv1d(rows, weight).transpose(1, 2).reshape(2, 3, width, 10).backward(grad)
+    torch.testing.assert_close(ours[0], x.grad)
+    torch.testing.assert_close(ours[1], weight.grad)

@@ -247,3 +247,78 @@ def test_dvc_keeps_checkpoints_between_runs():
     outs = {next(iter(o)) if isinstance(o, dict) else o: o for o in stage["outs"]}
     assert outs["models/checkpoints"]["models/checkpoints"]["persist"] is True
     assert "models/model.pt" in outs
+
+
+# -- the graphed step (train.graph) ---------------------------------------------------------------------
+
+
+def _steps(kind: str, device: str, masked: bool, steps: int = 5) -> tuple[torch.Tensor, list, list, list]:
+    """Losses, weights, EMA weights and AdamW moments after `steps` steps of the `eager`, `static` or
+    `graph` step, across an lr switch, with the loop's per-step seeding."""
+    import contextlib
+
+    from pipeline.cuda_graph import CudaGraphStep, StaticStep
+    from pipeline.model import get_config
+    from pipeline.training import build, optimize, step_seed
+
+    settings = TrainSettings(preset="tiny", steps=steps, batch_size=4, lr=1e-3, lr_final=1e-4, lr_switch=0.6)
+    torch.manual_seed(0)
+    model, ema, opt, diffusion = build(settings, get_config("tiny"), torch.device(device))
+    batches = torch.rand(steps, 4, 3, 1, 16, generator=torch.Generator().manual_seed(1)).to(device)
+    mask = (torch.rand(4, 1, 1, 16, generator=torch.Generator().manual_seed(2)) > 0.3).float().to(device)
+    mask = mask if masked else None
+    autocast = contextlib.nullcontext()
+    stepper = None
+    if kind != "eager":
+        step_class = CudaGraphStep if kind == "graph" else StaticStep
+        stepper = step_class(model, model, ema, opt, diffusion, settings.grad_clip, autocast, batches[0],
+                             mask)
+    gen, losses = torch.Generator(device), []
+    for step in range(steps):
+        gen.manual_seed(step_seed(settings.seed, step, 0))
+        if stepper is not None:
+            losses.append(stepper(batches[step], gen, step, settings.lr_at(step), mask))
+        else:
+            for group in opt.param_groups:
+                group["lr"] = settings.lr_at(step)
+            losses.append(optimize(model, model, ema, opt, diffusion, batches[step], gen, step,
+                                   settings.grad_clip, autocast, mask))
+    moments = [state[k].clone() for state in opt.state.values() for k in ("exp_avg", "exp_avg_sq")]
+    return (torch.stack(losses), [p.detach().clone() for p in model.parameters()],
+            [p.clone() for p in ema.model.parameters()], moments)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_static_step_gives_the_eager_steps_losses_and_weights_bit_for_bit(masked):
+    # The step a CUDA graph captures (fixed buffers, noise drawn beforehand, tensor lr and EMA weight),
+    # run eagerly on CPU, must be the training loop's step exactly.
+    eager, static = _steps("eager", "cpu", masked), _steps("static", "cpu", masked)
+    assert torch.equal(eager[0], static[0])
+    for a, b in zip(eager[1] + eager[2], static[1] + static[2], strict=True):
+        assert torch.equal(a, b)
+    assert len(eager[3]) == len(static[3]) and all(map(torch.equal, eager[3], static[3]))
+    assert eager[0][0] != eager[0][1]  # the steps did draw different noise
+
+
+def test_graph_mode_without_a_gpu_is_a_one_line_error(data, tmp_path):
+    graphed = TrainSettings(preset="tiny", steps=2, batch_size=8, graph=True)
+    with pytest.raises(DmcError, match=r"^train.graph needs one CUDA GPU and this run has a cpu device; "
+                                       r"set train.graph: false$"):
+        train(graphed, data, tmp_path / "m", tmp_path / "x", device="cpu", log=_quiet)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replays_the_static_step_on_the_gpu():
+    eager, graphed = _steps("static", "cuda", True), _steps("graph", "cuda", True)
+    torch.testing.assert_close(graphed[0], eager[0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(eager[1] + eager[2], graphed[1] + graphed[2], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graphed_training_run_writes_the_model_and_its_metrics(data, tmp_path):
+    graphed = TrainSettings(preset="tiny", steps=6, batch_size=8, val_every=3, checkpoint_every=2, graph=True)
+    metrics = train(graphed, data, tmp_path / "models", tmp_path / "metrics", device="cuda", log=_quiet)
+    assert metrics["steps"] == 6 and np.isfinite(metrics["loss"])
+    assert (tmp_path / "models" / "model.pt").is_file()
