@@ -120,10 +120,13 @@ def _add_evaluate_harmony(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate_harmony(args: argparse.Namespace) -> None:
-    from pipeline import harmony, sampling
-    from pipeline.params import load_params
+    import yaml
 
-    evaluate = load_params(args.params)["evaluate"] if args.params.is_file() else {}
+    from pipeline import harmony, sampling
+
+    # Only the frame lengths are read, so a params.yaml of another version of dmc serves as well.
+    evaluate = (yaml.safe_load(args.params.read_text()) or {}).get("evaluate", {}) if args.params.is_file() \
+        else {}
     if args.limit is not None and args.limit < 2:
         raise DmcError(f"--limit must be at least 2, got {args.limit}")
     opts = sampling.GenerateOptions(sampler=args.sampler, steps=args.steps, guard=args.guard, seed=args.seed,
