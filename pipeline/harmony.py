@@ -28,6 +28,7 @@ from pipeline.baselines import MarkovChain
 from pipeline.errors import DmcError
 from pipeline.metrics import QUANTUM, Piece, evaluate_sets, flat_metrics, from_zero
 from pipeline.multirow import NO_NOTES, Given, RowNotes, check_keep, generate_rows, read_rows
+from pipeline.sampling import on_grid
 from pipeline.segments import SEGMENTS_FILE
 from pipeline.voice_leading import voice_leading
 
@@ -90,7 +91,7 @@ def voice_chains(rows: Sequence[Sequence[RowNotes | None]], n_rows: int) -> list
 def markov_voice(chain: MarkovChain, start: float, until: float, rng: np.random.Generator,
                  block: int = 256) -> RowNotes:
     """A line drawn from `chain`, its first note at beat `start`, with every note up to `until`."""
-    line, onset = RowNotes.of([], [], []), start
+    line, onset = NO_NOTES, start
     while onset <= until:  # a block of notes at a time, until the line reaches the end
         pitch, duration, delta = chain.sample(1, block, rng)
         onsets = onset + np.cumsum(delta[0]) - delta[0, 0]
@@ -99,17 +100,9 @@ def markov_voice(chain: MarkovChain, start: float, until: float, rng: np.random.
     return line.where(line.onset <= until)
 
 
-def on_grid(row: RowNotes, grid: int) -> RowNotes:
-    """A generated row with its onsets and durations snapped to `grid` ticks, as generate writes it."""
-    from pipeline.sampling import TICKS_PER_QUARTER, to_ticks
-
-    t = to_ticks(row.pitch, row.onset, row.duration, grid)
-    return RowNotes.of(t.pitch, t.onset / TICKS_PER_QUARTER, t.duration / TICKS_PER_QUARTER)
-
-
 def _piece(row: RowNotes | None) -> Piece:
     """One voice as a metrics Piece starting at beat 0 (an absent voice: no notes)."""
-    r = row if row is not None else RowNotes.of([], [], [])
+    r = NO_NOTES if row is None else row
     return from_zero(Piece.from_notes(r.pitch, r.onset, r.duration))
 
 
@@ -155,7 +148,7 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
         rows = []
         for h in range(len(groups)):
             if h in given.kept or chains[h] is None:
-                rows.append(given.kept.get(h, RowNotes.of([], [], [])))
+                rows.append(given.kept.get(h, NO_NOTES))
             else:
                 rows.append(markov_voice(chains[h], given.origin, given.kept_until, rng))
         markov_rows.append(rows)
@@ -211,7 +204,7 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
         write_json(out, {"kept": report.kept, "sampler": loaded.sampler.name, "quantize": opts.quantize,
                          "steps": loaded.sampler.n_steps(loaded.diffusion.timesteps), **report.metrics})
     if samples_dir is not None:
-        kept = Given({groups.index(k): NO_NOTES for k in report.kept})  # which rows to write as they came
+        kept = [groups.index(k) for k in report.kept]
         pieces = row_tracks(report.generated, kept, None, programs_for(loaded.stats, len(groups)))
         with atomic_path(samples_dir) as tmp:
             tmp.mkdir(parents=True)

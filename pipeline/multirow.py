@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from pipeline import midi
 from pipeline.errors import DmcError
+from pipeline.sampling import decoded_features, denoise_window, encode_notes, frequency_to_pitch
 
 EMPTY = np.zeros(0)
 
@@ -171,8 +172,8 @@ def encode_given(given: Sequence[RowNotes], start: float, seq_len: int, encoding
     for h, row in enumerate(given):
         k = len(row)
         if k:
-            raw = np.stack([midi.frequency(row.pitch), row.duration, np.diff(row.onset, prepend=start)])
-            known[:, h, :k] = encoding.encode(raw[None, :, None, :])[0, :, 0, :]
+            delta = np.diff(row.onset, prepend=start)
+            known[:, h, :k] = encode_notes(row.pitch, row.duration, delta, encoding)
             mask[h, :k] = True
     return known, mask
 
@@ -180,11 +181,7 @@ def encode_given(given: Sequence[RowNotes], start: float, seq_len: int, encoding
 def decode_new(x: np.ndarray, given: Sequence[RowNotes], start: float, encoding: Any,
                chord_snap: float = 0.0) -> list[RowNotes]:
     """The notes a window's free positions hold, per row, placed after that row's given notes."""
-    from pipeline.sampling import frequency_to_pitch
-
-    low, high = (b.reshape(3, 1, 1) for b in encoding.bounds)
-    x = np.clip(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0), low, high)
-    frequency, duration, delta = np.asarray(encoding.decode(x[None]), dtype=np.float64)[0]
+    frequency, duration, delta = decoded_features(x, encoding)
     out = []
     for h, row in enumerate(given):
         k = len(row)
@@ -240,7 +237,8 @@ def check_length(given: Given, length: int, groups: Sequence[str]) -> None:
                            f"least {len(row)}")
 
 
-def _given_rows(piece: _Piece, start: float, seq_len: int) -> list[RowNotes]:
+def _window_notes(piece: _Piece, start: float, seq_len: int) -> list[RowNotes]:
+    """Each row's given notes for a window from `start`: its final ones, then its kept ones to come."""
     given, rows = piece.given, []
     for h, final in enumerate(piece.final):
         row = _from(final, start)
@@ -291,9 +289,8 @@ def _finish(piece: _Piece, length: int) -> list[RowNotes] | None:
 
 def generate_rows(model: Any, diffusion: Any, sampler: Any, encoding: Any, n: int, rows: int, seq_len: int,
                   length: int | None, given: Given | Sequence[Given] | None = None, batch_size: int = 8,
-                  seed: int = 0,
-                  device: torch.device | str = "cpu", overlap: int | None = None, chord_snap: float = 0.0,
-                  progress: bool | None = None) -> Iterator[list[list[RowNotes]]]:
+                  seed: int = 0, device: torch.device | str = "cpu", overlap: int | None = None,
+                  chord_snap: float = 0.0, progress: bool | None = None) -> Iterator[list[list[RowNotes]]]:
     """Draw `n` multi-row pieces, yielded a batch at a time: per piece, one RowNotes per row.
 
     Every piece starts from `given` (kept rows, a prompt to continue, or nothing; or one Given per piece)
@@ -302,8 +299,6 @@ def generate_rows(model: Any, diffusion: Any, sampler: Any, encoding: Any, n: in
     continues the last `overlap` notes (default seq_len // 2) of every row. The same seed, arguments and
     device give the same notes.
     """
-    from pipeline.sampling import _window
-
     givens = list(given) if isinstance(given, Sequence) else [given or Given({})] * n
     if len(givens) != n:
         raise ValueError(f"{len(givens)} givens for {n} pieces")
@@ -334,13 +329,12 @@ def generate_rows(model: Any, diffusion: Any, sampler: Any, encoding: Any, n: in
                         raise DmcError(f"after {p.windows} windows a piece is still unfinished ({p.stalled} "
                                        "windows made no progress in time); try another seed or a shorter "
                                        "--length")
-                    start = window_start(p.final, overlap, p.given.origin) if p.end > -math.inf \
-                        else p.given.origin
-                    plans.append((start, _given_rows(p, start, seq_len)))
+                    start = window_start(p.final, overlap, p.given.origin)
+                    plans.append((start, _window_notes(p, start, seq_len)))
                 encoded = [encode_given(g, s, seq_len, encoding) for s, g in plans]
                 known = torch.as_tensor(np.stack([k for k, _ in encoded]), device=device)
                 mask = torch.as_tensor(np.stack([m for _, m in encoded])[:, None], device=device)
-                x = _window(model, diffusion, sampler, known, mask if mask.any() else None, generator,
+                x = denoise_window(model, diffusion, sampler, known, mask if mask.any() else None, generator,
                             None).float().cpu().numpy()
                 for j, i in enumerate(active):
                     start, g = plans[j]

@@ -22,11 +22,11 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,7 +35,9 @@ from tqdm import tqdm
 from pipeline import midi
 from pipeline.diffusion import GUARDS, SAMPLERS
 from pipeline.errors import DmcError
-from pipeline.multirow import Given, RowNotes, check_length, generate_rows, kept_rows, prompt_rows
+
+if TYPE_CHECKING:
+    from pipeline.multirow import Given, RowNotes
 
 TICKS_PER_QUARTER = 480
 AUTO = "auto"  # quantize: snap to the grid the training data lies on
@@ -123,19 +125,24 @@ def to_ticks(pitch: np.ndarray, beats: np.ndarray, duration: np.ndarray,
     return DecodedTrack(pitch[first], onset[first], length[first])
 
 
-def decode(x: np.ndarray, encoding: Any, grid: int | None = None,
-           keep: np.ndarray | None = None, chord_snap: float = 0.0) -> list[DecodedTrack]:
-    """One encoded sample [3, H, W] -> one DecodedTrack per row.
+def decoded_features(x: np.ndarray, encoding: Any, keep: np.ndarray | None = None) -> np.ndarray:
+    """One encoded sample [3, H, W] -> raw (frequency, duration, delta) [3, H, W], float64.
 
-    Values are clipped to the encoding's bounds (the train split's range) before decoding, except where
-    `keep` (bool, same shape) marks given values such as a prompt, which are decoded exactly as they came.
+    Values are clipped to the encoding's bounds (the train split's range) first, except where `keep`
+    (bool, same shape) marks given values such as a prompt, which are decoded exactly as they came.
     """
     x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0)  # a diverged model must not crash decoding
     low, high = (b.reshape(3, 1, 1) for b in encoding.bounds)
     clipped = np.clip(x, low, high)
     if keep is not None:
         clipped = np.where(keep, x, clipped)
-    features = np.asarray(encoding.decode(clipped[None]), dtype=np.float64)[0]
+    return np.asarray(encoding.decode(clipped[None]), dtype=np.float64)[0]
+
+
+def decode(x: np.ndarray, encoding: Any, grid: int | None = None,
+           keep: np.ndarray | None = None, chord_snap: float = 0.0) -> list[DecodedTrack]:
+    """One encoded sample [3, H, W] -> one DecodedTrack per row (values clipped as `decoded_features`)."""
+    features = decoded_features(x, encoding, keep)
     if x.shape[1] == 1:
         return [decode_row(features[0, 0], features[1, 0], features[2, 0], grid, chord_snap=chord_snap)]
     # Several rows: one shared origin, and every row ends where the first one does (module docstring).
@@ -288,19 +295,19 @@ def generate_batches(model: Denoiser, diffusion: Any, n: int, rows: int, seq_len
             if prompt is not None:
                 known[:, :, 0, :k] = torch.as_tensor(prompt, dtype=torch.float32, device=device)
                 mask[..., 0, :k] = True
-            piece = _window(model, diffusion, sampler, known, mask if k else None, generator, bar)
+            piece = denoise_window(model, diffusion, sampler, known, mask if k else None, generator, bar)
             for _ in starts[1:]:
                 known = torch.zeros_like(known)
                 known[..., :overlap] = piece[..., -overlap:]
                 mask = torch.zeros_like(mask)
                 mask[..., :overlap] = True
-                piece = torch.cat([piece, _window(model, diffusion, sampler, known, mask, generator, bar)
-                                   [..., overlap:]], dim=-1)
+                new = denoise_window(model, diffusion, sampler, known, mask, generator, bar)
+                piece = torch.cat([piece, new[..., overlap:]], dim=-1)
             yield piece[..., :length].float().cpu().numpy()
 
 
-def _window(model: Denoiser, diffusion: Any, sampler: Sampler, known: torch.Tensor, mask: torch.Tensor | None,
-            generator: torch.Generator, bar: tqdm | None) -> torch.Tensor:
+def denoise_window(model: Denoiser, diffusion: Any, sampler: Sampler, known: torch.Tensor,
+                   mask: torch.Tensor | None, generator: torch.Generator, bar: tqdm | None) -> torch.Tensor:
     """One window of samples, grown around `known` where `mask` is set (each piece may have its own)."""
     x = torch.randn(known.shape, device=known.device, generator=generator)
     steps = sampler.n_steps(diffusion.timesteps)
@@ -447,6 +454,8 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     Every file is first written into a temp folder inside `out_dir` and moved in at the end, so an
     error leaves no partial file behind. Returns a summary (files, seconds, notices).
     """
+    from pipeline.multirow import check_keep, check_length, generate_rows
+
     check_options(opts)
     loaded = load_sampler(checkpoint, opts, log)
     model, stats, encoding, diffusion, sampler, device = (loaded.model, loaded.stats, loaded.encoding,
@@ -457,16 +466,16 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     rows = len(groups)
     tracks_of = programs_for(stats, rows)
     if rows > 1:
-        given = _given_rows(opts, groups)
+        given = _given(opts, groups)
         # Harmonizing, a piece is as long as its kept parts by default; from scratch, one window.
         length = opts.length or max((len(r) for r in given.kept.values()), default=seq_len)
         check_length(given, length, groups)
-        batches = (row_tracks(pieces, given, grid, tracks_of) for pieces in generate_rows(
+        batches = (row_tracks(pieces, given.kept, grid, tracks_of) for pieces in generate_rows(
             model, diffusion, sampler, encoding, opts.n, rows, seq_len, length, given, opts.batch_size,
             opts.seed, device, chord_snap=opts.chord_snap, progress=opts.progress))
     else:
         if opts.keep:
-            kept_rows(opts.prompt, groups, opts.keep)  # raises: one row
+            check_keep(groups, opts.keep)  # refuses: one row
         prompt = None if opts.prompt is None else read_prompt(opts.prompt, encoding, opts.prompt_notes)
         length = opts.length or seq_len
         k = 0 if prompt is None else prompt.shape[-1]
@@ -522,8 +531,10 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
             "sampler": sampler.name, "steps": sampler.n_steps(diffusion.timesteps), "notices": notices}
 
 
-def _given_rows(opts: GenerateOptions, groups: list[str]) -> Given:
+def _given(opts: GenerateOptions, groups: list[str]) -> Given:
     """What a multi-row piece starts from: the kept parts of the prompt, or its start to continue."""
+    from pipeline.multirow import Given, kept_rows, prompt_rows
+
     if opts.keep:
         return Given(kept_rows(opts.prompt, groups, opts.keep))
     if opts.prompt is not None:
@@ -546,21 +557,24 @@ def _array_tracks(x: np.ndarray, encoding: Any, grid: int | None, keep: np.ndarr
             for sample in x]
 
 
-def row_tracks(pieces: list[list[RowNotes]], given: Given, grid: int | None,
-                tracks_of: list[tuple[int, bool, str]]) -> list[Track]:
-    """Multi-row pieces -> tracks. Kept rows are written as they came; generated ones go on the grid."""
+def on_grid(row: RowNotes, grid: int | None) -> RowNotes:
+    """A generated row as it is written: onsets and durations in whole ticks (on `grid`, if given), no note
+    shorter than MIN_DURATION_TICKS, none twice on one pitch and tick (`to_ticks`)."""
+    from pipeline.multirow import RowNotes
+
+    t = to_ticks(row.pitch, row.onset, row.duration, grid)
+    return RowNotes.of(t.pitch, t.onset / TICKS_PER_QUARTER, t.duration / TICKS_PER_QUARTER)
+
+
+def row_tracks(pieces: list[list[RowNotes]], kept: Collection[int], grid: int | None,
+               tracks_of: list[tuple[int, bool, str]]) -> list[Track]:
+    """Multi-row pieces -> tracks. Kept rows are written as they came; generated ones `on_grid`."""
     out = []
     for rows in pieces:
-        tracks = []
-        for h, (row, (program, drum, name)) in enumerate(zip(rows, tracks_of, strict=True)):
-            if h in given.kept:
-                onset, duration, pitch = row.onset, row.duration, row.pitch
-            else:
-                t = to_ticks(row.pitch, row.onset, row.duration, grid)
-                onset, duration, pitch = t.onset / TICKS_PER_QUARTER, t.duration / TICKS_PER_QUARTER, t.pitch
-            tracks.append(midi.TrackNotes(pitch=pitch, onset=onset, duration=duration, program=program,
-                                          is_drum=drum, name=name))
-        out.append(tracks)
+        written = [row if h in kept else on_grid(row, grid) for h, row in enumerate(rows)]
+        out.append([midi.TrackNotes(pitch=r.pitch, onset=r.onset, duration=r.duration, program=program,
+                                    is_drum=drum, name=name)
+                    for r, (program, drum, name) in zip(written, tracks_of, strict=True)])
     return out
 
 

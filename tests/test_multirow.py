@@ -167,7 +167,7 @@ def test_many_pieces_are_drawn_and_written_a_batch_at_a_time(satb_project, tmp_p
             assert len(list(tmp_path.glob("sample_*.mid"))) == 0  # files arrive only at the end
             yield batch
 
-    monkeypatch.setattr("pipeline.sampling.generate_rows", spy)
+    monkeypatch.setattr("pipeline.multirow.generate_rows", spy)
     summary = generate_files(tmp_path, options(n=5, batch_size=2, length=32),
                              satb_project / "models" / "model.pt")
     assert seen == [2, 2, 1] and len(list(tmp_path.glob("sample_*.mid"))) == 5
