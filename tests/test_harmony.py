@@ -105,6 +105,19 @@ def test_evaluate_harmony_refuses_bad_requests_in_one_line(args, message, satb_p
     assert not (tmp_path / "h.json").exists()
 
 
+def test_evaluate_harmony_needs_two_test_files_with_the_kept_part(satb_project, tmp_path, capsys,
+                                                                  monkeypatch):
+    from pipeline import harmony
+
+    real = harmony.split_files
+    monkeypatch.setattr(harmony, "split_files", lambda d, split: real(d, split)[:1] if split == "test"
+                        else real(d, split))
+    code = main(["evaluate-harmony", *project(satb_project), "--out", str(tmp_path / "h.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "1 test file(s) with the kept parts (soprano); 2 or more are needed" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "h.json").exists()
+
+
 def test_evaluate_harmony_needs_a_multi_row_model(satb_project, tmp_path, capsys):
     piano = write_checkpoint(tmp_path / "piano.pt")
     code = main(["evaluate-harmony", *project(satb_project), "--model", str(piano), "--out",

@@ -15,6 +15,7 @@ from test_sampling import write_checkpoint
 from pipeline import midi, multirow
 from pipeline.cli import main
 from pipeline.encoding import Encoding
+from pipeline.errors import DmcError
 from pipeline.instruments import extract_rows, groups_of
 from pipeline.model import load_trained
 from pipeline.multirow import RowNotes
@@ -124,6 +125,22 @@ def test_regular_rows_stay_regular_across_the_seams(model):
         for row, step, p in zip(piece, spacing, pitch, strict=True):
             assert np.allclose(np.diff(row.onset), step, atol=0.02) and set(row.pitch.tolist()) == {p}
         assert np.allclose([r.onset[0] for r in piece], [0.5, 0.0, 0.0, 1.5], atol=0.02)  # one time axis
+
+
+def test_a_model_whose_windows_never_advance_in_time_is_stopped_with_a_one_line_error(model):
+    """Every delta 0: no window moves the piece on, so after its allowance of windows generation stops."""
+    _, diffusion, _, encoding, _ = model
+    raw = np.stack([np.full((4, 32), midi.frequency(60)), np.ones((4, 32)), np.zeros((4, 32))])
+    target = torch.as_tensor(encoding.encode(raw[None]), dtype=torch.float32)
+    sampler = Sampler("ddim", 2, guard="clip")
+    diffusion = sampler.diffusion(diffusion.config, encoding)
+
+    def stuck(x, t):
+        return diffusion.output_for(target.expand_as(x), x, t)
+
+    with pytest.raises(DmcError, match=r"after \d+ windows a piece is still unfinished") as err:
+        list(multirow.generate_rows(stuck, diffusion, sampler, encoding, 1, 4, 32, 100))
+    assert "\n" not in str(err.value)
 
 
 def test_a_window_re_reads_every_rows_notes_on_one_time_axis(satb_project, chorale):
