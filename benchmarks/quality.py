@@ -10,8 +10,11 @@ rows from the same run.
 
     python benchmarks/quality.py --list
     python benchmarks/quality.py --configs original,midi,best --steps 1200 --threads 1
-    python benchmarks/quality.py --configs best@ddpm,best@dpm++15 --steps 1200
+    python benchmarks/quality.py --configs best@ddpm,best@dpm++15 --steps 1200 --seeds 0,1,2
     python benchmarks/quality.py --table
+
+With several `--seeds`, each seed trains and samples its own run (params `seed`), and the table gives the
+mean ± standard deviation over the seeds of each configuration.
 
 The budget is in steps, so a busy machine changes how long a sweep takes, not what it measures; the
 table also gives each run's training seconds. On a GPU (`--device cuda`) the same script trains larger
@@ -66,13 +69,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "enc+min_snr": {**ENCODED, "diffusion.loss_weight": "min_snr"},
     "enc+transpose": {**ENCODED, "train.transpose": 5},
     "enc+hop32": {**ENCODED, "prepare.hop": 32},
-    # The default: what the ablation supports, within a 15-minute `dvc repro` on 2 cores.
-    "default": {**ENCODED, "sample.guard": "dynamic"},
-    "default+x0": {**ENCODED, "sample.guard": "dynamic", "diffusion.prediction": "x0"},
+    # The default of 2026-12-01 (sampled with DDIM-50 here; `@ddim20` is how it shipped). Its guard, then
+    # called `dynamic`, was a clip to ±1 inside the step: `step_clip`.
+    "default": {**ENCODED, "sample.guard": "step_clip"},
+    "default+x0": {**ENCODED, "sample.guard": "step_clip", "diffusion.prediction": "x0"},
+    "default+noncausal": {**ENCODED, "sample.guard": "step_clip", "train.causal": False},
 }
 # Sampler settings tried on an already trained configuration: `name@variant`.
 VARIANTS: dict[str, dict[str, Any]] = {
     "noguard": {"sample.guard": "none"},
+    "step_clip": {"sample.guard": "step_clip"},
     "dynamic": {"sample.guard": "dynamic"},
     "ddim20": {"sample.steps": 20},
     "ddim100": {"sample.steps": 100},
@@ -86,13 +92,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "grid": {"sample.quantize": "auto"},
     "snap+grid": {"sample.chord_snap": 0.125, "sample.quantize": "auto"},
     "clip": {"sample.guard": "clip"},
-    "dynamic+grid": {"sample.guard": "dynamic", "sample.quantize": "auto"},
-    "dynamic+snap+grid": {"sample.guard": "dynamic", "sample.chord_snap": 0.125, "sample.quantize": "auto"},
+    "step_clip+grid": {"sample.guard": "step_clip", "sample.quantize": "auto"},
+    "step_clip+snap+grid": {"sample.guard": "step_clip", "sample.chord_snap": 0.125,
+                            "sample.quantize": "auto"},
+    "ddim20+dynamic": {"sample.steps": 20, "sample.guard": "dynamic"},
+    "ddim20+clip": {"sample.steps": 20, "sample.guard": "clip"},
 }
-COLUMNS = (("oa_mean", "OA"), ("kl_mean", "KL"), ("framewise.pitch.consistency", "pitch cons"),
-           ("framewise.pitch.variance", "pitch var"), ("framewise.duration.consistency", "dur cons"),
-           ("framewise.duration.variance", "dur var"), ("pitch_range.mean", "range"),
-           ("scale_consistency.mean", "scale cons"), ("edge_fraction", "edge"), ("chord_fraction", "chord"))
+# `OA (old)` is the mean over all nine features, note_count included, as OA was computed before
+# 2026-12-03; `OA` leaves out the features constant over the test segments (`metrics.constant_features`).
+COLUMNS = (("oa_mean", "OA"), ("oa_mean_all", "OA (old)"), ("kl_mean", "KL"),
+           ("framewise.pitch.consistency", "pitch cons"), ("framewise.pitch.variance", "pitch var"),
+           ("framewise.duration.consistency", "dur cons"), ("framewise.duration.variance", "dur var"),
+           ("pitch_range.mean", "range"), ("scale_consistency.mean", "scale cons"), ("edge_fraction", "edge"),
+           ("chord_fraction", "chord"), ("grid_fraction", "grid"), ("merged_notes", "merged"))
 BASELINES = ("markov", "shuffle", "real")
 
 
@@ -140,22 +152,23 @@ def sample_and_score(params: dict[str, Any], prepared: Path, model: Path, sample
     shutil.rmtree(samples, ignore_errors=True)
     summary = generate_files(samples, opts, model, log=lambda *_: None)
     e = params["evaluate"]
-    flat = evaluate_samples(prepared, samples, params["seed"], pieces, e["frame_beats"], e["hop_beats"]).flat
+    flat = evaluate_samples(prepared, samples, params["seed"], pieces, e["frame_beats"], e["hop_beats"],
+                            notes_per_piece=params["sample"]["length"]).flat
     return flat, summary["seconds"]
 
 
 def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces: int,
-               device: str | None) -> dict[str, Any]:
+               device: str | None, seed: int = 0) -> dict[str, Any]:
     from pipeline import training
 
     trained, _, variant = name.partition("@")
     if trained not in CONFIGS or (variant and variant not in VARIANTS):
         raise SystemExit(f"unknown configuration {name!r}; see --list")
-    overrides = {**ORIGINAL, **CONFIGS[trained], "preset": preset, "steps": steps,
+    overrides = {**ORIGINAL, **CONFIGS[trained], "preset": preset, "steps": steps, "seed": seed,
                  **VARIANTS.get(variant, {})}
     params = with_overrides(base, overrides)
     prepared = prepared_for(params)
-    folder = RUNS / f"{trained}-{preset}-{steps}"
+    folder = RUNS / (f"{trained}-{preset}-{steps}" + (f"-seed{seed}" if seed else ""))
     model = folder / "models" / "model.pt"
     if not model.is_file():  # train once per (config, preset, steps); variants reuse the model
         settings = training.TrainSettings.from_params(params)
@@ -168,29 +181,43 @@ def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces:
     flat, sample_seconds = sample_and_score(params, prepared, model, folder / f"samples-{variant or 'base'}",
                                             pieces, device)
     keys = [f"{s}.{c}" for s in ("generated", *BASELINES, "test") for c, _ in COLUMNS]
-    return {"name": name, "overrides": overrides, "preset": preset, "steps": steps,
+    return {"name": name, "overrides": overrides, "preset": preset, "steps": steps, "seed": seed,
             "train_seconds": train_info["seconds"], "loss": train_info["loss"],
             "val_loss": train_info["val_loss"], "sample_seconds": round(sample_seconds, 2),
             "metrics": {k: flat[k] for k in keys if k in flat}}
 
 
 def table(results: dict[str, Any]) -> str:
-    """The markdown table: one row per configuration, then the baselines of the first one run."""
-    def row(label: str, metrics: dict[str, float], prefix: str, extra: str) -> str:
-        cells = [f"{metrics[f'{prefix}.{c}']:.3f}" if f"{prefix}.{c}" in metrics and
-                 not math.isnan(metrics[f"{prefix}.{c}"]) else "–" for c, _ in COLUMNS]
+    """The markdown table: one row per configuration (mean ± std over its seeds when it has several), then
+    the baselines of the first one run."""
+    def cell(values: list[float]) -> str:
+        values = [v for v in values if not math.isnan(v)]
+        if not values:
+            return "–"
+        mean = sum(values) / len(values)
+        if len(values) == 1:
+            return f"{mean:.3f}"
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        return f"{mean:.3f} ± {std:.3f}"
+
+    def row(label: str, runs: list[dict[str, Any]], prefix: str, extra: str) -> str:
+        cells = [cell([r["metrics"].get(f"{prefix}.{c}", math.nan) for r in runs]) for c, _ in COLUMNS]
         return f"| {label} | {extra} | " + " | ".join(cells) + " |"
 
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in results.values():
+        groups.setdefault((r["name"], r["preset"], r["steps"]), []).append(r)
     lines = ["| configuration | budget | " + " | ".join(h for _, h in COLUMNS) + " |",
              "|" + "---|" * (len(COLUMNS) + 2)]
-    for r in results.values():
-        lines.append(row(r["name"], r["metrics"], "generated",
-                         f"{r['preset']} {r['steps']} steps, {r['train_seconds']:.0f} s"))
+    for (name, preset, steps), runs in groups.items():
+        seeds = ",".join(str(r.get("seed", 0)) for r in runs)
+        seconds = sum(r["train_seconds"] for r in runs) / len(runs)
+        lines.append(row(name, runs, "generated", f"{preset} {steps} steps, {seconds:.0f} s, seed {seeds}"))
     if results:
-        first = next(iter(results.values()))
+        first = [next(iter(results.values()))]
         for b in BASELINES:
-            lines.append(row(f"*{b}*", first["metrics"], b, "train split"))
-        lines.append(row("*test vs itself*", first["metrics"], "test", ""))
+            lines.append(row(f"*{b}*", first, b, "train split"))
+        lines.append(row("*test vs itself*", first, "test", ""))
     return "\n".join(lines)
 
 
@@ -200,6 +227,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200, help="training steps per configuration")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--pieces", type=int, default=64, help="pieces sampled and scored per configuration")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds: each trains and samples its own run")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: the best available)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -222,20 +250,24 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     base = load_params(ROOT / "params.yaml")
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
-        key = f"{name} ({args.preset}, {args.steps})"
-        if key in results and not args.force:
-            continue
-        start = time.perf_counter()
-        results[key] = run_config(name, base, args.steps, args.preset, args.pieces, args.device)
-        fresh = json.loads(args.out.read_text()) if args.out.is_file() else {}  # another sweep may write too
-        write_json(args.out, {**fresh, key: results[key]})
-        m = {k: results[key]["metrics"].get(k, math.nan) for k in (
-            "generated.oa_mean", "markov.oa_mean", "generated.edge_fraction", "generated.chord_fraction",
-            "real.chord_fraction")}
-        print(f"{key}: oa {m['generated.oa_mean']:.3f} (markov {m['markov.oa_mean']:.3f}), edge "
-              f"{m['generated.edge_fraction']:.3f}, chord {m['generated.chord_fraction']:.3f} (real "
-              f"{m['real.chord_fraction']:.3f}); {time.perf_counter() - start:.0f} s", flush=True)
+        for seed in seeds:
+            key = f"{name} ({args.preset}, {args.steps})" + (f" seed {seed}" if seed else "")
+            if key in results and not args.force:
+                continue
+            start = time.perf_counter()
+            results[key] = run_config(name, base, args.steps, args.preset, args.pieces, args.device, seed)
+            fresh = json.loads(args.out.read_text()) if args.out.is_file() else {}  # another sweep may write
+            write_json(args.out, {**fresh, key: results[key]})
+            m = {k: results[key]["metrics"].get(k, math.nan) for k in (
+                "generated.oa_mean", "generated.oa_mean_all", "markov.oa_mean",
+                "generated.scale_consistency.mean",
+                "generated.chord_fraction", "generated.grid_fraction", "generated.edge_fraction")}
+            print(f"{key}: oa {m['generated.oa_mean']:.3f} (old {m['generated.oa_mean_all']:.3f}, markov "
+                  f"{m['markov.oa_mean']:.3f}), scale {m['generated.scale_consistency.mean']:.3f}, chord "
+                  f"{m['generated.chord_fraction']:.3f}, grid {m['generated.grid_fraction']:.3f}, edge "
+                  f"{m['generated.edge_fraction']:.3f}; {time.perf_counter() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", help="ddpm (all T steps), ddim, dpm++ or unipc")
     p.add_argument("--steps", type=int, help="denoising steps")
     p.add_argument("--eta", type=float, help="DDIM noise: 0 deterministic, 1 like DDPM")
-    p.add_argument("--guard", help="keep x_0 estimates in the data's range: clip, dynamic or none")
+    p.add_argument("--guard", help="keep x_0 estimates in the data's range: clip, step_clip, dynamic or none")
     p.add_argument("--chord-snap", type=float, metavar="BEATS", help="shorter deltas become chords")
     p.add_argument("--length", type=int, help="notes per piece (default: the model's seq_len); "
                    "longer pieces are generated window by window")
@@ -106,7 +106,7 @@ def _add_evaluate_harmony(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="harmonize only the first N test files")
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guard", default="dynamic")
+    p.add_argument("--guard", default="step_clip")
     p.add_argument("--quantize", default="auto", metavar="GRID",
                    help="the generated voices' rhythm grid: auto (the data's, default), 1/16, or '' for none")
     p.add_argument("--seed", type=int, default=0)

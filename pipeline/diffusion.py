@@ -24,7 +24,11 @@ PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}  # -> 
 LOSS_WEIGHTS = ("none", "min_snr")
 SAMPLERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler",
             "unipc": "UniPCMultistepScheduler"}  # -> diffusers' class, imported when first used
-GUARDS = ("clip", "dynamic", "none")  # what keeps a sampler's x_0 estimate in range (see `guarded`)
+# What keeps a sampler's x_0 estimate in range: `clip` (to the data's bounds, the noise re-derived from the
+# clipped x_0; `guarded`), `step_clip` (to ±1 inside the scheduler's step, the network's noise kept:
+# diffusers' thresholding with its threshold capped at 1), `dynamic` (Imagen's percentile thresholding, as
+# diffusers does it, the threshold free to exceed 1) or `none`.
+GUARDS = ("clip", "step_clip", "dynamic", "none")
 
 
 def _diffusers_class(name: str) -> type:

@@ -35,8 +35,13 @@ class Evaluation:
 
 
 def evaluate_samples(prepared_dir: str | Path, samples_dir: str | Path, seed: int = 0, n_baseline: int = 64,
-                     frame_beats: float = 16.0, hop_beats: float = 8.0) -> Evaluation:
-    """Measure the *.mid files in `samples_dir` and the baselines against the test split."""
+                     frame_beats: float = 16.0, hop_beats: float = 8.0,
+                     notes_per_piece: int | None = None) -> Evaluation:
+    """Measure the *.mid files in `samples_dir` and the baselines against the test split.
+
+    `notes_per_piece`: how many notes each single-row sample was generated with, so that the notes its
+    file lacks (merged at decoding: one pitch twice at one onset) are counted in `generated.merged_notes`.
+    """
     stats = load_stats(prepared_dir)
     groups = list(stats["instruments"])
     encoding = Encoding.from_stats(stats)
@@ -69,8 +74,11 @@ def evaluate_samples(prepared_dir: str | Path, samples_dir: str | Path, seed: in
     flat = {**metrics.flat_metrics(reports), "generated.rejected": len(rejected)}
     low, high = (int(pitch_of(stats["normalization"]["frequency"][k])) for k in ("min", "max"))
     for name, pieces in {"test": reference, **sets}.items():
+        expected = notes_per_piece if name == "generated" and len(groups) == 1 else None
+        flat[f"{name}.merged_notes"] = float(metrics.merged_notes(pieces, expected))
+        grid = metrics.grid_fraction(pieces, stats["grid"]) if stats.get("grid") else math.nan
         for key, value in (("edge_fraction", metrics.edge_fraction(pieces, low, high)),
-                           ("chord_fraction", metrics.chord_fraction(pieces))):
+                           ("chord_fraction", metrics.chord_fraction(pieces)), ("grid_fraction", grid)):
             if not math.isnan(value):
                 flat[f"{name}.{key}"] = value
     missing = {}

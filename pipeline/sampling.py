@@ -188,14 +188,14 @@ def read_prompt(path: str | Path, encoding: Any, n_notes: int,
 @dataclass
 class Sampler:
     """How to run the reverse process: `ddpm` visits all T steps, the others (`ddim`, `dpm++`, `unipc`)
-    visit `steps` of them. `guard` keeps the x_0 estimate in the data's range: `clip` (to the train
-    split's bounds, per feature), `dynamic` (Imagen's dynamic thresholding, as diffusers does it) or
-    `none`."""
+    visit `steps` of them. `guard` keeps the x_0 estimate in the data's range (`pipeline.diffusion.GUARDS`):
+    `clip` (to the train split's bounds, per feature), `step_clip` (to ±1 inside the step), `dynamic`
+    (Imagen's percentile thresholding) or `none`."""
 
     name: str = "ddim"
     steps: int = 50
     eta: float = 0.0
-    guard: str = "dynamic"
+    guard: str = "step_clip"
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
@@ -222,11 +222,12 @@ class Sampler:
         from pipeline.diffusion import GaussianDiffusion
 
         low, high = encoding.bounds
-        bounds = {"clip_sample": (low.tolist(), high.tolist())}
-        # Per sample, s = the 99.5% quantile of |x_0| (at least 1, at most the widest bound); x_0 is
-        # clipped to ±s and divided by s. It suits encodings centred on 0 (symmetric, standard).
-        widest = float(max(np.abs(low).max(), np.abs(high).max(), 1.0))
-        guard = {"clip": bounds, "dynamic": {"dynamic_threshold": (0.995, widest)}, "none": {}}[self.guard]
+        # diffusers' thresholding: per sample s = the 99.5% quantile of |x_0|, kept within [1, cap]; x_0 is
+        # clipped to ±s and divided by s. With the cap at 1 that is a clip to ±1 (`step_clip`); without a
+        # cap it is Imagen's dynamic thresholding. Both suit encodings centred on 0 (symmetric, standard).
+        guard = {"clip": {"clip_sample": (low.tolist(), high.tolist())},
+                 "step_clip": {"dynamic_threshold": (0.995, 1.0)},
+                 "dynamic": {"dynamic_threshold": (0.995, math.inf)}, "none": {}}[self.guard]
         return GaussianDiffusion(**config, **guard).to(device)
 
 
@@ -357,7 +358,7 @@ class GenerateOptions:
     seed: int = 0
     tempo: float = 120.0
     quantize: str = ""  # "" (none), a note value such as 1/16, or "auto" (the training data's grid)
-    guard: str = "dynamic"  # dynamic | clip | none: what keeps x_0 estimates in range (Sampler)
+    guard: str = "step_clip"  # clip | step_clip | dynamic | none: what keeps x_0 estimates in range (Sampler)
     chord_snap: float = 0.0  # beats: shorter deltas become 0 (a chord)
     audio: str = ""  # "" | wav | ogg | mp3
     plot: bool = False

@@ -29,7 +29,7 @@ def main() -> None:
     p = params["evaluate"]
     groups = list(load_stats(PREPARED)["instruments"])
     result = evaluate_samples(PREPARED, SAMPLES, params["seed"], p["n_baseline"], p["frame_beats"],
-                              p["hop_beats"])
+                              p["hop_beats"], notes_per_piece=params["sample"]["length"])
     flat, reports, rejected = result.flat, result.reports, result.rejected
     for group, why in result.per_instrument.items():
         print(f"evaluate: {group}: {why}; no per-instrument figures")
@@ -51,6 +51,12 @@ def main() -> None:
     for group in groups if len(groups) > 1 else []:
         print(f"evaluate: {group}: oa_mean " + "  ".join(
             f"{k}={flat.get(f'{k}.{group}.oa_mean', math.nan):.3f}" for k in SETS))
+    constant = metrics.constant_features(reports)
+    if constant:
+        print(f"evaluate: oa_mean and kl_mean leave out {', '.join(constant)}: the same in every test piece "
+              "(oa_mean_all keeps them)")
+    print("evaluate: notes merged (one pitch twice at one onset): " + "  ".join(
+        f"{k}={int(flat[f'{k}.merged_notes'])}" for k in ["test", *SETS]))
     if rejected:
         print(f"evaluate: {len(rejected)} sample(s) without notes count as empty: {', '.join(rejected)}")
 

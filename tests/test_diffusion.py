@@ -157,6 +157,31 @@ def test_dynamic_thresholding_shrinks_an_overshooting_estimate_instead_of_pinnin
         assert (flat.abs() > 0.999).sum() <= 2, sampler  # nothing piled up on the bounds
 
 
+def _one_ddim_step(guard: str, x0: torch.Tensor) -> torch.Tensor:
+    """The sample of a one-step DDIM run whose network predicts `x0`: exactly the guarded x_0 estimate
+    (the last step goes to ᾱ = 1)."""
+    from pipeline.encoding import Encoding
+    from pipeline.sampling import Sampler
+
+    encoding = Encoding(lo=(100.0, 0.25, 0.0), hi=(800.0, 4.0, 4.0), pitch="midi", time="log",
+                        scale="symmetric")
+    d = Sampler("ddim", 1, guard=guard).diffusion({"prediction": "x0"}, encoding)
+    return d.sample(lambda x, t: x0, tuple(x0.shape), "ddim", 1, generator=torch.Generator().manual_seed(0))
+
+
+def test_each_guard_is_the_definition_it_is_named_after():
+    x0 = torch.tensor([0.2, -0.5, 3.0, -2.5, 1.5, 0.9] * 2).reshape(1, 3, 1, 4)
+    # dynamic (Saharia et al. 2022): s = max(1, the 99.5% quantile of |x_0|); x_0 clipped to ±s, divided by s.
+    s = max(1.0, float(torch.quantile(x0.abs().flatten(), 0.995)))
+    assert s > 2.9  # the threshold exceeds 1: not a clip
+    assert torch.allclose(_one_ddim_step("dynamic", x0), x0.clamp(-s, s) / s, atol=1e-6)
+    # step_clip: x_0 clipped to ±1.
+    assert torch.allclose(_one_ddim_step("step_clip", x0), x0.clamp(-1, 1), atol=1e-6)
+    # clip: each feature to the encoding's bounds, here [-1, 1] too (symmetric scaling).
+    assert torch.allclose(_one_ddim_step("clip", x0), x0.clamp(-1, 1), atol=1e-6)
+    assert torch.allclose(_one_ddim_step("none", x0), x0, atol=1e-6)
+
+
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_inpainting_keeps_the_known_entries_exactly_with_every_sampler(sampler):
     d = GaussianDiffusion(1000, clip_sample=(0.0, 1.0))

@@ -96,7 +96,7 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path, capsys):
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--audio", "flac"], "--audio must be one of"),
     (["--quantize", "1/7"], "--quantize"),
-    (["--guard", "soft"], "--guard must be one of clip, dynamic, none"),
+    (["--guard", "soft"], "--guard must be one of clip, step_clip, dynamic, none"),
     (["--chord-snap", "-1"], "--chord-snap must be >= 0"),
     (["--device", "tpu9"], "--device"),
 ])
