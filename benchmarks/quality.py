@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import itertools
 import json
 import math
 import shutil
@@ -47,7 +48,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
 # changes what the `original` row means.
 ORIGINAL = {
     "features.pitch": "frequency", "features.time": "linear", "features.scale": "minmax",
-    "prepare.hop": 0, "train.transpose": 0, "diffusion.schedule": "linear",
+    "features.chord": False, "diffusion.self_condition": False, "prepare.hop": 0, "train.transpose": 0, "diffusion.schedule": "linear",
     "diffusion.prediction": "epsilon", "diffusion.loss_weight": "none", "sample.sampler": "ddim",
     "sample.steps": 50, "sample.eta": 0.0, "sample.guard": "clip", "sample.chord_snap": 0.0,
     "sample.quantize": "",
@@ -55,6 +56,8 @@ ORIGINAL = {
 # One lever at a time on top of the original, then the levers combined.
 MIDI = {"features.pitch": "midi", "features.time": "linear", "features.scale": "minmax"}
 ENCODED = {"features.pitch": "midi", "features.time": "log", "features.scale": "symmetric"}
+LATTICE = {**ENCODED, "features.pitch": "helix", "features.time": "grid", "features.chord": True,
+           "sample.guard": "step_clip", "sample.steps": 20}
 CONFIGS: dict[str, dict[str, Any]] = {
     "original": {},
     "log_frequency": {**MIDI, "features.pitch": "log_frequency"},
@@ -74,6 +77,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default": {**ENCODED, "sample.guard": "step_clip"},
     "default+x0": {**ENCODED, "sample.guard": "step_clip", "diffusion.prediction": "x0"},
     "default+noncausal": {**ENCODED, "sample.guard": "step_clip", "train.causal": False},
+    # Every value on its lattice (pipeline/encoding.py): the pitch helix, time on the data's grid and a chord
+    # channel, sampled as the default samples (DDIM-20, step_clip).
+    "lattice": LATTICE,
+    "lattice+noncausal": {**LATTICE, "train.causal": False},
+    "lattice+noncausal+selfcond": {**LATTICE, "train.causal": False, "diffusion.self_condition": True},
+    "lattice+noncausal+x0": {**LATTICE, "train.causal": False, "diffusion.prediction": "x0"},
+    "pitch_class+noncausal": {**LATTICE, "features.pitch": "pitch_class", "train.causal": False},
+    "helix+noncausal": {**ENCODED, "features.pitch": "helix", "train.causal": False,
+                        "sample.guard": "step_clip", "sample.steps": 20},
 }
 # Sampler settings tried on an already trained configuration: `name@variant`.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -97,6 +109,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                             "sample.quantize": "auto"},
     "ddim20+dynamic": {"sample.steps": 20, "sample.guard": "dynamic"},
     "ddim20+clip": {"sample.steps": 20, "sample.guard": "clip"},
+    "ddim50": {"sample.steps": 50},
 }
 # `OA (old)` is the mean over all nine features, note_count included, as OA was computed before
 # 2026-12-03; `OA` leaves out the features constant over the test segments (`metrics.constant_features`).
@@ -158,7 +171,7 @@ def sample_and_score(params: dict[str, Any], prepared: Path, model: Path, sample
 
 
 def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces: int,
-               device: str | None, seed: int = 0) -> dict[str, Any]:
+               device: str | None, seed: int = 0, sample_seed: int | None = None) -> dict[str, Any]:
     from pipeline import training
 
     trained, _, variant = name.partition("@")
@@ -178,10 +191,14 @@ def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces:
                                  device=device, log=lambda *_: None)
         write_json(folder / "train.json", {**metrics, "seconds": round(time.perf_counter() - start, 1)})
     train_info = json.loads((folder / "train.json").read_text())
-    flat, sample_seconds = sample_and_score(params, prepared, model, folder / f"samples-{variant or 'base'}",
-                                            pieces, device)
+    samples = folder / f"samples-{variant or 'base'}"
+    if sample_seed is not None:  # the same model, sampled (and its baselines drawn) with another seed
+        params = with_overrides(params, {"seed": sample_seed})
+        samples = samples.with_name(f"{samples.name}-seed{sample_seed}")
+    flat, sample_seconds = sample_and_score(params, prepared, model, samples, pieces, device)
     keys = [f"{s}.{c}" for s in ("generated", *BASELINES, "test") for c, _ in COLUMNS]
     return {"name": name, "overrides": overrides, "preset": preset, "steps": steps, "seed": seed,
+            "sample_seed": seed if sample_seed is None else sample_seed,
             "train_seconds": train_info["seconds"], "loss": train_info["loss"],
             "val_loss": train_info["val_loss"], "sample_seconds": round(sample_seconds, 2),
             "metrics": {k: flat[k] for k in keys if k in flat}}
@@ -210,9 +227,9 @@ def table(results: dict[str, Any]) -> str:
     lines = ["| configuration | budget | " + " | ".join(h for _, h in COLUMNS) + " |",
              "|" + "---|" * (len(COLUMNS) + 2)]
     for (name, preset, steps), runs in groups.items():
-        seeds = ",".join(str(r.get("seed", 0)) for r in runs)
+        seeds = ",".join(f"{r.get('seed', 0)}/{r.get('sample_seed', r.get('seed', 0))}" for r in runs)
         seconds = sum(r["train_seconds"] for r in runs) / len(runs)
-        lines.append(row(name, runs, "generated", f"{preset} {steps} steps, {seconds:.0f} s, seed {seeds}"))
+        lines.append(row(name, runs, "generated", f"{preset} {steps} steps, {seconds:.0f} s, seeds {seeds}"))
     if results:
         first = [next(iter(results.values()))]
         for b in BASELINES:
@@ -228,6 +245,8 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--pieces", type=int, default=64, help="pieces sampled and scored per configuration")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds: each trains and samples its own run")
+    ap.add_argument("--sample-seeds", default="", help="comma-separated seeds to sample each trained model "
+                    "with (default: its training seed)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: the best available)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -251,13 +270,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     base = load_params(ROOT / "params.yaml")
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    sample_seeds: list[int | None] = [int(x) for x in args.sample_seeds.split(",") if x.strip()] or [None]
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
-        for seed in seeds:
-            key = f"{name} ({args.preset}, {args.steps})" + (f" seed {seed}" if seed else "")
+        for seed, sample_seed in itertools.product(seeds, sample_seeds):
+            key = f"{name} ({args.preset}, {args.steps})" + (f" seed {seed}" if seed else "") + \
+                ("" if sample_seed is None else f" sample seed {sample_seed}")
             if key in results and not args.force:
                 continue
             start = time.perf_counter()
-            results[key] = run_config(name, base, args.steps, args.preset, args.pieces, args.device, seed)
+            results[key] = run_config(name, base, args.steps, args.preset, args.pieces, args.device, seed,
+                                      sample_seed)
             fresh = json.loads(args.out.read_text()) if args.out.is_file() else {}  # another sweep may write
             write_json(args.out, {**fresh, key: results[key]})
             m = {k: results[key]["metrics"].get(k, math.nan) for k in (

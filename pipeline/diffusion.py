@@ -45,15 +45,19 @@ def _gather(values: Tensor, t: Tensor, ndim: int) -> Tensor:
 class GaussianDiffusion(nn.Module):
     """DDPM (Ho et al. 2020) with a choice of schedule, prediction target and loss weighting.
 
-    The first seven arguments are the training config a checkpoint stores (`config`); the defaults are
-    the original recipe. `clip_sample` ((low, high), scalars or one per feature; see `guarded`) and
-    `dynamic_threshold` ((quantile, largest threshold): Imagen's dynamic thresholding, which diffusers'
-    schedulers apply to their x_0 estimate) only change sampling.
+    The first eight arguments are the training config a checkpoint stores (`config`); the defaults are
+    the original recipe. With `self_condition` (Chen et al. 2022, "Analog Bits") the network takes twice
+    the data's channels: x_t, then its own previous estimate of x_0 (zeros on the first step, and in
+    training half the time; the other half, the estimate of a first, gradient-free pass).
+
+    `clip_sample` ((low, high), scalars or one per feature; see `guarded`) and `dynamic_threshold`
+    ((quantile, largest threshold): Imagen's dynamic thresholding, which diffusers' schedulers apply to
+    their x_0 estimate) only change sampling.
     """
 
     def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  schedule: str = "linear", prediction: str = "epsilon", loss_weight: str = "none",
-                 min_snr_gamma: float = 5.0,
+                 min_snr_gamma: float = 5.0, self_condition: bool = False,
                  clip_sample: tuple[float | Sequence[float], float | Sequence[float]] | None = None,
                  dynamic_threshold: tuple[float, float] | None = None):
         super().__init__()
@@ -64,7 +68,8 @@ class GaussianDiffusion(nn.Module):
                 raise ValueError(f"unknown diffusion {name} {value!r}; choose one of {', '.join(options)}")
         self.config = {"timesteps": timesteps, "beta_start": beta_start, "beta_end": beta_end,
                        "schedule": schedule, "prediction": prediction, "loss_weight": loss_weight,
-                       "min_snr_gamma": min_snr_gamma}
+                       "min_snr_gamma": min_snr_gamma, "self_condition": self_condition}
+        self.self_condition = self_condition
         self.timesteps = timesteps
         self.prediction = prediction
         self.loss_weight = loss_weight
@@ -126,7 +131,19 @@ class GaussianDiffusion(nn.Module):
         for a step replayed as a CUDA graph, which cannot draw.
         """
         t, noise = self.draw(x0, generator) if drawn is None else drawn
-        error = (model(self.add_noise(x0, noise, t), t).float() - self.target(x0, noise, t).float()) ** 2
+        x_t = self.add_noise(x0, noise, t)
+        if self.self_condition:
+            if drawn is not None:
+                raise ValueError("self-conditioning draws its own coin per sample; it has no CUDA-graph form")
+            estimate = torch.zeros_like(x0)
+            use = torch.rand(x0.shape[0], device=x0.device, generator=generator) < 0.5
+            if use.any():
+                with torch.no_grad():
+                    first = model(torch.cat([x_t, estimate], dim=1), t).to(x0.dtype)
+                    guess = self.predicted_x0(first, x_t, t).clamp(-1, 1)
+                estimate = torch.where(use.view(-1, *([1] * (x0.ndim - 1))), guess, estimate)
+            x_t = torch.cat([x_t, estimate], dim=1)
+        error = (model(x_t, t).float() - self.target(x0, noise, t).float()) ** 2
         error = error * self.snr_weight(t).view(-1, *([1] * (error.ndim - 1)))
         if mask is None:
             return error.mean()
@@ -203,7 +220,12 @@ class GaussianDiffusion(nn.Module):
         (0 = deterministic, 1 = DDPM's variance); the other samplers ignore it.
         """
         scheduler = self.scheduler(sampler, steps)
-        net = self.guarded(model)
+        estimate = torch.zeros_like(x)  # self-conditioning: the previous step's x_0 estimate
+
+        def conditioned(x_t: Tensor, t: Tensor) -> Tensor:
+            return model(torch.cat([x_t, estimate], dim=1), t)
+
+        net = self.guarded(conditioned if self.self_condition else model)
         # Only the stochastic samplers draw noise: DDPM always, DDIM when eta > 0.
         kwargs = {"eta": eta, "generator": generator} if sampler == "ddim" else \
             {"generator": generator} if sampler == "ddpm" else {}
@@ -214,6 +236,8 @@ class GaussianDiffusion(nn.Module):
                 noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
                 x = torch.where(known_mask.bool(), self.add_noise(known, noise, tt), x)
             out = net(x, tt).to(x.dtype)
+            if self.self_condition:
+                estimate = self.predicted_x0(out, x, tt).clamp(-1, 1)
             x = scheduler.step(out, t, x, return_dict=False, **kwargs)[0]
             if known is not None and i == last:
                 x = torch.where(known_mask.bool(), known, x)

@@ -16,6 +16,22 @@ evaluation and the baselines decode segments back into notes. Three independent 
 
 Every transform is monotonic, so the train split's min/max of the raw features bound the encoded values
 (`bounds`), which is what sampling may clip an estimate of x_0 to.
+
+Those three numbers are what prepare stores. The model may see them through a *lattice code* instead
+(`code`/`uncode`), so that every value meets the musical lattice in the network's space, not only at decode:
+
+- pitch `helix`: the circle of fifths (cos, sin of 2π·7p/12) beside the height (the stored pitch value), so
+  the notes of a key sit together and a small error lands on a neighbouring fifth, not a chromatic
+  neighbour; `pitch_class`: twelve ±1 pitch-class channels beside the height (a categorical form). Both
+  decode to the nearest pitch of the train split's range.
+- time `grid`: the stored log time, decoded to the nearest multiple of the data's grid (stats.json
+  `grid`: 1/4 beat for the chorales); on data without a grid it is the plain log time.
+- `chord`: one more channel, +1 where a note starts with the one before it (delta 0), else -1. A chord
+  is then a class of its own, not a point at the edge of the delta range that noise smears into small
+  positive deltas; where it is set, delta decodes to 0, elsewhere to at least one grid step.
+
+Stored values for those kinds are the `midi` pitch and `log` time, so one prepared folder serves a model of
+either code. With every kind scalar and no chord channel, the code is the stored values themselves.
 """
 
 from __future__ import annotations
@@ -29,17 +45,21 @@ import numpy as np
 from pipeline.errors import DmcError
 
 FEATURES = ("frequency", "duration", "delta")
-PITCH = ("frequency", "log_frequency", "midi")
-TIME = ("linear", "log")
+PITCH_CODES = {"helix": 2, "pitch_class": 12}  # lattice pitch codes -> channels beside the height
+PITCH = ("frequency", "log_frequency", "midi", *PITCH_CODES)
+TIME = ("linear", "log", "grid")
+STORED = {"helix": "midi", "pitch_class": "midi", "grid": "log"}  # what prepare stores for a lattice kind
+FIFTHS = 7  # semitones per step round the circle of fifths
 SCALE = ("minmax", "symmetric", "standard")
 TIME_UNIT = 0.125  # beats (a 32nd note): log time is log2(1 + beats / TIME_UNIT)
-ORIGINAL = {"pitch": "frequency", "time": "linear", "scale": "minmax"}
+ORIGINAL = {"pitch": "frequency", "time": "linear", "scale": "minmax", "chord": False}
 # Candidate rhythmic grids in beats, coarsest first; the data's grid is the first that holds GRID_SHARE.
 GRIDS = (1.0, 1 / 2, 1 / 3, 1 / 4, 1 / 6, 1 / 8, 1 / 12, 1 / 16, 1 / 24, 1 / 32)
 GRID_SHARE = 0.99
 
 
 def _pitch(values: np.ndarray, kind: str, inverse: bool = False) -> np.ndarray:
+    kind = STORED.get(kind, kind)
     if kind == "frequency":
         return values
     if kind == "log_frequency":
@@ -49,7 +69,7 @@ def _pitch(values: np.ndarray, kind: str, inverse: bool = False) -> np.ndarray:
 
 
 def _time(values: np.ndarray, kind: str, inverse: bool = False) -> np.ndarray:
-    if kind == "linear":
+    if STORED.get(kind, kind) == "linear":
         return values
     if inverse:
         return (np.exp2(values) - 1.0) * TIME_UNIT
@@ -81,6 +101,18 @@ def _check(pitch: str, time: str, scale: str) -> None:
         if value not in options:
             raise DmcError(f"features: unknown {what} encoding {value!r}; "
                            f"this dmc knows {', '.join(options)}")
+    if (pitch in PITCH_CODES or time in STORED) and scale != "symmetric":
+        raise DmcError(f"features: the lattice codes (pitch helix/pitch_class, time grid) sit in [-1, 1] "
+                       f"beside symmetric values; use scale: symmetric, not {scale!r}")
+
+
+def _nearest(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Index of the row of `table` [K, C] nearest (Euclidean) to each column of `values` [C, M]."""
+    best = np.zeros(values.shape[1], dtype=np.int64)
+    for start in range(0, values.shape[1], 16384):  # bounded memory for any batch
+        v = values[:, start:start + 16384]
+        best[start:start + 16384] = ((v[None] - table[:, :, None]) ** 2).sum(axis=1).argmin(axis=0)
+    return best
 
 
 @dataclass(frozen=True)
@@ -97,6 +129,8 @@ class Encoding:
     pitch: str = "frequency"
     time: str = "linear"
     scale: str = "minmax"
+    chord: bool = False  # a chord channel (module docstring)
+    grid: float | None = None  # beats: the data's rhythmic grid, the lattice of time `grid`
 
     def __post_init__(self) -> None:
         _check(self.pitch, self.time, self.scale)
@@ -118,6 +152,96 @@ class Encoding:
         offset, scale = self._affine()
         t = x * self._along(scale, x, axis) + self._along(offset, x, axis)
         return untransform(t, self.pitch, self.time, axis)
+
+    # -- the model's code: stored values <-> channels on the lattice ------------------------------------
+
+    @property
+    def scalar(self) -> bool:
+        """The code is the three stored values themselves (the original's representation and its kin)."""
+        return self.pitch not in PITCH_CODES and self.time not in STORED and not self.chord
+
+    @property
+    def channels(self) -> int:
+        """Channels the model sees per note: pitch (1, or the height plus its code), duration, delta, and
+        the chord channel when there is one."""
+        return 3 + PITCH_CODES.get(self.pitch, 0) + int(self.chord)
+
+    def code(self, raw: np.ndarray, axis: int = 1) -> np.ndarray:
+        """Raw features (Hz, beats, beats) -> the model's channels along `axis` (float64)."""
+        return self.code_stored(self.encode(raw, axis), axis)
+
+    def code_stored(self, stored: np.ndarray, axis: int = 1) -> np.ndarray:
+        """Stored (encoded) values -> the model's channels; the same array when the code is scalar."""
+        if self.scalar:
+            return stored
+        x = np.moveaxis(np.asarray(stored, dtype=np.float64), axis, 0)
+        parts = [x[:1]]
+        if self.pitch in PITCH_CODES:
+            offset, scale = self._affine()
+            parts.append(self._pitch_code(np.rint(x[0] * scale[0] + offset[0])))  # stored pitch is MIDI
+        parts.append(x[1:])
+        if self.chord:  # delta 0 is the lowest stored delta value: the log of 0 beats
+            zero = (_time(np.zeros(1), self.time)[0] - self._affine()[0][2]) / self._affine()[1][2]
+            parts.append(np.where(np.abs(x[2] - zero) < 1e-6, 1.0, -1.0)[None])
+        return np.moveaxis(np.concatenate(parts), 0, axis)
+
+    def uncode(self, x: np.ndarray, axis: int = 1) -> np.ndarray:
+        """The model's channels -> raw features (Hz, beats, beats), float64: each value clipped to the
+        train split's range and, for the lattice kinds, the nearest point of its lattice."""
+        x = np.moveaxis(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0), axis, 0)
+        k = PITCH_CODES.get(self.pitch, 0)
+        low, high = (b.reshape((3,) + (1,) * (x.ndim - 1)) for b in self.bounds)
+        stored = np.clip(np.stack([x[0], x[1 + k], x[2 + k]]), low, high)
+        raw = self.decode(stored, axis=0)
+        if self.pitch in PITCH_CODES:
+            pitches, table = self._pitch_table()
+            nearest = _nearest(np.concatenate([stored[:1], x[1:1 + k]]).reshape(1 + k, -1), table)
+            raw[0] = 440.0 * np.exp2((pitches[nearest].reshape(raw[0].shape) - 69.0) / 12.0)
+        if self.time == "grid" and self.grid:
+            raw[1] = self._on_grid(stored[1], 1, first=1)
+            raw[2] = self._on_grid(stored[2], 2, first=1 if self.chord else 0)
+        if self.chord:
+            raw[2] = np.where(x[3 + k] > 0, 0.0, raw[2])
+        return np.moveaxis(raw, 0, axis)
+
+    @property
+    def model_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel, the range the model's values of real notes lie in: the stored bounds for the height
+        and the times, [-1, 1] for the pitch code and the chord channel."""
+        low, high = self.bounds
+        code = np.ones(PITCH_CODES.get(self.pitch, 0))
+        chord = np.ones(int(self.chord))
+        return (np.concatenate([low[:1], -code, low[1:], -chord]),
+                np.concatenate([high[:1], code, high[1:], chord]))
+
+    def _pitch_code(self, midi: np.ndarray) -> np.ndarray:
+        """[k, ...] code channels (the height aside) of MIDI pitches: the fifths circle, or ±1 classes."""
+        pc = np.asarray(midi, dtype=np.int64) % 12
+        if self.pitch == "helix":
+            angle = 2 * np.pi * ((FIFTHS * pc) % 12) / 12
+            return np.stack([np.cos(angle), np.sin(angle)])
+        return np.stack([np.where(pc == c, 1.0, -1.0) for c in range(12)])
+
+    def _pitch_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every MIDI pitch of the train split's range and its full code, height first: [P], [P, 1 + k]."""
+        low, high = (int(np.rint(69 + 12 * np.log2(f / 440.0))) for f in (self.lo[0], self.hi[0]))
+        pitches = np.arange(low, high + 1)
+        offset, scale = self._affine()
+        height = (pitches - offset[0]) / scale[0]
+        return pitches, np.concatenate([height[None], self._pitch_code(pitches)]).T
+
+    def _on_grid(self, stored: np.ndarray, feature: int, first: int) -> np.ndarray:
+        """Stored times of `feature` (1 duration, 2 delta) -> beats: the nearest multiple k·grid with
+        k >= `first`, within the train range, nearest in the stored (log) space."""
+        offset, scale = self._affine()
+        top = max(first, int(np.floor(self.hi[feature] / self.grid + 1e-9)))
+        beats = np.arange(first, top + 1) * self.grid
+        points = (_time(beats, self.time) - offset[feature]) / scale[feature]
+        i = np.clip(np.searchsorted(points, stored), 1, len(points) - 1) if len(points) > 1 else \
+            np.zeros(stored.shape, dtype=np.int64)
+        if len(points) > 1:
+            i = np.where(np.abs(stored - points[i - 1]) <= np.abs(points[i] - stored), i - 1, i)
+        return beats[i]
 
     # -- what follows from the statistics --------------------------------------------------------------
 
@@ -165,13 +289,14 @@ class Encoding:
             norm[f] = {"min": float(self.lo[i]), "max": float(self.hi[i])}
             if self.mean is not None and self.std is not None:
                 norm[f] |= {"mean": float(self.mean[i]), "std": float(self.std[i])}
-        return {"encoding": {"pitch": self.pitch, "time": self.time, "scale": self.scale},
-                "normalization": norm}
+        spec = {"pitch": self.pitch, "time": self.time, "scale": self.scale, "chord": self.chord}
+        return {"encoding": spec, "normalization": norm}
 
     @classmethod
     def from_stats(cls, stats: dict[str, Any]) -> Encoding:
         """From a stats.json dict (or anything holding its "normalization" entry). Data prepared before
-        encodings were selectable has no "encoding" entry and is the original's."""
+        encodings were selectable has no "encoding" entry and is the original's. The lattice of time
+        `grid` is stats.json's `grid`."""
         spec = {**ORIGINAL, **(stats.get("encoding") or {})}
         try:
             norm = stats["normalization"]
@@ -183,16 +308,18 @@ class Encoding:
         except (KeyError, TypeError) as err:
             raise DmcError(f"stats: no normalization entry for {err}") from None
         return cls(lo=lo, hi=hi, mean=mean, std=std, pitch=spec["pitch"], time=spec["time"],
-                   scale=spec["scale"])
+                   scale=spec["scale"], chord=bool(spec["chord"]), grid=stats.get("grid"))
 
 
 class EncodingFit:
     """Accumulates the train split's statistics batch by batch (prepare streams its files), then gives
     the Encoding. Raw features come as `[N, 3, H, W]` with NaN where there is no note."""
 
-    def __init__(self, pitch: str = "frequency", time: str = "linear", scale: str = "minmax") -> None:
+    def __init__(self, pitch: str = "frequency", time: str = "linear", scale: str = "minmax",
+                 chord: bool = False) -> None:
         _check(pitch, time, scale)
         self.spec = {"pitch": pitch, "time": time, "scale": scale}
+        self.chord = chord
         self.lo = np.full(len(FEATURES), np.inf)
         self.hi = np.full(len(FEATURES), -np.inf)
         self.total = np.zeros(len(FEATURES))
@@ -221,7 +348,8 @@ class EncodingFit:
         mean = self.total / np.maximum(self.count, 1)
         std = np.sqrt(np.maximum(self.squares / np.maximum(self.count, 1) - mean**2, 0.0))
         return Encoding(lo=tuple(map(float, self.lo)), hi=tuple(map(float, self.hi)),
-                        mean=tuple(map(float, mean)), std=tuple(map(float, std)), **self.spec)
+                        mean=tuple(map(float, mean)), std=tuple(map(float, std)), **self.spec,
+                        chord=self.chord, grid=self.grid())
 
     def grid(self) -> float | None:
         """The coarsest candidate grid (beats) that GRID_SHARE of durations and deltas lie on, if any."""

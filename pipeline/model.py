@@ -31,7 +31,8 @@ from pipeline.errors import DmcError
 
 @dataclass(frozen=True)
 class UNetConfig:
-    features: int = 3                                  # frequency, duration, delta
+    features: int = 3                                  # frequency, duration, delta (or their code's channels)
+    cond_features: int = 0                             # extra input channels (self-conditioning's x_0)
     channels: tuple[int, ...] = (64, 128, 256, 256)    # input block, then each down block
     bottleneck: tuple[int, ...] = (512, 512, 256)      # one conv block each
     time_dim: int = 256                                # sinusoidal diffusion-time embedding
@@ -280,7 +281,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = cfg = config
         ch = cfg.channels
-        self.input = ConvBlock(cfg.features, ch[0], ch[0], cfg.kernel_in, cfg)
+        self.input = ConvBlock(cfg.features + cfg.cond_features, ch[0], ch[0], cfg.kernel_in, cfg)
         self.pos = nn.Linear(cfg.pos_dim, ch[0])
         self.downs = nn.ModuleList(Down(a, b, cfg) for a, b in zip(ch[:-1], ch[1:], strict=True))
         mids = [ch[-1], *cfg.bottleneck]

@@ -166,8 +166,8 @@ def window_start(final: Sequence[RowNotes], overlap: int, origin: float) -> floa
 
 def encode_given(given: Sequence[RowNotes], start: float, seq_len: int, encoding: Any
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Given notes of each row (from `start`, at most seq_len) -> encoded [3, H, W] and mask [H, W]."""
-    known = np.zeros((3, len(given), seq_len), dtype=np.float32)
+    """Given notes of each row (from `start`, at most seq_len) -> coded [C, H, W] and mask [H, W]."""
+    known = np.zeros((encoding.channels, len(given), seq_len), dtype=np.float32)
     mask = np.zeros((len(given), seq_len), dtype=bool)
     for h, row in enumerate(given):
         k = len(row)

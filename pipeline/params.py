@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from pipeline.diffusion import GUARDS, LOSS_WEIGHTS, PREDICTIONS, SAMPLERS, SCHEDULES
-from pipeline.encoding import ORIGINAL, PITCH, SCALE, TIME
+from pipeline.encoding import ORIGINAL, PITCH, PITCH_CODES, SCALE, STORED, TIME
 from pipeline.errors import DmcError
 
 # PyYAML follows YAML 1.1, where `1e-06` (no dot) is a string. DVC writes `-S lr=1e-6` exactly so.
@@ -154,6 +154,8 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "features.pitch": _choice(*PITCH),
     "features.time": _choice(*TIME),
     "features.scale": _choice(*SCALE),
+    "features.chord": _BOOL,
+    "diffusion.self_condition": _BOOL,
     "train.transpose": _number(0, 11, integer=True),
     "sample.n": _POS_INT,
     "sample.sampler": _choice(*SAMPLERS),
@@ -247,6 +249,14 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
         raise DmcError("params: 'prepare.split.train' must be > 0")
     if params["diffusion"]["beta_start"] >= params["diffusion"]["beta_end"]:
         raise DmcError("params: 'diffusion.beta_start' must be below 'diffusion.beta_end'")
+    f = params["features"]
+    lattice = f["pitch"] in PITCH_CODES or f["time"] in STORED
+    if lattice and f["scale"] != "symmetric":
+        raise DmcError(f"params: 'features.scale' must be symmetric with the lattice codes (pitch "
+                       f"{f['pitch']}, time {f['time']}), got {f['scale']!r}")
+    if params["train"]["transpose"] and (lattice or f["chord"]):
+        raise DmcError("params: 'train.transpose' works on the scalar pitch codes only; set it to 0 with "
+                       f"pitch {f['pitch']!r}, time {f['time']!r}, chord {f['chord']}")
     return params
 
 

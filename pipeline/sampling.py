@@ -126,11 +126,14 @@ def to_ticks(pitch: np.ndarray, beats: np.ndarray, duration: np.ndarray,
 
 
 def decoded_features(x: np.ndarray, encoding: Any, keep: np.ndarray | None = None) -> np.ndarray:
-    """One encoded sample [3, H, W] -> raw (frequency, duration, delta) [3, H, W], float64.
+    """One sample in the model's code [C, H, W] -> raw (frequency, duration, delta) [3, H, W], float64.
 
     Values are clipped to the encoding's bounds (the train split's range) first, except where `keep`
-    (bool, same shape) marks given values such as a prompt, which are decoded exactly as they came.
+    (bool, same shape) marks given values such as a prompt, which are decoded exactly as they came. A
+    lattice code decodes every value to its lattice (`Encoding.uncode`), where given values are exact.
     """
+    if not encoding.scalar:
+        return encoding.uncode(np.asarray(x)[None])[0]
     x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0)  # a diverged model must not crash decoding
     low, high = (b.reshape(3, 1, 1) for b in encoding.bounds)
     clipped = np.clip(x, low, high)
@@ -141,9 +144,9 @@ def decoded_features(x: np.ndarray, encoding: Any, keep: np.ndarray | None = Non
 
 def decode(x: np.ndarray, encoding: Any, grid: int | None = None,
            keep: np.ndarray | None = None, chord_snap: float = 0.0) -> list[DecodedTrack]:
-    """One encoded sample [3, H, W] -> one DecodedTrack per row (values clipped as `decoded_features`)."""
+    """One coded sample [C, H, W] -> one DecodedTrack per row (values decoded as `decoded_features`)."""
     features = decoded_features(x, encoding, keep)
-    if x.shape[1] == 1:
+    if features.shape[1] == 1:
         return [decode_row(features[0, 0], features[1, 0], features[2, 0], grid, chord_snap=chord_snap)]
     # Several rows: one shared origin, and every row ends where the first one does (module docstring).
     start = float(np.maximum(features[2, :, 0], 0.0).min()) if x.shape[2] else 0.0
@@ -155,15 +158,15 @@ def decode(x: np.ndarray, encoding: Any, grid: int | None = None,
 
 
 def encode_notes(pitch: np.ndarray, duration: np.ndarray, delta: np.ndarray, encoding: Any) -> np.ndarray:
-    """Notes of one row -> encoded features [3, W], the inverse of `decode` for in-range notes."""
+    """Notes of one row -> the model's code [C, W], the inverse of `decode` for in-range notes."""
     raw = np.stack([midi.frequency(pitch), np.asarray(duration, np.float64),
                     np.asarray(delta, np.float64)])
-    return np.asarray(encoding.encode(raw[None, :, None, :]), dtype=np.float32)[0, :, 0, :]
+    return np.asarray(encoding.code(raw[None, :, None, :]), dtype=np.float32)[0, :, 0, :]
 
 
 def read_prompt(path: str | Path, encoding: Any, n_notes: int,
                 programs: Sequence[int] | None = None) -> np.ndarray:
-    """The first `n_notes` notes of a MIDI file, extracted as the prepare stage does, normalized: [3, K].
+    """The first `n_notes` notes of a MIDI file, extracted as the prepare stage does, coded: [C, K].
 
     Raises DmcError when the file is missing, not MIDI, or has no usable track.
     """
@@ -221,7 +224,7 @@ class Sampler:
         """The model's diffusion process (its checkpoint's `config`), with this sampler's x_0 guard."""
         from pipeline.diffusion import GaussianDiffusion
 
-        low, high = encoding.bounds
+        low, high = encoding.model_bounds
         # diffusers' thresholding: per sample s = the 99.5% quantile of |x_0|, kept within [1, cap]; x_0 is
         # clipped to ±s and divided by s. With the cap at 1 that is a clip to ±1 (`step_clip`); without a
         # cap it is Imagen's dynamic thresholding. Both suit encodings centred on 0 (symmetric, standard).
@@ -255,21 +258,23 @@ def check_prompt(k: int, seq_len: int, length: int) -> None:
 def generate(model: Denoiser, diffusion: Any, n: int, rows: int, seq_len: int, length: int,
              sampler: Sampler, batch_size: int = 8, seed: int = 0, device: torch.device | str = "cpu",
              prompt: np.ndarray | None = None, overlap: int | None = None,
-             progress: bool | None = None) -> np.ndarray:
-    """Draw `n` pieces of `length` notes: float32 [n, 3, rows, length], normalized (not yet clipped).
+             progress: bool | None = None, channels: int = 3) -> np.ndarray:
+    """Draw `n` pieces of `length` notes: float32 [n, channels, rows, length] in the model's code (not yet
+    clipped or decoded).
 
-    `prompt` [3, K] (K < seq_len) is kept as the first K notes of row 0 by inpainting. Pieces longer than
-    seq_len grow window by window, each window continuing the previous one's last `overlap` notes
+    `prompt` [channels, K] (K < seq_len) is kept as the first K notes of row 0 by inpainting. Pieces longer
+    than seq_len grow window by window, each window continuing the previous one's last `overlap` notes
     (default seq_len // 2). The same seed, arguments and device give the same numbers.
     """
     return np.concatenate(list(generate_batches(model, diffusion, n, rows, seq_len, length, sampler,
-                                                batch_size, seed, device, prompt, overlap, progress)))
+                                                batch_size, seed, device, prompt, overlap, progress,
+                                                channels)))
 
 
 def generate_batches(model: Denoiser, diffusion: Any, n: int, rows: int, seq_len: int, length: int,
                      sampler: Sampler, batch_size: int = 8, seed: int = 0, device: torch.device | str = "cpu",
                      prompt: np.ndarray | None = None, overlap: int | None = None,
-                     progress: bool | None = None) -> Iterator[np.ndarray]:
+                     progress: bool | None = None, channels: int = 3) -> Iterator[np.ndarray]:
     """`generate`, a batch at a time, so that a caller writing files holds one batch in memory."""
     if n <= 0:
         raise DmcError(f"--n must be positive, got {n}")
@@ -291,7 +296,7 @@ def generate_batches(model: Denoiser, diffusion: Any, n: int, rows: int, seq_len
                                       if progress is None else not progress) as bar:
         for first in range(0, n, batch_size):
             b = min(batch_size, n - first)
-            known = torch.zeros(b, 3, rows, seq_len, device=device)
+            known = torch.zeros(b, channels, rows, seq_len, device=device)
             mask = torch.zeros(1, 1, rows, seq_len, dtype=torch.bool, device=device)
             if prompt is not None:
                 known[:, :, 0, :k] = torch.as_tensor(prompt, dtype=torch.float32, device=device)
@@ -483,10 +488,11 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
         check_prompt(k, seq_len, length)
         keep = None
         if prompt is not None:
-            keep = np.zeros((3, 1, length), dtype=bool)
+            keep = np.zeros((encoding.channels, 1, length), dtype=bool)
             keep[:, 0, :k] = True
         arrays = generate_batches(model, diffusion, opts.n, rows, seq_len, length, sampler, opts.batch_size,
-                                  opts.seed, device, prompt, progress=opts.progress)
+                                  opts.seed, device, prompt, progress=opts.progress,
+                                  channels=encoding.channels)
         batches = (_array_tracks(x, encoding, grid, keep, opts.chord_snap, tracks_of) for x in arrays)
     notices = [n for n in (sampler.steps_notice(diffusion.timesteps),) if n]
     for notice in notices:
@@ -549,7 +555,7 @@ Track = list[midi.TrackNotes]
 
 def _array_tracks(x: np.ndarray, encoding: Any, grid: int | None, keep: np.ndarray | None, chord_snap: float,
                   tracks_of: list[tuple[int, bool, str]]) -> list[Track]:
-    """Single-row samples [B, 3, 1, W] -> one list of tracks per piece."""
+    """Single-row samples [B, C, 1, W] -> one list of tracks per piece."""
     beats = 1 / TICKS_PER_QUARTER
     return [[midi.TrackNotes(pitch=t.pitch, onset=t.onset * beats, duration=t.duration * beats,
                              program=program, is_drum=drum, name=name)

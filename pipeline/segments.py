@@ -71,7 +71,7 @@ class PrepareConfig:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
     instruments: tuple[str, ...] = ("piano",)
     min_instruments: int = 1  # multi-instrument mode: groups a file must have
-    features: tuple[str, str, str] = ("frequency", "linear", "minmax")  # pitch, time, scale encodings
+    features: tuple[str, str, str, bool] = ("frequency", "linear", "minmax", False)  # pitch/time/scale/chord
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> PrepareConfig:
@@ -101,11 +101,11 @@ class PrepareConfig:
         return not is_single_piano(self.instruments)
 
 
-def features_of(params: dict[str, Any]) -> tuple[str, str, str]:
-    """(pitch, time, scale) from params.yaml `features`: a mapping, or `original` for the seed's own."""
+def features_of(params: dict[str, Any]) -> tuple[str, str, str, bool]:
+    """(pitch, time, scale, chord) from params.yaml `features`: a mapping, or `original` (the seed's)."""
     spec = params.get("features", "original")
     spec = ORIGINAL if spec == "original" else {**ORIGINAL, **spec}
-    return spec["pitch"], spec["time"], spec["scale"]
+    return spec["pitch"], spec["time"], spec["scale"], bool(spec["chord"])
 
 
 def split_of(relative_path: str, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> str:

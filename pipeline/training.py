@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -64,6 +65,7 @@ class TrainSettings:
     prediction: str = "epsilon"
     loss_weight: str = "none"
     min_snr_gamma: float = 5.0
+    self_condition: bool = False
     transpose: int = 0  # random key changes of up to this many semitones, train batches only
     val_every: int = 100
     checkpoint_every: int = 100
@@ -79,6 +81,7 @@ class TrainSettings:
                    seed=params["seed"], causal=t["causal"], timesteps=d["timesteps"],
                    beta_start=d["beta_start"], beta_end=d["beta_end"], schedule=d["schedule"],
                    prediction=d["prediction"], loss_weight=d["loss_weight"], min_snr_gamma=d["min_snr_gamma"],
+                   self_condition=d["self_condition"],
                    transpose=t["transpose"], val_every=t["val_every"], checkpoint_every=t["checkpoint_every"],
                    compile=t["compile"], graph=t["graph"])
 
@@ -87,7 +90,7 @@ class TrainSettings:
         """The diffusion config a checkpoint stores: `GaussianDiffusion(**settings.diffusion)`."""
         return {"timesteps": self.timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end,
                 "schedule": self.schedule, "prediction": self.prediction, "loss_weight": self.loss_weight,
-                "min_snr_gamma": self.min_snr_gamma}
+                "min_snr_gamma": self.min_snr_gamma, "self_condition": self.self_condition}
 
     def lr_at(self, step: int) -> float:
         """`lr` for the first `lr_switch` of the steps, then `lr_final` (the original: 150K + 50K)."""
@@ -96,8 +99,9 @@ class TrainSettings:
 
 @dataclass
 class TrainData:
-    """Normalized segments `[N, 3, H, W]` and the stats.json they were normalized with. Multi-instrument
-    data also has masks `[N, H, W]` (1 = a real note): the loss ignores padded and absent entries."""
+    """Segments in the model's code `[N, C, H, W]` (`Encoding.code_stored`: the stored, normalized values
+    themselves for the scalar codes) and the stats.json they were normalized with. Multi-instrument data also
+    has masks `[N, H, W]` (1 = a real note): the loss ignores padded and absent entries."""
 
     train: np.ndarray
     val: np.ndarray
@@ -127,10 +131,17 @@ def load_data(prepared_dir: str | Path, seq_len: int | None = None) -> TrainData
     if len(train) == 0:
         raise DmcError(f"the train split in {prepared_dir} is empty; add MIDI files or lower seq_len")
     masks = [load_mask(prepared_dir, split) for split in ("train", "val")]
+    encoding = Encoding.from_stats(stats)
+
+    def coded(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if encoding.scalar:
+            return x
+        return (encoding.code_stored(x) * mask[:, None]).astype(np.float32)  # padding stays 0
+
+    train, val = coded(train, masks[0]), coded(load_split(prepared_dir, "val"), masks[1])
     if all(m.all() for m in masks):  # single-piano data: every entry is a note, nothing to mask
         masks = [None, None]
-    return TrainData(train=train, val=load_split(prepared_dir, "val"), stats=stats, train_mask=masks[0],
-                     val_mask=masks[1])
+    return TrainData(train=train, val=val, stats=stats, train_mask=masks[0], val_mask=masks[1])
 
 
 def fingerprint(settings: TrainSettings, data: TrainData) -> str:
@@ -460,7 +471,9 @@ def train(settings: TrainSettings, data: TrainData, models_dir: str | Path = "mo
 
 def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_dir: Path, stop_at: int | None,
            device: torch.device, rank: Rank, log: Callable[[str], None]) -> dict[str, Any] | None:
-    config: UNetConfig = get_config(settings.preset, settings.causal)
+    channels = data.train.shape[1]  # the encoding's code (`Encoding.channels`)
+    config: UNetConfig = dataclasses.replace(get_config(settings.preset, settings.causal), features=channels,
+                                             cond_features=channels if settings.self_condition else 0)
     width = data.train.shape[-1]
     if width % config.stride:
         raise DmcError(f"seq_len {width} is not a multiple of {config.stride} (the U-Net halves it "

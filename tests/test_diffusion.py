@@ -212,3 +212,29 @@ def test_unknown_settings_are_refused():
     for kwargs in ({"schedule": "sigmoid"}, {"prediction": "score"}, {"loss_weight": "p2"}):
         with pytest.raises(ValueError, match="unknown diffusion"):
             GaussianDiffusion(**kwargs)
+
+
+def test_self_conditioning_feeds_the_previous_x0_estimate_back_to_the_network():
+    """Sampling: the first step sees zeros beside x_t, every later step the x_0 estimate of the step
+    before. Training: the network sees twice the channels, and the second half is zeros or a gradient-free
+    estimate, half the time each."""
+    d = GaussianDiffusion(1000, prediction="x0", self_condition=True)
+    target = torch.full((2, 3, 1, 8), 0.5)
+    seen = []
+
+    def net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return target
+    d.sample(net, (2, 3, 1, 8), "ddim", 4, generator=torch.Generator().manual_seed(0))
+    assert [x.shape[1] for x in seen] == [6] * 4
+    assert torch.equal(seen[0][:, 3:], torch.zeros(2, 3, 1, 8))
+    assert all(torch.allclose(x[:, 3:], target) for x in seen[1:])
+
+    seen.clear()
+    x0 = torch.rand(64, 3, 1, 8) * 2 - 1
+    loss = d.loss(lambda x, t: (seen.append(x.clone()), x[:, :3] * 0 + 0.25)[1], x0,
+                  generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 2 and seen[-1].shape[1] == 6  # a gradient-free pass for the conditioned half
+    conditioned = (seen[-1][:, 3:] == 0.25).flatten(1).all(1)
+    assert 16 < conditioned.sum() < 48 and (seen[-1][~conditioned, 3:] == 0).all()
+    assert torch.allclose(loss, ((x0 - 0.25) ** 2).mean())

@@ -31,15 +31,27 @@ def notes_stats(notes: midi.Notes) -> dict:
     return {**encoding.to_stats(), "seq_len": SEQ_LEN, "instruments": ["piano"]}
 
 
-def write_checkpoint(path: Path, stats: dict | None = None, seed: int = 0) -> Path:
-    """A models/model.pt-shaped file holding a randomly initialised tiny U-Net."""
+def write_checkpoint(path: Path, stats: dict | None = None, seed: int = 0,
+                     self_condition: bool = False) -> Path:
+    """A models/model.pt-shaped file holding a randomly initialised tiny U-Net, as wide as the stats'
+    encoding asks (and twice that on input with `self_condition`)."""
     torch.manual_seed(seed)
-    config = PRESETS["tiny"]
-    model = UNet(config)
     stats = stats or notes_stats(midi.extract_notes(PIANO_MIDI))
+    channels = Encoding.from_stats(stats).channels
+    config = dataclasses.replace(PRESETS["tiny"], features=channels,
+                                 cond_features=channels if self_condition else 0)
+    model = UNet(config)
     torch.save({"config": dataclasses.asdict(config), "ema": model.state_dict(), "stats": stats,
-                "diffusion": {"timesteps": TIMESTEPS, "beta_start": 1e-4, "beta_end": 0.02}, "step": 0}, path)
+                "diffusion": {"timesteps": TIMESTEPS, "beta_start": 1e-4, "beta_end": 0.02,
+                              "self_condition": self_condition}, "step": 0}, path)
     return path
+
+
+def lattice_stats(notes: midi.Notes) -> dict:
+    """Stats for the helix / grid / chord code, spanning the given notes, on the 1/4-beat grid."""
+    stats = notes_stats(notes)
+    stats["encoding"] = {"pitch": "helix", "time": "grid", "scale": "symmetric", "chord": True}
+    return {**stats, "grid": 0.25}
 
 
 
@@ -271,3 +283,24 @@ def test_piano_roll_of_several_tracks_and_of_an_empty_piece(tmp_path):
     for name, content in (("two.png", tracks), ("none.png", [])):
         path = write_piano_roll(tmp_path / name, content)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_lattice_coded_self_conditioned_model_writes_notes_on_the_lattice(tmp_path):
+    """A model in the helix / grid / chord code (7 channels, self-conditioned: 14 in) composes; every note
+    is on the 1/4-beat grid, inside the train range, and a prompt's notes come back exactly."""
+    notes = midi.extract_notes(PIANO_MIDI)
+    on_grid = (np.abs(notes.duration * 4 - np.rint(notes.duration * 4)) < 1e-9) & \
+        (np.abs(notes.onset * 4 - np.rint(notes.onset * 4)) < 1e-9)
+    assert on_grid[:12].all()
+    stats = lattice_stats(notes)
+    checkpoint = write_checkpoint(tmp_path / "model.pt", stats, self_condition=True)
+    summary = sampling.generate_files(tmp_path / "out", quiet(n=2, steps=4, length=2 * SEQ_LEN,
+                                                              prompt=PIANO_MIDI, prompt_notes=12), checkpoint)
+    low, high = (int(midi.pitch_of(stats["normalization"]["frequency"][k])) for k in ("min", "max"))
+    grid = TICKS_PER_QUARTER // 4
+    start = notes.onset[0]
+    for name in summary["files"]:
+        out = read_notes(tmp_path / "out" / name)
+        assert all(o % grid == 0 and d % grid == 0 and low <= p <= high for p, o, d in out)
+        for p, o, d in zip(notes.pitch[:12], notes.onset[:12], notes.duration[:12], strict=True):
+            assert (int(p), round((o - start) * TICKS_PER_QUARTER), round(d * TICKS_PER_QUARTER)) in out
