@@ -48,7 +48,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
 # changes what the `original` row means.
 ORIGINAL = {
     "features.pitch": "frequency", "features.time": "linear", "features.scale": "minmax",
-    "features.chord": False, "diffusion.self_condition": False, "prepare.hop": 0, "train.transpose": 0, "diffusion.schedule": "linear",
+    "features.chord": False, "diffusion.self_condition": False, "prepare.hop": 0, "train.transpose": 0,
+    "diffusion.schedule": "linear",
     "diffusion.prediction": "epsilon", "diffusion.loss_weight": "none", "sample.sampler": "ddim",
     "sample.steps": 50, "sample.eta": 0.0, "sample.guard": "clip", "sample.chord_snap": 0.0,
     "sample.quantize": "",
