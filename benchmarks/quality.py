@@ -49,6 +49,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
 ORIGINAL = {
     "features.pitch": "frequency", "features.time": "linear", "features.scale": "minmax",
     "features.chord": False, "diffusion.self_condition": False, "prepare.hop": 0, "train.transpose": 0,
+    "train.key": "none",
     "diffusion.schedule": "linear",
     "diffusion.prediction": "epsilon", "diffusion.loss_weight": "none", "sample.sampler": "ddim",
     "sample.steps": 50, "sample.eta": 0.0, "sample.guard": "clip", "sample.chord_snap": 0.0,
@@ -85,6 +86,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "lattice+noncausal+selfcond": {**LATTICE, "train.causal": False, "diffusion.self_condition": True},
     "lattice+noncausal+x0": {**LATTICE, "train.causal": False, "diffusion.prediction": "x0"},
     "pitch_class+noncausal": {**LATTICE, "features.pitch": "pitch_class", "train.causal": False},
+    "lattice+noncausal+key": {**LATTICE, "train.causal": False, "train.key": "common"},
     "helix+noncausal": {**ENCODED, "features.pitch": "helix", "train.causal": False,
                         "sample.guard": "step_clip", "sample.steps": 20},
 }
@@ -187,7 +189,7 @@ def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces:
     if not model.is_file():  # train once per (config, preset, steps); variants reuse the model
         settings = training.TrainSettings.from_params(params)
         start = time.perf_counter()
-        metrics = training.train(settings, training.load_data(prepared, params["seq_len"]),
+        metrics = training.train(settings, training.load_data(prepared, params["seq_len"], settings.key),
                                  models_dir=folder / "models", metrics_dir=folder / "metrics",
                                  device=device, log=lambda *_: None)
         write_json(folder / "train.json", {**metrics, "seconds": round(time.perf_counter() - start, 1)})

@@ -218,6 +218,14 @@ class Given:
     def empty(self) -> bool:
         return not self.kept and self.prompt is None
 
+    def moved(self, semitones: int) -> Given:
+        """The same notes transposed (into the common key, `pipeline.keys`)."""
+        def move(r: RowNotes) -> RowNotes:
+            return RowNotes(r.pitch + semitones, r.onset, r.duration)
+
+        return Given({h: move(r) for h, r in self.kept.items()},
+                     None if self.prompt is None else [move(r) for r in self.prompt], self.prompt_end)
+
 
 @dataclass
 class _Piece:

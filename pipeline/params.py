@@ -14,6 +14,7 @@ import yaml
 from pipeline.diffusion import GUARDS, LOSS_WEIGHTS, PREDICTIONS, SAMPLERS, SCHEDULES
 from pipeline.encoding import ORIGINAL, PITCH, PITCH_CODES, SCALE, STORED, TIME
 from pipeline.errors import DmcError
+from pipeline.keys import KEYS
 
 # PyYAML follows YAML 1.1, where `1e-06` (no dot) is a string. DVC writes `-S lr=1e-6` exactly so.
 _FLOAT = re.compile(
@@ -157,6 +158,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "features.chord": _BOOL,
     "diffusion.self_condition": _BOOL,
     "train.transpose": _number(0, 11, integer=True),
+    "train.key": _choice(*KEYS),
     "sample.n": _POS_INT,
     "sample.sampler": _choice(*SAMPLERS),
     "sample.guard": _choice(*GUARDS),
@@ -254,6 +256,9 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
     if lattice and f["scale"] != "symmetric":
         raise DmcError(f"params: 'features.scale' must be symmetric with the lattice codes (pitch "
                        f"{f['pitch']}, time {f['time']}), got {f['scale']!r}")
+    if params["train"]["key"] == "common" and f["pitch"] == "frequency":
+        raise DmcError("params: 'train.key: common' needs pitch in semitones (midi, helix, ...), "
+                       "not frequency")
     if params["train"]["transpose"] and (lattice or f["chord"]):
         raise DmcError("params: 'train.transpose' works on the scalar pitch codes only; set it to 0 with "
                        f"pitch {f['pitch']!r}, time {f['time']!r}, chord {f['chord']}")

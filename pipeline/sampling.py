@@ -18,6 +18,7 @@ time-aligned windows by `pipeline.multirow`; `generate_files` sends every multi-
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from pipeline import midi
 from pipeline.diffusion import GUARDS, SAMPLERS
 from pipeline.errors import DmcError
+from pipeline.keys import draw_shift, fitting, key_shift
 
 if TYPE_CHECKING:
     from pipeline.multirow import Given, RowNotes
@@ -165,8 +167,9 @@ def encode_notes(pitch: np.ndarray, duration: np.ndarray, delta: np.ndarray, enc
 
 
 def read_prompt(path: str | Path, encoding: Any, n_notes: int,
-                programs: Sequence[int] | None = None) -> np.ndarray:
+                programs: Sequence[int] | None = None, move: int | None = 0) -> np.ndarray:
     """The first `n_notes` notes of a MIDI file, extracted as the prepare stage does, coded: [C, K].
+    `move` transposes them (semitones); None moves them to the common key (`pipeline.keys`).
 
     Raises DmcError when the file is missing, not MIDI, or has no usable track.
     """
@@ -180,7 +183,9 @@ def read_prompt(path: str | Path, encoding: Any, n_notes: int,
     k = min(n_notes, len(notes.pitch))
     if k == 0:
         raise DmcError(f"--prompt: {path} has no notes to continue")
-    return encode_notes(notes.pitch[:k], notes.duration[:k], notes.delta[:k], encoding)
+    if move is None:
+        move = key_shift(notes.pitch[:k])
+    return encode_notes(notes.pitch[:k] + move, notes.duration[:k], notes.delta[:k], encoding)
 
 
 # -- sampling -----------------------------------------------------------------------------------------
@@ -471,8 +476,14 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     groups = list(stats.get("instruments") or ["piano"])
     rows = len(groups)
     tracks_of = programs_for(stats, rows)
+    common = stats.get("key") == "common"  # the model composes in one key (`pipeline.keys`)
+    prompt_move = 0  # semitones the given notes were moved into the common key
     if rows > 1:
         given = _given(opts, groups)
+        if common and not given.empty:
+            given_pitch = np.concatenate([r.pitch for r in (*given.kept.values(), *(given.prompt or []))])
+            prompt_move = key_shift(given_pitch) if len(given_pitch) else 0
+            given = given.moved(prompt_move)
         # Harmonizing, a piece is as long as its kept parts by default; from scratch, one window.
         length = opts.length or max((len(r) for r in given.kept.values()), default=seq_len)
         check_length(given, length, groups)
@@ -482,7 +493,10 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     else:
         if opts.keep:
             check_keep(groups, opts.keep)  # refuses: one row
-        prompt = None if opts.prompt is None else read_prompt(opts.prompt, encoding, opts.prompt_notes)
+        if common and opts.prompt is not None:
+            prompt_move = key_shift(midi.extract_notes(opts.prompt).pitch[:opts.prompt_notes])
+        prompt = None if opts.prompt is None else read_prompt(opts.prompt, encoding, opts.prompt_notes,
+                                                              move=prompt_move)
         length = opts.length or seq_len
         k = 0 if prompt is None else prompt.shape[-1]
         check_prompt(k, seq_len, length)
@@ -494,6 +508,8 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
                                   opts.seed, device, prompt, progress=opts.progress,
                                   channels=encoding.channels)
         batches = (_array_tracks(x, encoding, grid, keep, opts.chord_snap, tracks_of) for x in arrays)
+    if common:
+        batches = _out_of_common_key(batches, stats, opts.seed, None if opts.prompt is None else -prompt_move)
     notices = [n for n in (sampler.steps_notice(diffusion.timesteps),) if n]
     for notice in notices:
         log(notice)
@@ -562,6 +578,26 @@ def _array_tracks(x: np.ndarray, encoding: Any, grid: int | None, keep: np.ndarr
              for t, (program, drum, name) in zip(decode(sample, encoding, grid, keep, chord_snap), tracks_of,
                                                  strict=True)]
             for sample in x]
+
+
+def _out_of_common_key(batches: Iterator[list[Track]], stats: dict[str, Any], seed: int,
+                       move: int | None) -> Iterator[list[Track]]:
+    """Pieces composed in the common key, each moved to a key of the data: back by `move` where the notes
+    were given (a prompt, kept parts), else by `pipeline.keys.draw_shift`, an octave the other way where
+    that keeps the piece inside the train split's range."""
+    rng = np.random.default_rng([seed, 12])
+    low, high = (int(midi.pitch_of(stats["normalization"]["frequency"][k])) for k in ("min", "max"))
+    for tracks in batches:
+        moved = []
+        for piece in tracks:
+            shift = move
+            if shift is None:
+                pitch = np.concatenate([t.pitch for t in piece] or [np.zeros(0, dtype=np.int64)])
+                drawn = draw_shift(stats, rng)
+                shift = (fitting(drawn, low, high, int(pitch.min()), int(pitch.max())) or 0) if len(pitch) \
+                    else drawn
+            moved.append([dataclasses.replace(t, pitch=np.asarray(t.pitch) + shift) for t in piece])
+        yield moved
 
 
 def on_grid(row: RowNotes, grid: int | None) -> RowNotes:

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from pipeline import keys
 from pipeline.diffusion import GaussianDiffusion
 from pipeline.encoding import Encoding
 from pipeline.errors import DmcError
@@ -67,6 +68,7 @@ class TrainSettings:
     min_snr_gamma: float = 5.0
     self_condition: bool = False
     transpose: int = 0  # random key changes of up to this many semitones, train batches only
+    key: str = "none"  # none | common: every window moved to one key (pipeline.keys)
     val_every: int = 100
     checkpoint_every: int = 100
     compile: bool = False
@@ -82,7 +84,8 @@ class TrainSettings:
                    beta_start=d["beta_start"], beta_end=d["beta_end"], schedule=d["schedule"],
                    prediction=d["prediction"], loss_weight=d["loss_weight"], min_snr_gamma=d["min_snr_gamma"],
                    self_condition=d["self_condition"],
-                   transpose=t["transpose"], val_every=t["val_every"], checkpoint_every=t["checkpoint_every"],
+                   transpose=t["transpose"], key=t["key"], val_every=t["val_every"],
+                   checkpoint_every=t["checkpoint_every"],
                    compile=t["compile"], graph=t["graph"])
 
     @property
@@ -119,9 +122,10 @@ class TrainData:
         return h.hexdigest()
 
 
-def load_data(prepared_dir: str | Path, seq_len: int | None = None) -> TrainData:
-    """The train and val splits of a prepared folder; one-line errors for missing or unusable data."""
-    from pipeline.segments import load_mask, load_split, load_stats
+def load_data(prepared_dir: str | Path, seq_len: int | None = None, key: str = "none") -> TrainData:
+    """The train and val splits of a prepared folder; one-line errors for missing or unusable data.
+    `key: common` moves every window to one key (`pipeline.keys`) and records the moves in the stats."""
+    from pipeline.segments import load_mask, load_pitches, load_split, load_stats
 
     stats = load_stats(prepared_dir)
     if seq_len is not None and stats["seq_len"] != seq_len:
@@ -132,13 +136,21 @@ def load_data(prepared_dir: str | Path, seq_len: int | None = None) -> TrainData
         raise DmcError(f"the train split in {prepared_dir} is empty; add MIDI files or lower seq_len")
     masks = [load_mask(prepared_dir, split) for split in ("train", "val")]
     encoding = Encoding.from_stats(stats)
+    val = load_split(prepared_dir, "val")
+    if key == "common":
+        stats = dict(stats)
+        moves = []
+        for split, x, mask in (("train", train, masks[0]), ("val", val, masks[1])):
+            shifts = in_common_key(x, load_pitches(prepared_dir, split), mask, encoding)
+            moves.append(shifts)
+        stats["key"], stats["key_shifts"] = "common", keys.shift_counts(moves[0])
 
     def coded(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if encoding.scalar:
             return x
         return (encoding.code_stored(x) * mask[:, None]).astype(np.float32)  # padding stays 0
 
-    train, val = coded(train, masks[0]), coded(load_split(prepared_dir, "val"), masks[1])
+    train, val = coded(train, masks[0]), coded(val, masks[1])
     if all(m.all() for m in masks):  # single-piano data: every entry is a note, nothing to mask
         masks = [None, None]
     return TrainData(train=train, val=val, stats=stats, train_mask=masks[0], val_mask=masks[1])
@@ -371,6 +383,21 @@ def _save(obj: dict[str, Any], path: Path) -> None:
     # identical weights would hash differently and DVC would re-run every stage downstream.
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
+
+
+def in_common_key(x: np.ndarray, pitch: np.ndarray, mask: np.ndarray, encoding: Encoding) -> np.ndarray:
+    """Move each stored window of `x` ([N, 3, H, W], in place) to the common key; returns the moves."""
+    if encoding.pitch == "frequency":
+        raise DmcError("train.key: common needs a pitch encoding in semitones (midi, log_frequency, helix, "
+                       "pitch_class), not frequency")
+    low, high = (int(np.rint(69 + 12 * np.log2(f / 440.0))) for f in (encoding.lo[0], encoding.hi[0]))
+    shifts = keys.common_key_shifts(pitch, mask, low, high)
+    real = mask.astype(bool)
+    for k in np.unique(shifts[shifts != 0]):
+        m, c = encoding.transpose_map(int(k))
+        rows = shifts == k
+        x[rows, 0] = np.where(real[rows], x[rows, 0] * m + c, x[rows, 0])
+    return shifts
 
 
 # -- the step -------------------------------------------------------------------------------------------

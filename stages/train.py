@@ -21,7 +21,7 @@ METRICS = Path("metrics")
 def main() -> None:
     params = load_params()
     settings = training.TrainSettings.from_params(params)
-    data = training.load_data(PREPARED, seq_len=params["seq_len"])
+    data = training.load_data(PREPARED, seq_len=params["seq_len"], key=params["train"]["key"])
     metrics = training.train(settings, data, models_dir=MODELS, metrics_dir=METRICS)
     if metrics:
         print(f"train: {metrics['steps']} steps of preset {settings.preset} on {metrics['device']} "
