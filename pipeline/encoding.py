@@ -106,12 +106,32 @@ def _check(pitch: str, time: str, scale: str) -> None:
                        f"beside symmetric values; use scale: symmetric, not {scale!r}")
 
 
-def _nearest(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Index of the row of `table` [K, C] nearest (Euclidean) to each column of `values` [C, M]."""
-    best = np.zeros(values.shape[1], dtype=np.int64)
-    for start in range(0, values.shape[1], 16384):  # bounded memory for any batch
-        v = values[:, start:start + 16384]
-        best[start:start + 16384] = ((v[None] - table[:, :, None]) ** 2).sum(axis=1).argmin(axis=0)
+def _distances(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances from each column of `values` [C, M] to each row of `table` [K, C]."""
+    return ((values[None] - table[:, :, None]) ** 2).sum(axis=1)
+
+
+def _distinct_in_chords(distance: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """The nearest code of each note, except that no chord holds one pitch twice.
+
+    `distance` [K, S, W]: each note's distance to every pitch code, notes in S sequences of W; `delta`
+    [S, W]: a note with delta 0 sounds with the one before it. A written file can hold a pitch only once
+    per onset, so a chord note whose nearest pitch another note of its chord already holds (the nearer
+    one keeps it) takes its nearest free pitch instead of vanishing at write time.
+    """
+    best = distance.argmin(axis=0)
+    n_codes, (sequences, width) = distance.shape[0], delta.shape
+    # Chord i of the whole batch: a note starts a new one unless it sounds with the note before it.
+    chord = np.cumsum(((delta != 0) | (np.arange(width) == 0)).ravel()).reshape(sequences, width)
+    pairs, counts = np.unique(chord * n_codes + best, return_counts=True)
+    for c in np.unique(pairs[counts > 1] // n_codes):  # only chords that hold a pitch twice
+        s, notes = np.nonzero(chord == c)
+        s = int(s[0])
+        taken: set[int] = set()
+        for j in sorted(notes, key=lambda j: distance[best[s, j], s, j]):
+            best[s, j] = next((int(k) for k in np.argsort(distance[:, s, j]) if int(k) not in taken),
+                              best[s, j])
+            taken.add(int(best[s, j]))
     return best
 
 
@@ -193,15 +213,17 @@ class Encoding:
         low, high = (b.reshape((3,) + (1,) * (x.ndim - 1)) for b in self.bounds)
         stored = np.clip(np.stack([x[0], x[1 + k], x[2 + k]]), low, high)
         raw = self.decode(stored, axis=0)
-        if self.pitch in PITCH_CODES:
-            pitches, table = self._pitch_table()
-            nearest = _nearest(np.concatenate([stored[:1], x[1:1 + k]]).reshape(1 + k, -1), table)
-            raw[0] = 440.0 * np.exp2((pitches[nearest].reshape(raw[0].shape) - 69.0) / 12.0)
         if self.time == "grid" and self.grid:
             raw[1] = self._on_grid(stored[1], 1, first=1)
             raw[2] = self._on_grid(stored[2], 2, first=1 if self.chord else 0)
         if self.chord:
             raw[2] = np.where(x[3 + k] > 0, 0.0, raw[2])
+        if self.pitch in PITCH_CODES:
+            pitches, table = self._pitch_table()
+            width = raw.shape[-1]
+            distance = _distances(np.concatenate([stored[:1], x[1:1 + k]]).reshape(1 + k, -1), table)
+            nearest = _distinct_in_chords(distance.reshape(len(table), -1, width), raw[2].reshape(-1, width))
+            raw[0] = 440.0 * np.exp2((pitches[nearest].reshape(raw[0].shape) - 69.0) / 12.0)
         return np.moveaxis(raw, 0, axis)
 
     @property

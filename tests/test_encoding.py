@@ -191,3 +191,18 @@ def test_the_lattice_decodes_noisy_values_to_the_nearest_code(prepared_by_encodi
 
 def midi_hz(p: int) -> float:
     return 440.0 * 2 ** ((p - 69) / 12)
+
+
+def test_a_chord_never_decodes_one_pitch_twice(prepared_by_encoding):
+    """Three chord notes whose nearest code is the same pitch keep three pitches: the nearest note keeps
+    it, the others take their nearest free pitches (an octave or a fifth away on the helix); the same
+    notes apart in time all keep it."""
+    encoding = Encoding.from_stats(load_stats(prepared_by_encoding[("helix", "grid", "symmetric", True)]))
+    raw = np.array([[[[midi_hz(60)] * 3], [[1.0] * 3], [[1.0, 0.0, 0.0]]]])
+    coded = encoding.code(raw)
+    coded[0, 0, 0, 1:] += [0.02, 0.04]  # the first note is the surest of its pitch
+    pitch = _notes_of(encoding.uncode(coded))[0][0, 0]
+    assert pitch[0] == 60 and len(set(pitch.tolist())) == 3
+    assert {abs(int(p) - 60) for p in pitch[1:]} <= {5, 7, 12}
+    coded[0, -1, 0, :] = -1  # no chord: three Cs one after another
+    assert _notes_of(encoding.uncode(coded))[0][0, 0].tolist() == [60, 60, 60]
