@@ -87,6 +87,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "lattice+noncausal+x0": {**LATTICE, "train.causal": False, "diffusion.prediction": "x0"},
     "pitch_class+noncausal": {**LATTICE, "features.pitch": "pitch_class", "train.causal": False},
     "lattice+noncausal+key": {**LATTICE, "train.causal": False, "train.key": "common"},
+    "lattice+key": {**LATTICE, "train.key": "common"},
+    "pitch_class+noncausal+key": {**LATTICE, "features.pitch": "pitch_class", "train.causal": False,
+                                  "train.key": "common"},
     "helix+noncausal": {**ENCODED, "features.pitch": "helix", "train.causal": False,
                         "sample.guard": "step_clip", "sample.steps": 20},
 }
