@@ -176,11 +176,11 @@ def test_mlflow_server_lists_both_runs_over_rest(pipeline_runs):
         def call(path: str, body: dict) -> dict:
             request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=HANG_GUARD_S) as response:
                 return json.loads(response.read())
 
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=dmc",
-                                    timeout=30) as response:
+                                    timeout=HANG_GUARD_S) as response:
             experiment_id = json.loads(response.read())["experiment"]["experiment_id"]
         found = call("/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id], "max_results": 100})
         parents = [r for r in found["runs"]
