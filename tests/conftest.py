@@ -6,12 +6,17 @@ Session-scoped fixtures other test files reuse:
   chorales with seq_len 32 and a 0.5/0.25/0.25 split, so train, val and test all hold segments.
 - `wheel_midi_files`: the small MIDI files inside the music21 wheel (testPrimitive/*.mid, k525short.mid).
 - `repo_params()`: the repository's params.yaml as a dict, to copy and modify in tests.
+
+Helpers: `HANG_GUARD_S`, the timeout for every subprocess a test waits on, and `copy_checkout(dest)`, the
+working tree as a fresh clone would see it.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/mido_oracle.py
 PREPARED_SEQ_LEN = 32
 PREPARED_SPLIT = (0.5, 0.25, 0.25)
 N_CHORALES = 12
+
+# A subprocess still running after this is hung, not slow. Tests never time the machine: a CI box or a
+# laptop beside other work can be ten times slower than a quiet one, and speed is benchmarks/' business.
+HANG_GUARD_S = 30 * 60
+
+
+def checkout_files() -> list[str]:
+    """The working tree's files as a fresh clone (plus uncommitted work) has them: tracked, and untracked
+    but not ignored, except virtualenvs: `python3 -m venv v` inside a clone is neither."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split("\0")
+    venvs = {Path(rel).parent for rel in listed if Path(rel).name == "pyvenv.cfg"}
+    return [rel for rel in listed if rel and (REPO / rel).is_file()
+            and not any(parent in venvs for parent in Path(rel).parents)]
+
+
+def copy_checkout(dest: Path) -> Path:
+    """Copy `checkout_files()` to `dest`: no build/, egg-info, data or models a clone would not have."""
+    for rel in checkout_files():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dest / rel)
+    return dest
 
 
 def pytest_configure(config: pytest.Config) -> None:

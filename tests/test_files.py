@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import HANG_GUARD_S, REPO
 
 from pipeline.files import atomic_path, remove_stale_temps, write_json
 
@@ -20,7 +20,7 @@ def killed_during_write(target: Path) -> Path:
             "    tmp.write_bytes(b'x' * 5_000_000)\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code, str(target)], env=env, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code, str(target)], env=env, timeout=HANG_GUARD_S)
     assert done.returncode == -9
     [litter] = [p for p in target.parent.iterdir() if p.name.endswith(".tmp")]
     return litter

@@ -15,6 +15,7 @@ import mido
 import mido_oracle
 import numpy as np
 import pytest
+from conftest import HANG_GUARD_S
 
 from pipeline import midi
 from pipeline.midi import RejectedFile, TrackNotes, extract_notes, write_midi
@@ -285,7 +286,7 @@ def test_programs_from_params_reads_prepare_programs(tmp_path):
 def _dmc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def test_dmc_notes_prints_the_main_track_as_json(tmp_path):

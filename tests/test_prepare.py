@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, repo_params
+from conftest import HANG_GUARD_S, REPO, repo_params
 
 from pipeline.midi import TrackNotes, write_midi
 
@@ -23,7 +23,7 @@ def run_stage(stage: str, cwd: Path) -> subprocess.CompletedProcess:
     # MLflow tracking has its own tests; here it would only add a database to every temp folder.
     env = {**os.environ, "PYTHONPATH": str(REPO), "DMC_TRACKING": "0"}
     return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=HANG_GUARD_S)
 
 
 def workdir(tmp_path: Path, **changes) -> Path:

@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import HANG_GUARD_S, REPO, copy_checkout
 from test_sampling import write_checkpoint
 
 from pipeline import model as model_module
@@ -336,28 +337,46 @@ def test_models_name_shows_the_card_with_baselines_and_retrain_command(capsys):
 # -- the package data of a real install ---------------------------------------------------------------
 
 
+def running_site_dirs() -> list[str]:
+    """Where the running interpreter's packages live: a venv's site-packages (and its base's, when it was
+    made with --system-site-packages), or the system Python's."""
+    dirs = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    return [d for d in dirs if Path(d).is_dir()]
+
+
 def test_a_fresh_install_composes_with_the_shipped_model(tmp_path):
-    """`pip install` (not editable) into a new venv, run from outside the checkout: the weights ship."""
-    source = tmp_path / "source"
-    # A clean copy: an in-tree build/ from an earlier build could ship files the source no longer has.
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", "data", "models", "mlruns", "samples", "__pycache__", ".ruff_cache",
-        ".pytest_cache", ".dvc"))
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)  # torch etc. from the system
-    python = env_dir / "bin" / "python"
+    """A wheel (not an editable install) in a new venv, run from outside the checkout: the weights ship.
+
+    Offline, and the same from a venv or the system Python: the running interpreter builds the wheel, pip
+    installs it into a bare venv, and only then does that venv see the running environment's packages
+    (torch and the rest), through a .pth file that puts them after its own site-packages."""
+    source = copy_checkout(tmp_path / "source")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["OMP_NUM_THREADS"] = "1"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    "--no-build-isolation", str(source)], check=True, env=env, cwd=tmp_path,
-                   capture_output=True, timeout=300)
-    where = subprocess.run([str(python), "-c", "import pipeline; print(pipeline.__file__)"], env=env,
-                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
-    assert where.startswith(str(env_dir)), where
-    run = tmp_path / "elsewhere"
-    run.mkdir()
+    env.update(OMP_NUM_THREADS="1", DMC_THREADS="1")
+
+    def run(*args: str | Path, cwd: Path = tmp_path) -> str:
+        done = subprocess.run([*map(str, args)], env=env, cwd=cwd, capture_output=True, text=True,
+                              timeout=HANG_GUARD_S)
+        assert done.returncode == 0, f"{args}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout.strip()
+
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    dist = tmp_path / "dist"
+    run(*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, source)
+    (wheel,) = dist.glob("dmc-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    run(*pip, "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
+    purelib = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"))
+    assert (purelib / "pipeline" / "weights" / pretrained.DEFAULT / "model.pt").is_file()
+    (purelib / "running-environment.pth").write_text("".join(f"{d}\n" for d in running_site_dirs()))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = Path(run(python, "-c", "import pipeline; print(pipeline.__file__)", cwd=elsewhere))
+    assert where.resolve().is_relative_to(purelib.resolve()), where
     done = subprocess.run([str(env_dir / "bin" / "dmc"), "generate", "out", "--n", "2", "--quiet"],
-                          env=env, cwd=run, capture_output=True, text=True, timeout=300)
+                          env=env, cwd=elsewhere, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr
     assert "using the shipped model bach" in done.stderr
-    assert sorted(p.name for p in (run / "out").iterdir()) == ["sample_000.mid", "sample_001.mid"]
+    assert sorted(p.name for p in (elsewhere / "out").iterdir()) == ["sample_000.mid", "sample_001.mid"]

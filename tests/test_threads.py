@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import HANG_GUARD_S, REPO
 
 from pipeline.errors import DmcError
 from pipeline.threads import queue_jobs, threads_per_job
@@ -63,8 +63,8 @@ def _probe(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
             "from stages import run\n"
             "run('probe', lambda: print(torch.get_num_threads(), torch.get_num_interop_threads(),"
             " os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS']))\n")
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**env, "PYTHONPATH": str(REPO), "DMC_TRACKING": "0"})
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          timeout=HANG_GUARD_S, env={**env, "PYTHONPATH": str(REPO), "DMC_TRACKING": "0"})
 
 
 def test_every_stage_sizes_torch_and_omp_threads_for_its_queue_share(tmp_path):

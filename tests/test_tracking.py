@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HANG_GUARD_S
 
 from pipeline import tracking
 from pipeline.errors import DmcError
@@ -116,7 +117,7 @@ def test_importing_the_stage_wrapper_and_tracking_touches_no_store(tmp_path):
     code = "import sys, stages, pipeline.tracking; print('mlflow' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=HANG_GUARD_S)
     assert done.stdout.strip() == "False", done.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -339,7 +340,8 @@ def test_stage_wrapper_prints_one_line_and_exits_2_on_a_bad_param_and_records_th
     (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("lr: 1.0e-3", "lr: -1"))
     env = {**os.environ, "PYTHONPATH": str(repo)}
     code = "from stages import run; from pipeline.params import load_params; run('prepare', load_params)"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=HANG_GUARD_S)
     assert done.returncode == 2
     assert done.stderr.strip() == "prepare: error: params: 'lr' must be > 0, got -1"
     (child,) = [r for r in runs(repo) if r.info.run_name == "prepare"]
@@ -379,7 +381,7 @@ def test_two_processes_logging_at_once_lose_no_run(repo):
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, name], env=env, stderr=subprocess.PIPE,
                               text=True) for name in ("queued-1", "queued-2")]
     for proc in procs:
-        assert proc.wait(timeout=240) == 0, proc.stderr.read()
+        assert proc.wait(timeout=HANG_GUARD_S) == 0, proc.stderr.read()
     found = parents(repo)
     assert sorted(r.info.run_name for r in found) == ["queued-1", "queued-2"]
     for parent in found:

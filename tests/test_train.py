@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import REPO, repo_params
+from conftest import HANG_GUARD_S, REPO, repo_params
 
 from pipeline.errors import DmcError
 from pipeline.params import validate
@@ -204,7 +204,7 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(data, prepared_dir, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=work, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = checkpoint_path(work / "models")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_GUARD_S
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
@@ -212,7 +212,7 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(data, prepared_dir, tmp_p
     killed_at = torch.load(ckpt, weights_only=True)["step"]
     assert killed_at < steps
     done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=work, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr
     assert f"at step {killed_at}" in done.stdout
     settings = TrainSettings.from_params(yaml.safe_load((work / "params.yaml").read_text()))
@@ -225,7 +225,7 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(data, prepared_dir, tmp_p
 def test_stage_reports_missing_prepared_data_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 2
     assert done.stderr.startswith("train: error:") and done.stderr.count("\n") == 1
 
@@ -234,7 +234,7 @@ def test_ddp_with_two_cpu_processes_on_gloo(prepared_dir, tmp_path):
     work = _stage_repo(tmp_path / "work", prepared_dir, steps=4)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     done = subprocess.run([*torchrun, "-m", "stages.train"],
-                          cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
+                          cwd=work, env=_env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("train: 4 steps") == 1  # rank 0 alone reports
     metrics = yaml.safe_load((work / "metrics" / "train.json").read_text())

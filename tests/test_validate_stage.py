@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PREPARED_SEQ_LEN, PREPARED_SPLIT, REPO, repo_params
+from conftest import HANG_GUARD_S, PREPARED_SEQ_LEN, PREPARED_SPLIT, REPO, repo_params
 
 OUT = "data/params.valid"
 
@@ -28,7 +28,7 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
     env.update(PYTHONPATH=str(repo), DMC_TRACKING="0", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=HANG_GUARD_S)
 
 
 @pytest.mark.slow  # three `dvc repro`s: about 30 s on an idle 2-core machine
