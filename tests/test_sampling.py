@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pipeline import audio, midi, sampling
+from pipeline.checkpoints import write_checkpoint as save_checked
 from pipeline.diffusion import GaussianDiffusion
 from pipeline.encoding import Encoding
 from pipeline.errors import DmcError
@@ -37,8 +38,9 @@ def write_checkpoint(path: Path, stats: dict | None = None, seed: int = 0) -> Pa
     config = PRESETS["tiny"]
     model = UNet(config)
     stats = stats or notes_stats(midi.extract_notes(PIANO_MIDI))
-    torch.save({"config": dataclasses.asdict(config), "ema": model.state_dict(), "stats": stats,
-                "diffusion": {"timesteps": TIMESTEPS, "beta_start": 1e-4, "beta_end": 0.02}, "step": 0}, path)
+    diffusion = {"timesteps": TIMESTEPS, "beta_start": 1e-4, "beta_end": 0.02}
+    save_checked(path, {"config": dataclasses.asdict(config), "ema": model.state_dict(), "stats": stats,
+                        "diffusion": diffusion, "step": 0})
     return path
 
 

@@ -214,8 +214,10 @@ def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(re
     model = UNet(config)
     (repo / "models").mkdir()
     diffusion = {"timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02}
-    torch.save({"config": asdict(config), "ema": model.state_dict(), "stats": {}, "step": 3,
-                "diffusion": diffusion}, repo / "models/model.pt")
+    from pipeline.checkpoints import write_checkpoint
+
+    write_checkpoint(repo / "models/model.pt", {"config": asdict(config), "ema": model.state_dict(),
+                                                "stats": {}, "step": 3, "diffusion": diffusion})
     (repo / "metrics/train.json").write_text(json.dumps({"loss": 0.25, "steps_per_s": 3.5, "device": "cpu"}))
     (repo / "metrics/train_loss.csv").write_text("step,loss\n1,0.9\n2,0.5\n3,0.25\n")
     (repo / "metrics/val_loss.csv").write_text("step,loss\n3,0.3\n")
