@@ -325,6 +325,16 @@ def test_models_says_when_the_checkouts_model_is_not_what_dvc_lock_records(run_r
     assert "not the model dvc.lock records" in local and local.split()[2:6] == ["?", "tiny", "0", "-"]
 
 
+def test_models_says_the_checkouts_model_is_damaged(run_root, monkeypatch, capsys):
+    from test_checkpoints import flip_bytes
+
+    flip_bytes(run_root / "models" / "model.pt", at=(0.5,))  # inside the weights
+    monkeypatch.chdir(run_root)
+    assert run_dmc("models") == 0
+    local = capsys.readouterr().out.splitlines()[1]
+    assert "unusable: damaged (its contents do not match the checksum" in local
+
+
 def test_models_name_shows_the_card_with_baselines_and_retrain_command(capsys):
     assert run_dmc("models", "bach") == 0
     out = capsys.readouterr().out
