@@ -300,16 +300,16 @@ def main() -> None:
             proc = subprocess.Popen(
                 many, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
-            deadline = time.time() + 180
-            while time.time() < deadline:
-                litter = [p for p in term.glob(".dmc-generate-*/*")]
-                if len(litter) >= 8:
-                    break
+            deadline, reached = time.time() + 900, False
+            while time.time() < deadline and proc.poll() is None and not reached:
+                reached = len(list(term.glob(".dmc-generate-*/*"))) >= 8
                 time.sleep(0.05)
             proc.send_signal(sig)
             o, e = proc.communicate(timeout=120)
             left = staging_litter(term)
             same = {k: v for k, v in snapshot(term).items() if k.startswith("sample_")} == before_d
+            if not reached:
+                print(f"3d: the signal came before 8 pieces were staged (exit {proc.returncode})", flush=True)
             record(
                 f"3d {name} to generate half-way",
                 subprocess.CompletedProcess(proc.args, proc.returncode, o, e),
