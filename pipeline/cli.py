@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.errors import DmcError
+from pipeline.errors import DmcError, environment_error, interruption, sigterm_interrupts
 
 
 def _add_notes(sub: argparse._SubParsersAction) -> None:
@@ -227,12 +227,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         add(sub)
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+        with sigterm_interrupts():
+            args.run(args)
     except DmcError as err:
         print(f"dmc: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, exit 128 + the signal
+        line, code = interruption(err)
+        print(f"dmc: {line}", file=sys.stderr)
+        return code
+    except OSError as err:  # a full disk, a read-only folder: the environment's, said in one line
+        line = environment_error(err)
+        if line is None:
+            raise
+        print(f"dmc: error: {line}", file=sys.stderr)
+        return 2
     return 0
 
 

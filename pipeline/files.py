@@ -15,7 +15,9 @@ from typing import Any
 
 # atomic_path's temp names: `.<target>.<writer pid>-<8 random>.tmp`. Before the pid was added they were
 # `.<target>.<8 random>.tmp`; those are still recognized, as litter of a version that is not running.
-_TEMP_NAME = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")
+# `dmc generate` stages its pieces in `.dmc-generate-<writer pid>-<8 random>` (pipeline.writing).
+_TEMP_NAME = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$"
+                        r"|^\.dmc-generate-(?:(?P<staging_pid>\d+)-)?[a-z0-9_]{8}$")
 _SWEPT: set[Path] = set()  # folders this process has already swept (one listing per folder)
 
 
@@ -41,7 +43,8 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP_NAME.match(entry.name)
-        if not match or (match["pid"] and process_running(int(match["pid"]))):
+        pid = match and (match["pid"] or match["staging_pid"])
+        if not match or (pid and process_running(int(pid))):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
@@ -81,6 +84,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp_path, ignore_errors=True)
         elif tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` for the body, or raise DmcError(busy) at once when
+    another process holds it. The lock dies with its process (kill -9 included): no stale locks. The
+    file is removed on release, so a folder holds it only while someone writes there."""
+    import fcntl
+
+    from pipeline.errors import DmcError
+
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DmcError(busy) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder before us removed the file as we opened it: lock the new one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def write_json(path: str | Path, data: Any) -> None:

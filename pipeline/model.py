@@ -357,15 +357,24 @@ def default_device() -> torch.device:
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, dict, dict]:
-    """Load `models/model.pt`: (U-Net with the EMA weights, in eval mode; stats dict; diffusion kwargs)."""
+    """Load `models/model.pt`: (U-Net with the EMA weights, in eval mode; stats dict; diffusion kwargs).
+
+    The file's checksum is verified first (`pipeline.checkpoints`): damaged weights are refused, not
+    sampled from."""
+    from pipeline.checkpoints import read_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise DmcError(f"no trained model at {path}; run the train stage first")
+    ckpt = read_checkpoint(path, MODEL_ADVICE, device)
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
         model = UNet(UNetConfig.from_dict(ckpt["config"]))
         model.load_state_dict(ckpt["ema"])
         return model.to(device).eval(), ckpt["stats"], dict(ckpt["diffusion"])
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DmcError(f"{path} is not a compatible trained model ({reason})") from None
+
+
+# What to do about a damaged models/model.pt (a shipped model's folder is checked by its card first).
+MODEL_ADVICE = "re-run `dvc repro -f train` to write it again, or pick another with --model"

@@ -237,6 +237,9 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
     flat = flatten(params)
     for key in flat:
         if key not in SCHEMA:
+            if flat[key] is None and any(k.startswith(f"{key}.") for k in SCHEMA):  # `train:` and no keys
+                raise DmcError(f"params: section '{key}' is empty; give its keys, as the repository's "
+                               "params.yaml does")
             raise DmcError(f"params: unknown key '{key}'")
     for key, check in SCHEMA.items():
         if key not in flat:

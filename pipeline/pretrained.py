@@ -9,7 +9,8 @@ A shipped model is a folder `pipeline/weights/NAME/` of two files:
   retrains it, the sha256 of `model.pt`, and a probe (below).
 
 Loading a shipped model checks, in order: the card's format, the sha256 of each file the card lists, the
-checkpoint itself (`weights_only=True`), then the probe: the network's output on a fixed input, recorded
+checkpoint itself (`weights_only=True`, and the checksum of its contents every dmc checkpoint carries,
+`pipeline.checkpoints`), then the probe: the network's output on a fixed input, recorded
 at export, must come out again. A model the code no longer reads the same way (a renamed config field, a
 layer that computes something else) fails one of these with one line instead of composing noise.
 
@@ -229,14 +230,20 @@ def _local_row(path: Path) -> dict[str, Any]:
     root = path.parent.parent
     row: dict[str, Any] = {"name": str(path), "dataset": "?", "preset": "?", "steps": "?", "oa_mean": None,
                            "source": "trained in this checkout"}
+    from pipeline.checkpoints import read_checkpoint
+    from pipeline.model import MODEL_ADVICE
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(path, MODEL_ADVICE)
         row["steps"] = int(ckpt["step"])
         config = UNetConfig.from_dict(ckpt["config"])
         same = [name for name, p in PRESETS.items()
                 if UNetConfig.from_dict({**vars(p), "causal": config.causal}) == config]
         row["preset"] = same[0] if same else "custom"
-    except Exception as err:  # listing must not stop at one bad file; it says what is wrong instead
+    except DmcError as err:  # listing must not stop at one bad file; it says what is wrong instead
+        row["source"] += f", unusable: {str(err).removeprefix(f'{path}: ').split(';')[0]}"
+        return row
+    except (KeyError, TypeError, ValueError) as err:
         row["source"] += f", unreadable: {type(err).__name__}"
         return row
     lock = _read_lock(root / "dvc.lock", required=False)
@@ -438,8 +445,9 @@ def export_model(name: str, root: str | Path = ".", checkpoint: str | Path | Non
     run in checkout ROOT: its models/model.pt (or `checkpoint`), dvc.lock and metrics. The weights are
     stored as `dtype` (bfloat16 halves the file; the card records how far that moves the output). Atomic:
     an error leaves any previous folder of that name as it was."""
+    from pipeline.checkpoints import read_checkpoint, write_checkpoint
     from pipeline.files import atomic_path
-    from pipeline.model import UNet, UNetConfig, load_trained
+    from pipeline.model import MODEL_ADVICE, UNet, UNetConfig, load_trained
 
     if not NAME.fullmatch(name):
         raise DmcError(f"model name {name!r}: use lowercase letters, digits, - and _")
@@ -452,8 +460,8 @@ def export_model(name: str, root: str | Path = ".", checkpoint: str | Path | Non
     lock = _read_lock(root / "dvc.lock")
     evaluation = evaluation_of(root, model_path, lock)
     params = _lock_params(lock)
-    ckpt = torch.load(model_path, map_location="cpu", weights_only=True)
-    load_trained(model_path, "cpu")  # refuse an incompatible checkpoint before writing anything
+    load_trained(model_path, "cpu")  # refuse a damaged or incompatible checkpoint before writing anything
+    ckpt = read_checkpoint(model_path, MODEL_ADVICE)
     ema = cast_weights(ckpt["ema"], dtype)
     config = UNetConfig.from_dict(ckpt["config"])
     full, shipped = UNet(config).eval(), UNet(config).eval()
@@ -488,9 +496,8 @@ def export_model(name: str, root: str | Path = ".", checkpoint: str | Path | Non
     target = Path(dest) / name if dest is not None else root / "pipeline" / "weights" / name
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        with open(tmp / WEIGHTS_FILE, "wb") as f:  # a file object: the zip then holds no temp name
-            torch.save({"config": ckpt["config"], "ema": ema, "stats": ckpt["stats"],
-                        "diffusion": ckpt["diffusion"], "step": ckpt["step"]}, f)
+        write_checkpoint(tmp / WEIGHTS_FILE, {"config": ckpt["config"], "ema": ema, "stats": ckpt["stats"],
+                                              "diffusion": ckpt["diffusion"], "step": ckpt["step"]})
         card["files"] = {WEIGHTS_FILE: _sha256(tmp / WEIGHTS_FILE)}
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
         check_shipped(tmp)  # what we ship must load, here and now

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -462,10 +460,12 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     `checkpoint`: a path, a shipped model's name, or None for the checkout's model falling back to the
     shipped default (`pipeline.pretrained.resolve_model`).
 
-    Every file is first written into a temp folder inside `out_dir` and moved in at the end, so an
-    error leaves no partial file behind. Returns a summary (files, seconds, notices).
+    All or nothing (`pipeline.writing.pieces_into`): the pieces are written into a temp folder inside
+    `out_dir`, then replace its earlier pieces in one step; an error or Ctrl-C leaves `out_dir` as it
+    was, and a second writer into the same folder is refused. Returns a summary (files, seconds, notices).
     """
     from pipeline.multirow import check_keep, check_length, generate_rows
+    from pipeline.writing import pieces_into
 
     check_options(opts)
     loaded = load_sampler(checkpoint, opts, log)
@@ -520,16 +520,8 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
         if notice:
             notices.append(notice)
             log(notice)
-    out_dir = Path(out_dir)
-    created = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".dmc-generate-", dir=out_dir))
-    except OSError as err:
-        raise DmcError(f"cannot write to output folder {out_dir}: {err.strerror or err}") from None
-    ok = False
     names: list[str] = []
-    try:
+    with pieces_into(out_dir, log) as staging:
         start = time.perf_counter()
         sampling = 0.0
         index = 0
@@ -542,13 +534,6 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
                 index += 1
             batch_start = time.perf_counter()
         seconds = time.perf_counter() - start
-        for name in names:
-            (staging / name).replace(out_dir / name)
-        ok = True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not ok and not any(out_dir.iterdir()):
-            out_dir.rmdir()
     return {"files": names, "seconds": sampling, "total_seconds": seconds, "pieces": opts.n,
             "pieces_per_s": opts.n / sampling if sampling > 0 else math.inf, "notes_per_piece": length,
             "sampler": sampler.name, "steps": sampler.n_steps(diffusion.timesteps), "notices": notices}

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.encoding import FEATURES, ORIGINAL, Encoding, EncodingFit
-from pipeline.errors import DmcError
+from pipeline.errors import DmcError, ignore_interrupts
 from pipeline.files import atomic_path
 from pipeline.instruments import (
     RowWindows,
@@ -355,7 +355,7 @@ def _results(jobs: list[tuple[Path, list[str], PrepareConfig]], n_jobs: int
         yield from map(_process, jobs)
         return
     # spawn, not fork: a forked child would inherit pyarrow's and tqdm's threads mid-flight.
-    with mp.get_context("spawn").Pool(n_jobs) as pool:
+    with mp.get_context("spawn").Pool(n_jobs, initializer=ignore_interrupts) as pool:
         yield from pool.imap(_process, jobs)
 
 
@@ -488,12 +488,22 @@ def _flat(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
 
 
 # -- reading ----------------------------------------------------------------------------------------------
+# What to do about a damaged prepared folder: DVC's -f re-runs the stage even though its deps are unchanged.
+REPREPARE = "re-run `dvc repro -f prepare`"
+
+
 def load_stats(prepared_dir: str | Path) -> dict[str, Any]:
     """stats.json of a prepared folder."""
     path = Path(prepared_dir) / STATS_FILE
     if not path.is_file():
         raise DmcError(f"no {STATS_FILE} in {prepared_dir}; run the prepare stage first (dvc repro prepare)")
-    return json.loads(path.read_text())
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DmcError(f"{path}: unreadable ({type(err).__name__}); {REPREPARE}") from None
+    if not isinstance(stats, dict):
+        raise DmcError(f"{path}: not the stats of a prepared folder; {REPREPARE}")
+    return stats
 
 
 def _read_split(prepared_dir: str | Path, split: str, columns: list[str]) -> pa.Table:
@@ -503,7 +513,17 @@ def _read_split(prepared_dir: str | Path, split: str, columns: list[str]) -> pa.
     if not path.is_file():
         raise DmcError(f"no {SEGMENTS_FILE} in {prepared_dir}; run the prepare stage first "
                        "(dvc repro prepare)")
-    return pq.read_table(path, columns=columns, filters=[("split", "==", split)])
+    try:
+        return pq.read_table(path, columns=columns, filters=[("split", "==", split)])
+    except (OSError, pa.ArrowException) as err:  # truncated, overwritten, or another file's columns
+        raise DmcError(f"{path}: unreadable ({type(err).__name__}); {REPREPARE}") from None
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as err:
+        raise DmcError(f"{path}: unreadable ({type(err).__name__}); {REPREPARE}") from None
 
 
 def load_split(prepared_dir: str | Path, split: str) -> np.ndarray:
@@ -519,7 +539,7 @@ def load_mask(prepared_dir: str | Path, split: str) -> np.ndarray:
     All ones for single-piano data (no `mask` column: every entry is a note)."""
     stats = load_stats(prepared_dir)
     h, w = len(stats["instruments"]), stats["seq_len"]
-    if "mask" not in pq.read_schema(Path(prepared_dir) / SEGMENTS_FILE).names:
+    if "mask" not in _read_schema(Path(prepared_dir) / SEGMENTS_FILE).names:
         n = _read_split(prepared_dir, split, ["segment"]).num_rows
         return np.ones((n, h, w), dtype=np.uint8)
     return _flat(_read_split(prepared_dir, split, ["mask"]).column("mask"), np.uint8).reshape(-1, h, w)

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.errors import DmcError
-from pipeline.files import file_digest
+from pipeline.files import file_digest, process_running
 
 EXPERIMENT = "dmc"
 STAGE_ORDER = ("download", "prepare", "train", "sample", "evaluate")
@@ -58,6 +59,8 @@ PACKAGES = ("torch", "numpy", "symusic", "mlflow", "dvc", "pandas", "pyarrow", "
 LOCK_TIMEOUT_S = 600
 GROUP_TAG = "dmc.group"
 STAGES_TAG = "dmc.stages"
+# The process that created a run, so that a later one can tell a run whose process is gone.
+PID_TAG, HOST_TAG = "dmc.pid", "dmc.host"
 # "execution" on a parent, "stage" on a child: the saved runs view filters on it to show parents only.
 ROW_TAG = "dmc.run"
 # MLflow 3 reads this experiment tag to choose between its GenAI (traces) and model-training layouts.
@@ -342,6 +345,7 @@ def log_stage(stage: str, workdir: str | Path = ".", status: str = "FINISHED",
     with store_lock(root):
         client = _Retrying(MlflowClient(uri))
         experiment_id = _experiment(client, root)
+        finish_orphans(client, experiment_id)
         parent_id = _parent(client, experiment_id, ctx, start_ms)
         tags = {**ctx.tags, "dmc.stage": stage, ROW_TAG: "stage", "mlflow.parentRunId": parent_id}
         child = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=stage)
@@ -351,8 +355,8 @@ def log_stage(stage: str, workdir: str | Path = ".", status: str = "FINISHED",
             if status == "FINISHED":
                 _log_outputs(client, mlflow, uri, ctx, parent_id, child_id)
                 _log_metrics(client, parent_id, {f"seconds.{stage}": seconds}, {})
-        except BaseException:
-            status = "FAILED"  # a half-recorded stage must not look like a complete one
+        except BaseException as err:  # a half-recorded stage must not look like a complete one
+            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
             raise
         finally:
             client.set_terminated(child_id, status)
@@ -360,6 +364,31 @@ def log_stage(stage: str, workdir: str | Path = ".", status: str = "FINISHED",
             client.set_tag(parent_id, STAGES_TAG, ",".join([*stages, stage]))
             client.set_terminated(parent_id, status)
     return Recorded(uri, experiment_id, parent_id, child_id)
+
+
+def finish_orphans(client: Any, experiment_id: str, log: Callable[[str], None] | None = None) -> list[str]:
+    """End as KILLED the RUNNING runs whose process is gone (killed with -9, or while it recorded), and
+    the execution rows they belong to; one line says so. Returns their ids. Called under `store_lock`:
+    dmc holds it from a run's start to its end, so a RUNNING run seen then is one that never ended."""
+    host = socket.gethostname()
+
+    def gone(tags: dict[str, str]) -> bool:
+        if PID_TAG not in tags:  # recorded before runs carried their pid: the lock says it ended badly
+            return _default_store()
+        return tags.get(HOST_TAG) == host and not process_running(int(tags[PID_TAG]))
+
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                 max_results=1000)
+    orphans = [r for r in running if ROW_TAG in r.data.tags and gone(r.data.tags)]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in orphans if "mlflow.parentRunId" in r.data.tags}
+    for run_id in [*(r.info.run_id for r in orphans), *parents - {r.info.run_id for r in orphans}]:
+        client.set_terminated(run_id, "KILLED")
+    if orphans:
+        names = ", ".join(sorted({r.info.run_name or r.info.run_id[:8] for r in orphans}))
+        (log or (lambda line: print(line, file=sys.stderr)))(
+            f"tracking: marked {len(orphans)} run(s) KILLED whose process is gone ({names}), "
+            f"and the execution row(s) they belong to")
+    return [r.info.run_id for r in orphans]
 
 
 @dataclass
@@ -404,6 +433,8 @@ class _Context:
             "dmc.code_digest": code,
             "dvc.exp_name": exp_name,
             "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+            PID_TAG: str(os.getpid()),
+            HOST_TAG: socket.gethostname(),
             **{f"dmc.version.{name}": version for name, version in package_versions().items()},
         }
         tags = {k: v for k, v in tags.items() if v}

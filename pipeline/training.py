@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,9 +35,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pipeline import keys
+from pipeline.checkpoints import read_checkpoint, write_checkpoint
 from pipeline.diffusion import GaussianDiffusion
 from pipeline.encoding import Encoding
-from pipeline.errors import DmcError
+from pipeline.errors import DmcError, Interrupted
 from pipeline.files import atomic_path, remove_stale_temps, write_json
 from pipeline.model import UNet, UNetConfig, count, default_device, get_config
 
@@ -295,6 +297,9 @@ def checkpoint_path(models_dir: str | Path) -> Path:
     return Path(models_dir) / "checkpoints" / "last.pt"
 
 
+RESUME_ADVICE = "delete {path} to start fresh"
+
+
 def _history_tensor(rows: list[tuple[int, float]]) -> Tensor:
     return torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
 
@@ -325,16 +330,14 @@ class State:
 
 def _resume(path: Path, fp: str, model: UNet, ema: EMA, opt: torch.optim.Optimizer,
             device: torch.device, log: Callable[[str], None]) -> State:
-    """Restore from last.pt when it was written for the same params and data; else start fresh."""
+    """Restore from last.pt when it was written for the same params and data; else start fresh.
+
+    A damaged or unreadable last.pt is refused (read_checkpoint checks its checksum): resuming from
+    flipped weights would train on, and record, a broken model without a word."""
     if not path.is_file():
         return State()
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        same = ckpt["fingerprint"] == fp
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line advice
-        raise DmcError(f"cannot read checkpoint {path} ({type(err).__name__}); "
-                       "delete it to start fresh") from None
-    if not same:
+    ckpt = read_checkpoint(path, RESUME_ADVICE.format(path=path), device)
+    if ckpt.get("fingerprint") != fp:
         log(f"train: {path} was written for other params or data; starting fresh")
         return State()
     try:
@@ -379,10 +382,17 @@ def save_model(path: Path, ema: EMA, data: TrainData, settings: TrainSettings, s
 
 
 def _save(obj: dict[str, Any], path: Path) -> None:
-    # Through a file object: torch.save(obj, name) stores the (random) temp name inside the zip, so
-    # identical weights would hash differently and DVC would re-run every stage downstream.
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+    write_checkpoint(path, obj)  # atomic, with the checksum every reader verifies
+
+
+def kept_checkpoint(models_dir: str | Path) -> str:
+    """What an interrupted run leaves: `the checkpoint at step N is kept`, or that none was saved."""
+    path = checkpoint_path(models_dir)
+    try:
+        step = read_checkpoint(path, "")["step"]
+    except DmcError:
+        return "no checkpoint saved yet" if not path.exists() else f"{path} is unreadable"
+    return f"the checkpoint at step {step} is kept"
 
 
 def in_common_key(x: np.ndarray, pitch: np.ndarray, mask: np.ndarray, encoding: Encoding) -> np.ndarray:
@@ -491,6 +501,9 @@ def train(settings: TrainSettings, data: TrainData, models_dir: str | Path = "mo
     rank, device = init_distributed(torch.device(device) if device else default_device())
     try:
         return _train(settings, data, models_dir, metrics_dir, stop_at, device, rank, log)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (pipeline.errors.interrupt_on_sigterm)
+        signum = getattr(err, "signum", signal.SIGINT)
+        raise Interrupted(f"interrupted; {kept_checkpoint(models_dir)}", signum) from None
     finally:
         if rank.world > 1:
             dist.destroy_process_group()

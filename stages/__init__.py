@@ -8,17 +8,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import DmcError
+from pipeline.errors import DmcError, environment_error, interrupt_on_sigterm, interruption
 
 
 def run(stage: str, main: Callable[[], None], record: bool = True) -> None:
-    """Run a stage's main, recorded in MLflow unless `record` is false; a DmcError becomes one line on
-    stderr and exit code 2.
+    """Run a stage's main, recorded in MLflow unless `record` is false. A DmcError, or an OSError of the
+    environment (disk full, read-only), becomes one line on stderr and exit code 2; Ctrl-C or SIGTERM
+    one line and exit code 130 or 143.
 
     First the stage's CPU threads are sized (pipeline.threads), so queued experiments share the cores.
     """
     from pipeline.threads import limit_threads, threads_per_job
 
+    interrupt_on_sigterm()
     try:
         threads, why = threads_per_job()
         limit_threads(threads)
@@ -33,4 +35,14 @@ def run(stage: str, main: Callable[[], None], record: bool = True) -> None:
             main()
     except DmcError as err:
         print(f"{stage}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM, after track_stage marked the run KILLED
+        line, code = interruption(err)
+        print(f"{stage}: {line}", file=sys.stderr)
+        sys.exit(code)
+    except OSError as err:  # a full disk, a read-only folder: the environment's, said in one line
+        line = environment_error(err)
+        if line is None:
+            raise
+        print(f"{stage}: error: {line}", file=sys.stderr)
         sys.exit(2)

@@ -27,7 +27,14 @@ def main() -> None:
         print(f"train: {metrics['steps']} steps of preset {settings.preset} on {metrics['device']} "
               f"({metrics['parameters']:,} parameters): loss {metrics['loss']:.4f}, val loss "
               f"{metrics['val_loss'] if metrics['val_loss'] is None else round(metrics['val_loss'], 4)}, "
-              f"{metrics['steps_per_s']} steps/s; wrote {MODELS / 'model.pt'}")
+              f"{speed(metrics)}; wrote {MODELS / 'model.pt'}")
+
+
+def speed(metrics: dict) -> str:
+    """`12.5 steps/s`, or, when a resumed run found every step done, that none were left."""
+    if metrics["steps_per_s"] is None:
+        return "no steps left to run (resumed at the final step)"
+    return f"{metrics['steps_per_s']} steps/s"
 
 
 if __name__ == "__main__":

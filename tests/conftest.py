@@ -156,7 +156,9 @@ def satb_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = PRESETS["tiny"]
     stats = json.loads((root / "data" / "prepared" / "stats.json").read_text())
     (root / "models").mkdir()
-    torch.save({"config": dataclasses.asdict(config), "ema": UNet(config).state_dict(), "stats": stats,
-                "diffusion": {"timesteps": 20, "beta_start": 1e-4, "beta_end": 0.02}, "step": 0},
-               root / "models" / "model.pt")
+    from pipeline.checkpoints import write_checkpoint
+
+    write_checkpoint(root / "models" / "model.pt", {
+        "config": dataclasses.asdict(config), "ema": UNet(config).state_dict(), "stats": stats,
+        "diffusion": {"timesteps": 20, "beta_start": 1e-4, "beta_end": 0.02}, "step": 0})
     return root

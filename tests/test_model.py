@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline import cli
+from pipeline.checkpoints import write_checkpoint
 from pipeline.diffusion import GaussianDiffusion
 from pipeline.errors import DmcError
 from pipeline.model import (
@@ -189,8 +190,9 @@ def test_tiny_model_overfits_one_batch():
 
 def _model_file(path, config, ema_config=None):
     ema = UNet(ema_config or config).state_dict()
-    torch.save({"config": dataclasses.asdict(config), "ema": ema, "stats": {"seq_len": 32},
-                "diffusion": {"timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}, "step": 3}, path)
+    diffusion = {"timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+    write_checkpoint(path, {"config": dataclasses.asdict(config), "ema": ema, "stats": {"seq_len": 32},
+                            "diffusion": diffusion, "step": 3})
 
 
 def test_load_trained_returns_eval_model_stats_and_schedule(tmp_path):
@@ -208,8 +210,13 @@ def test_load_trained_rejects_missing_and_incompatible_files(tmp_path):
         load_trained(tmp_path / "model.pt")
     assert "\n" not in str(err.value)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(DmcError, match="not a compatible trained model"):
+    with pytest.raises(DmcError, match="junk.pt: not a readable checkpoint"):
         load_trained(tmp_path / "junk.pt")
+    unchecked = {"config": dataclasses.asdict(TINY), "ema": UNet(TINY).state_dict(), "stats": {},
+                 "diffusion": {"timesteps": 1000}, "step": 3}
+    torch.save(unchecked, tmp_path / "old.pt")  # as dmc wrote models before they carried a checksum
+    with pytest.raises(DmcError, match=r"old.pt: no checksum .*dvc repro -f train"):
+        load_trained(tmp_path / "old.pt")
 
 
 def test_conv_equals_a_left_padded_conv1d():

@@ -95,6 +95,18 @@ def test_unknown_and_missing_keys_are_named():
         validate(params)
 
 
+@pytest.mark.parametrize("section", ["train", "prepare.split"])
+def test_an_empty_section_is_named_as_empty_not_as_unknown(section):
+    params = repo_params()
+    *parents, leaf = section.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    node[leaf] = None  # `train:` with nothing under it
+    with pytest.raises(DmcError, match=rf"^params: section '{section}' is empty; give its keys"):
+        validate(params)
+
+
 def test_a_missing_or_broken_file_is_a_dmc_error(tmp_path):
     with pytest.raises(DmcError, match="no such file"):
         load_params(tmp_path / "nope.yaml")

@@ -26,6 +26,7 @@ from test_sampling import write_checkpoint
 
 from pipeline import model as model_module
 from pipeline import pretrained
+from pipeline.checkpoints import write_checkpoint as save_checked
 from pipeline.cli import main
 from pipeline.errors import DmcError
 from pipeline.files import file_digest
@@ -114,7 +115,7 @@ def test_the_shipped_weights_are_bfloat16_and_load_with_weights_only():
     ckpt = torch.load(SHIPPED / "model.pt", map_location="cpu", weights_only=True)
     floats = [v for v in ckpt["ema"].values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.bfloat16 for v in floats)
-    assert set(ckpt) == {"config", "ema", "stats", "diffusion", "step"}
+    assert set(ckpt) == {"config", "ema", "stats", "diffusion", "step", "sha256"}
 
 
 def test_a_flipped_byte_is_refused_in_one_line(shipped_copy, empty_checkout, capsys):
@@ -161,7 +162,7 @@ def test_weights_the_code_computes_differently_are_refused(shipped_copy, monkeyp
 def test_a_config_field_the_code_does_not_know_is_refused(shipped_copy):
     ckpt = torch.load(shipped_copy / "model.pt", weights_only=True)
     ckpt["config"]["dilation"] = 2
-    torch.save(ckpt, shipped_copy / "model.pt")
+    save_checked(shipped_copy / "model.pt", ckpt)
     card = json.loads((shipped_copy / "card.json").read_text())
     card["files"]["model.pt"] = file_digest(shipped_copy / "model.pt", "sha256")
     (shipped_copy / "card.json").write_text(json.dumps(card))
@@ -177,7 +178,7 @@ def test_bf16_weights_round_trip_into_the_float32_model(tmp_path):
 
     full = torch.load(write_checkpoint(tmp_path / "full.pt", seed=1), weights_only=True)
     shipped = {**full, "ema": pretrained.cast_weights(full["ema"], "bfloat16")}
-    torch.save(shipped, tmp_path / "bf16.pt")
+    save_checked(tmp_path / "bf16.pt", shipped)
     model, stats, diffusion = load_trained(tmp_path / "bf16.pt")
     for name, value in model.state_dict().items():
         assert value.dtype == torch.float32
@@ -323,6 +324,16 @@ def test_models_says_when_the_checkouts_model_is_not_what_dvc_lock_records(run_r
     assert run_dmc("models") == 0
     local = capsys.readouterr().out.splitlines()[1]
     assert "not the model dvc.lock records" in local and local.split()[2:6] == ["?", "tiny", "0", "-"]
+
+
+def test_models_says_the_checkouts_model_is_damaged(run_root, monkeypatch, capsys):
+    from test_checkpoints import flip_bytes
+
+    flip_bytes(run_root / "models" / "model.pt", at=(0.5,))  # inside the weights
+    monkeypatch.chdir(run_root)
+    assert run_dmc("models") == 0
+    local = capsys.readouterr().out.splitlines()[1]
+    assert "unusable: damaged (its contents do not match the checksum" in local
 
 
 def test_models_name_shows_the_card_with_baselines_and_retrain_command(capsys):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pipeline import audio, midi, sampling
+from pipeline.checkpoints import write_checkpoint as save_checked
 from pipeline.diffusion import GaussianDiffusion
 from pipeline.encoding import Encoding
 from pipeline.errors import DmcError
@@ -41,9 +42,9 @@ def write_checkpoint(path: Path, stats: dict | None = None, seed: int = 0,
     config = dataclasses.replace(PRESETS["tiny"], features=channels,
                                  cond_features=channels if self_condition else 0)
     model = UNet(config)
-    torch.save({"config": dataclasses.asdict(config), "ema": model.state_dict(), "stats": stats,
-                "diffusion": {"timesteps": TIMESTEPS, "beta_start": 1e-4, "beta_end": 0.02,
-                              "self_condition": self_condition}, "step": 0}, path)
+    diffusion = {"timesteps": TIMESTEPS, "beta_start": 1e-4, "beta_end": 0.02, "self_condition": self_condition}
+    save_checked(path, {"config": dataclasses.asdict(config), "ema": model.state_dict(), "stats": stats,
+                        "diffusion": diffusion, "step": 0})
     return path
 
 

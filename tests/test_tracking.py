@@ -215,8 +215,10 @@ def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(re
     model = UNet(config)
     (repo / "models").mkdir()
     diffusion = {"timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02}
-    torch.save({"config": asdict(config), "ema": model.state_dict(), "stats": {}, "step": 3,
-                "diffusion": diffusion}, repo / "models/model.pt")
+    from pipeline.checkpoints import write_checkpoint
+
+    write_checkpoint(repo / "models/model.pt", {"config": asdict(config), "ema": model.state_dict(),
+                                                "stats": {}, "step": 3, "diffusion": diffusion})
     (repo / "metrics/train.json").write_text(json.dumps({"loss": 0.25, "steps_per_s": 3.5, "device": "cpu"}))
     (repo / "metrics/train_loss.csv").write_text("step,loss\n1,0.9\n2,0.5\n3,0.25\n")
     (repo / "metrics/val_loss.csv").write_text("step,loss\n3,0.3\n")
@@ -358,11 +360,86 @@ def test_store_that_cannot_record_a_finished_stage_is_one_line_error(repo, monke
 def test_outputs_that_cannot_be_recorded_fail_the_stage_and_mark_its_run_failed(repo):
     (repo / "models").mkdir()
     (repo / "models/model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(DmcError, match="not a compatible trained model"), tracking.track_stage("train"):
+    with pytest.raises(DmcError, match="not a readable checkpoint"), tracking.track_stage("train"):
         pass
     (parent,) = parents(repo)
     (child,) = children(repo, parent.info.run_id)
     assert child.info.status == parent.info.status == "FAILED"
+
+
+def running(root: Path) -> list:
+    return [r for r in runs(root) if r.info.status == "RUNNING"]
+
+
+def test_a_stage_interrupted_while_it_records_ends_its_runs_killed(repo, monkeypatch):
+    # The campaign's case: SIGTERM a few seconds after train's summary line, while MLflow logs.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    tracking.log_stage("prepare")
+    monkeypatch.setattr(tracking, "_log_outputs", interrupted)
+    with pytest.raises(KeyboardInterrupt), tracking.track_stage("train"):
+        pass
+    (parent,) = parents(repo)
+    assert [(c.info.run_name, c.info.status) for c in children(repo, parent.info.run_id)] == [
+        ("prepare", "FINISHED"), ("train", "KILLED")]
+    assert parent.info.status == "KILLED" and not running(repo)
+
+
+STAGE = """
+import sys, time
+from stages import run
+
+def main():
+    print("started", flush=True)
+    time.sleep(120)
+
+run("train", main)
+"""
+
+
+def test_sigterm_to_a_stage_is_one_line_exit_143_and_leaves_no_running_run(repo):
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen([sys.executable, "-c", STAGE], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "started\n"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err == "train: interrupted (SIGTERM)\n", err
+    (parent,) = parents(repo)
+    (child,) = children(repo, parent.info.run_id)
+    assert child.info.status == parent.info.status == "KILLED" and not running(repo)
+
+
+def test_the_next_execution_ends_runs_whose_process_is_gone_in_one_line(repo, capsys):
+    import socket
+
+    client = client_for(repo)
+    tracking.log_stage("prepare")
+    (parent,) = parents(repo)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    experiment = parent.info.experiment_id
+
+    def stage_run(name, pid):
+        tags = {"mlflow.parentRunId": parent.info.run_id, tracking.ROW_TAG: "stage",
+                tracking.HOST_TAG: socket.gethostname(), **({tracking.PID_TAG: pid} if pid else {})}
+        return client.create_run(experiment, tags=tags, run_name=name).info.run_id
+
+    killed = stage_run("train", gone)  # kill -9 while it recorded
+    legacy = stage_run("sample", None)  # left by a dmc whose runs carried no pid
+    alive = stage_run("evaluate", str(os.getpid()))  # its process still runs
+    client.create_run(experiment, run_name="not dmc's")  # another tool's run in the experiment
+    capsys.readouterr()
+    tracking.log_stage("train")
+    statuses = {r.info.run_id: r.info.status for r in runs(repo)}
+    assert statuses[killed] == statuses[legacy] == "KILLED" and statuses[alive] == "RUNNING"
+    assert sorted(r.info.run_name for r in running(repo)) == ["evaluate", "not dmc's"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["tracking: marked 2 run(s) KILLED whose process is gone (sample, train), and the "
+                   "execution row(s) they belong to"]
 
 
 WORKER = """

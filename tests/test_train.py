@@ -18,6 +18,7 @@ import torch
 import yaml
 from conftest import HANG_GUARD_S, REPO, repo_params
 
+from pipeline.checkpoints import write_checkpoint
 from pipeline.errors import DmcError
 from pipeline.params import validate
 from pipeline.training import TrainData, TrainSettings, batch_indices, checkpoint_path, load_data, train
@@ -65,7 +66,7 @@ def test_training_writes_model_checkpoint_and_metrics(data, tmp_path):
     assert {"model", "ema", "opt", "lr_schedule", "rng", "config", "stats", "fingerprint"} <= ckpt.keys()
     assert ckpt["stats"] == data.stats and ckpt["config"]["channels"] == (16, 32, 32, 32)
     final = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert set(final) == {"config", "ema", "stats", "diffusion", "step"}
+    assert set(final) == {"config", "ema", "stats", "diffusion", "step", "sha256"}
     _assert_identical(final["ema"], ckpt["ema"])
     lines = (tmp_path / "metrics" / "train_loss.csv").read_text().splitlines()
     assert lines[0] == "step,loss" and [int(r.split(",")[0]) for r in lines[1:]] == list(range(1, 7))
@@ -109,13 +110,67 @@ def test_unreadable_or_misfit_checkpoint_is_a_one_line_error(data, tmp_path):
     ckpt = torch.load(path, weights_only=True)
     from pipeline.model import UNet, get_config
     ckpt["model"] = UNet(get_config("small")).state_dict()  # same fingerprint, other network
-    torch.save(ckpt, path)
+    write_checkpoint(path, ckpt)
     with pytest.raises(DmcError, match="does not fit this config") as err:
         train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", log=_quiet)
     assert "\n" not in str(err.value)
     path.write_bytes(b"garbage")
-    with pytest.raises(DmcError, match="cannot read checkpoint"):
+    with pytest.raises(DmcError, match="not a readable checkpoint"):
         train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", log=_quiet)
+
+
+def test_a_checkpoint_with_flipped_bytes_is_refused_on_resume(data, tmp_path):
+    from test_checkpoints import flip_bytes
+
+    path = checkpoint_path(tmp_path / "models")
+    train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", stop_at=2, log=_quiet)
+    flip_bytes(path)  # the fault campaign's damage, which torch.load alone accepted
+    with pytest.raises(DmcError, match=rf"^{path}: (damaged|not a readable checkpoint).*; delete {path} "
+                                       "to start fresh$") as err:
+        train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", log=_quiet)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_ctrl_c_says_which_checkpoint_is_kept(data, tmp_path, monkeypatch):
+    from pipeline import training
+    from pipeline.errors import Interrupted
+
+    real, saved = training.save_checkpoint, []
+
+    def interrupted_after_the_second(*args, **kwargs):
+        real(*args, **kwargs)
+        saved.append(args[1].step)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint", interrupted_after_the_second)
+    with pytest.raises(Interrupted, match=r"^interrupted; the checkpoint at step 4 is kept$") as err:
+        train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", log=_quiet)
+    assert saved == [2, 4] and err.value.exit_code == 130
+
+
+def test_resuming_at_the_final_step_says_no_steps_were_left(data, tmp_path):
+    from stages.train import speed
+
+    short = TrainSettings(preset="tiny", steps=2, batch_size=8, val_every=2, checkpoint_every=2)
+    assert "steps/s" in speed(train(short, data, tmp_path / "m", tmp_path / "x", device="cpu", log=_quiet))
+    again = train(short, data, tmp_path / "m", tmp_path / "x", device="cpu", log=_quiet)
+    assert speed(again) == "no steps left to run (resumed at the final step)"
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("segments.parquet", b"PAR1 garbage"), ("segments.parquet", None), ("stats.json", b"{not json"),
+    ("stats.json", b"[1, 2]"),
+])
+def test_a_damaged_prepared_folder_is_a_one_line_error(prepared_dir, tmp_path, name, content):
+    damaged = tmp_path / "prepared"
+    shutil.copytree(prepared_dir, damaged)
+    path = damaged / name
+    path.write_bytes(content if content is not None else path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DmcError, match=rf"^{path}: .*; re-run `dvc repro -f prepare`$") as err:
+        load_data(damaged, seq_len=32)
+    assert "\n" not in str(err.value)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.errors import DmcError
+from pipeline.errors import DmcError, ignore_interrupts
 
 # Suffixes of music the corpus holds; `.rntxt` (roman-numeral analyses) is not music.
 _SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
@@ -94,7 +94,7 @@ def materialize(sources: Iterable[Path], dest: Path, n_jobs: int = 0, limit: int
                 if problem:
                     failures.append(f"{name} ({problem})")
         else:
-            with mp.get_context("spawn").Pool(jobs) as pool:
+            with mp.get_context("spawn").Pool(jobs, initializer=ignore_interrupts) as pool:
                 for name, problem in pool.imap_unordered(_materialize_one, todo, chunksize=4):
                     bar.update()
                     if problem:
