@@ -15,15 +15,14 @@ def run(stage: str, main: Callable[[], None], record: bool = True) -> None:
     """Run a stage's main, recorded in MLflow unless `record` is false; a DmcError becomes one line on
     stderr and exit code 2.
 
-    First the stage's CPU threads are sized (pipeline.threads), so queued experiments share the cores.
+    First the stage's CPU threads are sized to the cores other work leaves free (pipeline.threads).
     """
-    from pipeline.threads import limit_threads, threads_per_job
+    from pipeline.threads import configure_threads
 
     try:
-        threads, why = threads_per_job()
-        limit_threads(threads)
-        if "dvc queue" in why:
-            print(f"{stage}: {threads} thread{'s' * (threads > 1)} ({why})")
+        note = configure_threads()
+        if note:
+            print(f"{stage}: {note}")
         if not record:
             main()
             return
