@@ -200,7 +200,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200, help="training steps per configuration")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--pieces", type=int, default=64, help="pieces sampled and scored per configuration")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: the cores other work leaves free, pipeline/threads.py)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: the best available)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--list", action="store_true", help="list the configurations and variants")
@@ -217,10 +218,12 @@ def main() -> None:
     if args.table:
         print(table(results))
         return
-    if args.threads:
-        import torch
+    from pipeline.threads import configure_threads, limit_threads
 
-        torch.set_num_threads(args.threads)
+    if args.threads:
+        limit_threads(args.threads)
+    else:
+        configure_threads()
     base = load_params(ROOT / "params.yaml")
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         key = f"{name} ({args.preset}, {args.steps})"
