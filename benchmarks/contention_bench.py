@@ -9,8 +9,9 @@ folder and runs the same workloads with PYTHONPATH pointing there. "Loaded" rows
 `python -c "while True: pass"` per CPU first and stop them after; every row reports the CPUs other
 processes kept busy just before it (/proc/stat), since on a shared machine "alone" is never quite alone.
 
-A training row runs `--tiny-steps`/`--full-steps` timed steps after two untimed ones, or as many as fit
-in `--budget-s` (at least one); a generation row that exceeds `--timeout-s` is reported as such.
+A training row runs `--tiny-steps`/`--full-steps` timed steps after an untimed one, or as many as fit in
+`--budget-s` (at least one); a row stopped by `--timeout-s` reports the steps it made by then, and a
+generation row stopped so reports only that.
 
     python benchmarks/contention_bench.py --against 3f7289e
     python benchmarks/contention_bench.py --against 3f7289e --presets tiny --tiny-steps 20 --json c.json
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -52,16 +54,18 @@ preset, steps, budget = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 
 def main():
     step = make_step(preset, torch.device("cpu"), 64, 128, "eager")[0]
-    for i in range(2):
-        step(i)
+    start = time.perf_counter()
+    step(0)  # untimed: first-call allocations
+    print(json.dumps({"warmup_s": round(time.perf_counter() - start, 2)}), flush=True)
     start, cpu, done = time.perf_counter(), time.process_time(), 0
     while done < steps and (done == 0 or time.perf_counter() - start < budget):
-        step(2 + done)
+        step(1 + done)
         done += 1
-    wall = time.perf_counter() - start
-    cpu_per_wall = round((time.process_time() - cpu) / wall, 2)
-    print(json.dumps({"threads": torch.get_num_threads(), "steps": done, "s": round(wall, 2),
-                      "steps_per_s": round(done / wall, 3), "cpu_per_wall": cpu_per_wall}))
+        wall = time.perf_counter() - start
+        # A line per step: a row stopped by the timeout still reports the steps it made.
+        print(json.dumps({"threads": torch.get_num_threads(), "steps": done, "s": round(wall, 2),
+                          "steps_per_s": round(done / wall, 3),
+                          "cpu_per_wall": round((time.process_time() - cpu) / wall, 2)}), flush=True)
 
 run("contention-train", main, record=False)
 """
@@ -110,12 +114,17 @@ def train_row(tree: Path, preset: str, steps: int, budget_s: float, timeout_s: f
         done = subprocess.run([sys.executable, "-c", TRAIN_CHILD, preset, str(steps), str(budget_s)],
                               cwd=tree, env=child_env(tree), capture_output=True, text=True,
                               timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s:.0f} s"}
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {**result, "wall_s": round(time.perf_counter() - start, 1)}
+        stdout, stopped = done.stdout, None if done.returncode == 0 else (done.stderr.strip() or "failed")
+    except subprocess.TimeoutExpired as err:
+        stdout, stopped = err.stdout or "", f"stopped at {timeout_s:.0f} s"
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    progress = [line for line in lines if "steps" in line]
+    if progress:
+        row = {**progress[-1], "wall_s": round(time.perf_counter() - start, 1)}
+        return {**row, "note": stopped} if stopped else row
+    if lines and stopped:  # not one timed step: the untimed first one is all there is
+        return {"error": f"{stopped}, one untimed step took {lines[0]['warmup_s']} s"}
+    return {"error": (stopped or "no output").splitlines()[-1]}
 
 
 def generate_row(tree: Path, pieces: int, timeout_s: float) -> dict:
@@ -140,13 +149,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", metavar="REV", help="git revision whose thread policy to run too")
     parser.add_argument("--presets", nargs="+", default=["tiny", "full"])
-    parser.add_argument("--tiny-steps", type=int, default=30)
+    parser.add_argument("--tiny-steps", type=int, default=30, help="timed steps of tiny, at most")
     parser.add_argument("--full-steps", type=int, default=4, help="timed steps for every preset but tiny")
     parser.add_argument("--pieces", type=int, default=64, help="pieces generated (0: no generation rows)")
     parser.add_argument("--budget-s", type=float, default=60.0, help="a training row's timed s, at most")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="a row's limit, start-up included")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the hogs and the child are stopped
 
     trees = {"this": REPO}
     if args.against:
@@ -180,7 +190,8 @@ def figure(row: dict) -> str:
     if "error" in row:
         return row["error"]
     if "steps_per_s" in row:
-        return f"{row['steps_per_s']} steps/s"
+        stopped = f" ({row['steps']} steps, {row['note']})" if "note" in row else ""
+        return f"{row['steps_per_s']} steps/s{stopped}"
     return f"{row['sampling_s']} s ({row['wall_s']} s wall)"
 
 
