@@ -116,7 +116,9 @@ def train_row(tree: Path, preset: str, steps: int, budget_s: float, timeout_s: f
                               timeout=timeout_s)
         stdout, stopped = done.stdout, None if done.returncode == 0 else (done.stderr.strip() or "failed")
     except subprocess.TimeoutExpired as err:
-        stdout, stopped = err.stdout or "", f"stopped at {timeout_s:.0f} s"
+        partial = err.stdout or b""  # bytes, text=True notwithstanding
+        stdout = partial.decode() if isinstance(partial, bytes) else partial
+        stopped = f"stopped at {timeout_s:.0f} s"
     lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     progress = [line for line in lines if "steps" in line]
     if progress:
