@@ -26,9 +26,12 @@ def one(n: int, batch_size: int, model: str, sampler: str, steps: int, device: s
     import torch
 
     from pipeline.sampling import GenerateOptions, generate_files
+    from pipeline.threads import configure_threads, limit_threads
 
     if threads:
-        torch.set_num_threads(threads)
+        limit_threads(threads)
+    else:
+        configure_threads()
     opts = GenerateOptions(n=n, batch_size=batch_size, sampler=sampler, steps=steps, device=device,
                            progress=False)
     with tempfile.TemporaryDirectory() as out:
@@ -49,7 +52,7 @@ def main() -> None:
     parser.add_argument("--sampler", default="ddim")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: pipeline.threads' policy)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child run: one n
     args = parser.parse_args()
     if args.one:

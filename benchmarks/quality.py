@@ -253,7 +253,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds: each trains and samples its own run")
     ap.add_argument("--sample-seeds", default="", help="comma-separated seeds to sample each trained model "
                     "with (default: its training seed)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: the cores other work leaves free, pipeline/threads.py)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: the best available)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--list", action="store_true", help="list the configurations and variants")
@@ -270,10 +271,12 @@ def main() -> None:
     if args.table:
         print(table(results))
         return
-    if args.threads:
-        import torch
+    from pipeline.threads import configure_threads, limit_threads
 
-        torch.set_num_threads(args.threads)
+    if args.threads:
+        limit_threads(args.threads)
+    else:
+        configure_threads()
     base = load_params(ROOT / "params.yaml")
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     sample_seeds: list[int | None] = [int(x) for x in args.sample_seeds.split(",") if x.strip()] or [None]

@@ -23,6 +23,7 @@ import torch
 from pipeline.diffusion import GaussianDiffusion
 from pipeline.model import PRESETS, UNet
 from pipeline.sampling import Sampler, generate
+from pipeline.threads import configure_threads, limit_threads
 
 
 def time_sampler(model: UNet, diffusion: GaussianDiffusion, sampler: Sampler, pieces: int, notes: int,
@@ -55,10 +56,12 @@ def main() -> None:
                         help="name-steps pairs, e.g. dpm++-15 ddim-50 ddpm-1000")
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: pipeline.threads' policy)")
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        limit_threads(args.threads)
+    else:
+        configure_threads()
     torch.manual_seed(0)
     results = []
     for name in args.devices:

@@ -39,6 +39,7 @@ import torch
 from pipeline.diffusion import GaussianDiffusion
 from pipeline.files import write_json
 from pipeline.model import PRESETS, count, get_config
+from pipeline.threads import configure_threads, limit_threads
 from pipeline.training import EMA, TrainSettings, build, optimize, step_seed
 
 RECIPE_STEPS = 200_000  # the original's training run
@@ -172,7 +173,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (5000 on a GPU for the projection)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: pipeline.threads' policy)")
     parser.add_argument("--no-compile", action="store_true", help="CUDA: no torch.compile row")
     parser.add_argument("--compile-cpu", action="store_true", help="CPU: a torch.compile row too")
     parser.add_argument("--graph", action="store_true", help="CUDA: a row for the step as one CUDA graph")
@@ -182,7 +183,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        limit_threads(args.threads)
+    else:
+        configure_threads()
     results = []
     for name in args.devices:
         if name == "cuda" and not torch.cuda.is_available():

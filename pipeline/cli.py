@@ -227,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         add(sub)
     args = parser.parse_args(argv)
     try:
+        from pipeline.threads import configure_threads
+
+        note = configure_threads()  # before any subcommand imports torch
+        if note:
+            print(f"dmc: {note}", file=sys.stderr)
         with sigterm_interrupts():
             args.run(args)
     except DmcError as err:

@@ -1,18 +1,28 @@
-"""CPU threads per stage, so experiments run side by side (`dvc queue start -j N`) share the cores.
+"""CPU threads for every dmc process: the cores nobody else is using, and never a spinning collapse.
 
-Left alone, every process's torch takes a thread per core; two trainings on two cores then run four
-threads that stall each other (0.11 steps/s each for `tiny`, against ~3.5 for one alone). So each stage
-takes `cpus // jobs` threads, where `jobs` is how many experiments run at once:
+torch runs each operator on an OpenMP team, by default one thread per core, and each operator ends at a
+barrier that waits for the team's slowest thread. When another process holds one of the cores, that
+thread is descheduled for a whole time slice while its partner spins at the barrier, and this happens
+thousands of times per training step. On the 2-core development machine, under the load of other jobs
+(issue 23; `benchmarks/contention_bench.py` has the current figures): `tiny` training 0.13 steps/s at
+torch's default two threads against 1.5 at one; 64 pieces from the shipped model 52 s against 4 s.
+A second thread buys `tiny` about 1.35x on a quiet machine, so the count is decided per process:
 
-- `DMC_THREADS=N` in the environment sets the count outright. `dvc queue start` passes its environment
-  on to its workers and their stages: `DMC_THREADS=1 dvc queue start -j 2`.
-- `OMP_NUM_THREADS`, when set, is kept (torch reads it too).
-- Otherwise, in one of `dvc queue`'s temp copies, `jobs` is the number of live queue workers. DVC tells
-  a stage only DVC_ROOT, DVC_EXP_NAME, DVC_EXP_BASELINE_REV and DVC_STAGE, never the `-j`; but each
-  worker that `dvc queue start` spawns records its pid in
-  `$DVC_ROOT/.dvc/tmp/exps/celery/dvc-exp-worker-<n>.json` (DVC 3.x internals: if they move, no worker
-  is counted and a stage takes torch's default, as before).
-- A stage that runs alone (`dvc repro`, `dvc exp run`) keeps torch's default: a thread per physical core.
+- `DMC_THREADS=N` sets the count outright; `OMP_NUM_THREADS`, when set, is kept (torch reads it too).
+  `dvc queue start` passes its environment on to its workers and their stages:
+  `DMC_THREADS=1 dvc queue start -j 2`.
+- Otherwise a process takes the cores that other processes leave idle when it starts: its CPUs minus
+  the CPUs the others keep busy, measured over a fifth of a second from /proc/stat (the 1-minute load
+  average where there is none), never fewer than one. Niced work counts too (cpu_ticks says why). In
+  one of `dvc queue`'s temp copies the count is also at most `cpus // jobs` (`queue_jobs`), as the
+  other jobs may not have started yet.
+- Idle OpenMP threads sleep instead of spinning (`OMP_WAIT_POLICY=PASSIVE`, set by pipeline/__init__.py
+  before torch loads its libgomp, unless the environment sets a policy), so a load that arrives after
+  the count was chosen slows a two-thread process down instead of stalling it (0.98 steps/s for `tiny`
+  where spinning threads made 0.13).
+
+Entry points: `dmc` (pipeline.cli), each stage (stages.run) and the benchmarks call `configure_threads`;
+the chosen count is also exported as OMP_NUM_THREADS/MKL_NUM_THREADS, so child processes inherit it.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +39,10 @@ from pipeline.errors import DmcError
 from pipeline.files import process_running
 
 ENV = "DMC_THREADS"
+WINDOW_S = 0.2  # how long the load is watched: a few scheduler ticks per CPU at USER_HZ 100
+# A core counts as free when at least two thirds of it is idle: a second thread beside a half-busy core
+# risks the stall above for a gain of at most 1.35x.
+FREE_CORE = 2 / 3
 
 
 def available_cpus() -> int:
@@ -39,7 +54,12 @@ def available_cpus() -> int:
 
 def queue_jobs(environ: Mapping[str, str], cwd: str | Path) -> int:
     """How many experiments `dvc queue` runs at once, counting this one: its live workers when `cwd` is
-    one of the queue's temp copies ($DVC_ROOT/.dvc/tmp/exps/...); 1 anywhere else."""
+    one of the queue's temp copies ($DVC_ROOT/.dvc/tmp/exps/...); 1 anywhere else.
+
+    DVC tells a stage only DVC_ROOT, DVC_EXP_NAME, DVC_EXP_BASELINE_REV and DVC_STAGE, never the `-j`;
+    but each worker that `dvc queue start` spawns records its pid in
+    `$DVC_ROOT/.dvc/tmp/exps/celery/dvc-exp-worker-<n>.json` (DVC 3.x internals: if they move, no worker
+    is counted and only the measured load limits the threads)."""
     root = environ.get("DVC_ROOT")
     if not root:
         return 1
@@ -57,10 +77,61 @@ def queue_jobs(environ: Mapping[str, str], cwd: str | Path) -> int:
     return max(1, workers)
 
 
+def cpu_ticks(stat_text: str, cpus: set[int] | None = None) -> tuple[int, int]:
+    """(busy, total) scheduler ticks from /proc/stat's text, summed over the CPUs in `cpus` (the ones this
+    process may use: a `taskset` or a container's cpuset sees only its own cores' load) or over all.
+    Busy is user, nice, system, irq, softirq and steal time (steal: the hypervisor gave the core to another
+    machine). Niced work counts: with autogroup scheduling (most desktop kernels) or a cgroup per
+    session, a niced process in another session still gets its group's full share of the cores."""
+    busy = total = 0
+    for line in stat_text.splitlines():
+        name, _, values = line.partition(" ")
+        number = name[3:]
+        if not (name.startswith("cpu") and number.isdigit()):
+            continue  # the all-CPU total, or not a CPU line
+        if cpus is not None and int(number) not in cpus:
+            continue
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in values.split()[:8])
+        busy += user + nice + system + irq + softirq + steal
+        total += user + nice + system + irq + softirq + steal + idle + iowait
+    if total == 0:
+        raise ValueError("no per-CPU lines (cpuN ...) for these CPUs: not /proc/stat")
+    return busy, total
+
+
+def busy_cpus(cpus: set[int] | None = None, window_s: float = WINDOW_S) -> float:
+    """How many of this process's CPUs (`cpus`: its affinity when None) other processes keep busy now:
+    /proc/stat's busy share over `window_s`, less this process's own CPU time; elsewhere the 1-minute load
+    average; 0 where neither exists."""
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(available_cpus()))
+    stat = Path("/proc/stat")
+    try:
+        before, own = cpu_ticks(stat.read_text(), cpus), time.process_time()
+        time.sleep(window_s)
+        after, own = cpu_ticks(stat.read_text(), cpus), time.process_time() - own
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, AttributeError):
+            return min(float(len(cpus)), os.getloadavg()[0])
+        return 0.0
+    total = after[1] - before[1]
+    if total <= 0:
+        return 0.0
+    own_ticks = own * os.sysconf("SC_CLK_TCK")
+    return max(0.0, min(float(len(cpus)), len(cpus) * (after[0] - before[0] - own_ticks) / total))
+
+
+def threads_for(cpus: int, busy: float, jobs: int = 1) -> int:
+    """The policy: the cores left free (at least FREE_CORE idle each) by `busy` CPUs of other work, at
+    most this job's share of a `dvc queue` of `jobs`, at least one."""
+    free = int(cpus - busy + (1 - FREE_CORE))
+    return max(1, min(cpus // jobs, free))
+
+
 def threads_per_job(environ: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-                    cpus: int | None = None) -> tuple[int | None, str]:
-    """(threads, why): DMC_THREADS, else OMP_NUM_THREADS, else the CPUs shared out over queue jobs; None
-    (leave torch's default, one thread per physical core) for a stage that runs alone."""
+                    cpus: int | None = None, busy: float | None = None) -> tuple[int, str]:
+    """(threads, why): DMC_THREADS, else OMP_NUM_THREADS, else `threads_for` the CPUs, the queue jobs
+    and the load; `busy` is measured (busy_cpus, a fifth of a second) when not given."""
     environ = os.environ if environ is None else environ
     if ENV in environ:
         value = environ[ENV].strip()
@@ -72,22 +143,34 @@ def threads_per_job(environ: Mapping[str, str] | None = None, cwd: str | Path | 
         return int(omp), "OMP_NUM_THREADS"
     cpus = available_cpus() if cpus is None else cpus
     jobs = queue_jobs(environ, Path.cwd() if cwd is None else cwd)
-    if jobs == 1:
-        return None, "alone: torch's default"
-    return max(1, cpus // jobs), f"{cpus} CPUs shared by {jobs} dvc queue jobs"
+    busy = busy_cpus() if busy is None else busy
+    why = f"{cpus} CPUs, {busy:.1f} busy with other work"
+    if jobs > 1:
+        why += f", shared by {jobs} dvc queue jobs"
+    return threads_for(cpus, busy, jobs), why
 
 
-def limit_threads(threads: int | None) -> None:
-    """Size torch's intra- and inter-op pools, and OMP/MKL's for child processes and later imports;
-    None changes nothing."""
-    if threads is None:
-        return
+def limit_threads(threads: int) -> None:
+    """Size torch's intra- and inter-op pools, and OMP/MKL's for child processes and later imports."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
-    torch = sys.modules.get("torch")  # a stage that never imports torch need not pay for its import
+    torch = sys.modules.get("torch")  # a process that never imports torch need not pay for its import
     if torch is None:
         return
     torch.set_num_threads(threads)
     # Allowed once, before any inter-op work; a later call keeps the first size.
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(threads)
+
+
+def configure_threads(environ: Mapping[str, str] | None = None) -> str | None:
+    """Choose this process's thread count (threads_per_job) and apply it (limit_threads): the one call
+    every entry point makes before its torch work. Returns a line to show when the policy, not the
+    environment, held the process to fewer threads than CPUs (a user wondering why it is slow sees why);
+    else None."""
+    threads, why = threads_per_job(environ)
+    limit_threads(threads)
+    cpus = available_cpus()
+    if threads >= cpus or why in (ENV, "OMP_NUM_THREADS"):
+        return None
+    return f"{threads} thread{'s' * (threads > 1)} of {cpus} CPUs ({why})"

@@ -16,16 +16,15 @@ def run(stage: str, main: Callable[[], None], record: bool = True) -> None:
     environment (disk full, read-only), becomes one line on stderr and exit code 2; Ctrl-C or SIGTERM
     one line and exit code 130 or 143.
 
-    First the stage's CPU threads are sized (pipeline.threads), so queued experiments share the cores.
+    First the stage's CPU threads are sized to the cores other work leaves free (pipeline.threads).
     """
-    from pipeline.threads import limit_threads, threads_per_job
+    from pipeline.threads import configure_threads
 
     interrupt_on_sigterm()
     try:
-        threads, why = threads_per_job()
-        limit_threads(threads)
-        if "dvc queue" in why:
-            print(f"{stage}: {threads} thread{'s' * (threads > 1)} ({why})")
+        note = configure_threads()
+        if note:
+            print(f"{stage}: {note}")
         if not record:
             main()
             return

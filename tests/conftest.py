@@ -60,6 +60,9 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
+    # ... and the stages and `dmc` commands the tests run, in process or as subprocesses, keep to it
+    # instead of sizing their threads from the machine's load (pipeline/threads.py).
+    os.environ["DMC_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)

@@ -42,7 +42,8 @@ def write_checkpoint(path: Path, stats: dict | None = None, seed: int = 0,
     config = dataclasses.replace(PRESETS["tiny"], features=channels,
                                  cond_features=channels if self_condition else 0)
     model = UNet(config)
-    diffusion = {"timesteps": TIMESTEPS, "beta_start": 1e-4, "beta_end": 0.02, "self_condition": self_condition}
+    diffusion = {"timesteps": TIMESTEPS, "beta_start": 1e-4, "beta_end": 0.02,
+                 "self_condition": self_condition}
     save_checked(path, {"config": dataclasses.asdict(config), "ema": model.state_dict(), "stats": stats,
                         "diffusion": diffusion, "step": 0})
     return path
