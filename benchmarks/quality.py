@@ -49,7 +49,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
 ORIGINAL = {
     "features.pitch": "frequency", "features.time": "linear", "features.scale": "minmax",
     "features.chord": False, "diffusion.self_condition": False, "prepare.hop": 0, "train.transpose": 0,
-    "train.key": "none",
+    "train.key": "none", "train.causal": True,
     "diffusion.schedule": "linear",
     "diffusion.prediction": "epsilon", "diffusion.loss_weight": "none", "sample.sampler": "ddim",
     "sample.steps": 50, "sample.eta": 0.0, "sample.guard": "clip", "sample.chord_snap": 0.0,
