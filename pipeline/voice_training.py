@@ -151,9 +151,12 @@ def write_grid_prepared(out_dir: str | Path, dataset: str, root: str | Path, fil
         np.savez_compressed(tmp / GRID_FILE, **arrays)
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
         (tmp / FILES_FILE).write_text(json.dumps(dict(zip(kept, splits, strict=True)), indent=1) + "\n")
+    seconds = time.perf_counter() - t0
     return {"dataset": dataset, "layout": "grid", "files": len(files), "kept": len(kept),
-            "rejected": len(files) - len(kept), "segments": counts, "grid": step,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "rejected": len(files) - len(kept),
+            "rejected_by_reason": {"missing-voice": len(files) - len(kept)} if len(files) > len(kept) else {},
+            "segments": counts, "grid": step, "seconds": round(seconds, 3),
+            "files_per_second": round(len(files) / seconds, 1) if seconds > 0 else None}
 
 
 @dataclass
@@ -237,7 +240,56 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     metrics = {"loss": float(np.mean(losses[-100:])), "val_loss": val_loss, "steps": settings.steps,
                "seconds": round(seconds, 1), "steps_per_s": round(settings.steps / seconds, 3),
                "parameters": sum(p.numel() for p in model.parameters()), "preset": settings.preset,
+               "device": dev.type, "layout": "grid",
                "batch_size": settings.batch_size}
     log(f"train (grid): {settings.steps} steps in {seconds:.0f} s, loss {metrics['loss']:.4f}, "
         f"val loss {val_loss}")
     return metrics
+
+
+def export_grid_model(name: str, checkpoint: str | Path, params: dict[str, Any], evaluation: dict[str, Any],
+                      train: dict[str, Any], note: str = "", dest: str | Path | None = None) -> Path:
+    """Write the shipped-model folder `dest/NAME` (default pipeline/weights/NAME) of a grid model trained
+    with `params` (the keys its prepare and train read), with bfloat16 weights and a card as
+    `pipeline.pretrained.export_model` writes one; `evaluation` is its `dmc evaluate-harmony` JSON. Atomic."""
+    import datetime
+
+    from pipeline import pretrained
+    from pipeline.files import file_digest
+    from pipeline.model import UNet, UNetConfig
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not ckpt.get("stats", {}).get("layout") == "grid":
+        raise DmcError(f"{checkpoint}: not a grid-layout model")
+    ema = pretrained.cast_weights(ckpt["ema"], "bfloat16")
+    config = UNetConfig.from_dict(ckpt["config"])
+    full, shipped = UNet(config).eval(), UNet(config).eval()
+    full.load_state_dict(ckpt["ema"])
+    shipped.load_state_dict(ema)
+    output = pretrained.probe(shipped)
+    root = Path(__file__).resolve().parents[1]
+    retrain = pretrained.retrain_command(params).replace("dvc exp run", "dvc exp run train", 1)
+    card = {
+        "format": pretrained.CARD_FORMAT, "name": name, "note": note, "layout": "grid",
+        "dataset": params.get("dataset"), "preset": params.get("preset"), "steps": int(ckpt["step"]),
+        "seq_len": ckpt["stats"].get("seq_len"), "grid": ckpt["stats"].get("grid"),
+        "parameters": sum(p.numel() for p in shipped.parameters()), "weights_dtype": "bfloat16",
+        "files": {}, "params": params,
+        "retrain": f"{retrain} && dmc evaluate-harmony --model models/model.pt",
+        "evaluation": evaluation, "train": train,
+        "source": {"model_md5": file_digest(Path(checkpoint), "md5"),
+                   "git_commit": pretrained._git(root, "rev-parse", "HEAD"),
+                   "exported": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "probe": {"timestep": pretrained.PROBE_TIMESTEP, "output": output},
+        "weights_probe_error": round(pretrained._probe_error(output, pretrained.probe(full)), 6),
+    }
+    target = Path(dest) / name if dest is not None else pretrained.WEIGHTS / name
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        with open(tmp / pretrained.WEIGHTS_FILE, "wb") as f:  # a file object: the zip holds no temp name
+            torch.save({"config": ckpt["config"], "ema": ema, "stats": ckpt["stats"],
+                        "diffusion": ckpt["diffusion"], "step": ckpt["step"]}, f)
+        card["files"] = {pretrained.WEIGHTS_FILE: file_digest(tmp / pretrained.WEIGHTS_FILE, "sha256")}
+        (tmp / pretrained.CARD).write_text(json.dumps(card, indent=2) + "\n")
+        pretrained.check_shipped(tmp)
+    return target

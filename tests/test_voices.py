@@ -36,7 +36,8 @@ def grid_project(satb_project: Path, tmp_path_factory: pytest.TempPathFactory) -
     root = tmp_path_factory.mktemp("grid")
     raw = satb_project / "data" / "raw" / "bach-satb"
     files = sorted(p.name for p in raw.glob("*.mid"))
-    summary = write_grid_prepared(root / "prepared", "bach-satb", raw, files, SATB, WIDTH, 16, (0.5, 0.2, 0.3))
+    summary = write_grid_prepared(root / "prepared", "bach-satb", raw, files, SATB, WIDTH, 16,
+                                  (0.5, 0.2, 0.3))
     assert summary["segments"]["train"] > 0 and summary["grid"] == 0.25, summary
     torch.manual_seed(0)
     config = grid_config("tiny")
@@ -216,3 +217,22 @@ def test_cli_refuses_a_melody_that_does_not_fit_in_one_line(pitch, message, grid
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_evaluate_harmony_measures_a_grid_model_on_the_test_split(grid_project, satb_project, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "harmony.json"
+    code = main(["evaluate-harmony", "--model", str(grid_project / "model.pt"), "--prepared",
+                 str(grid_project / "prepared"), "--manifest", str(satb_project / "data" / "manifest.json"),
+                 "--steps", "3", "--out", str(out), "--samples", str(tmp_path / "s"), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads(out.read_text())
+    tests = [n for n, s in json.loads((grid_project / "prepared" / "grid_files.json").read_text()).items()
+             if s == "test"]
+    assert metrics["files"] == len(tests) >= 2 and metrics["unconditional.pieces"] == 16
+    for name in ("model", "markov", "bach", "unconditional"):
+        assert 0 <= metrics[f"{name}.consonant_fraction"] <= 1
+    assert metrics["bach.consonant_fraction"] > 0.75
+    for name in tests:  # the soprano of every harmonization is the test file's, note for note
+        got = read_rows(tmp_path / "s" / name, SATB)[0]
+        assert same_notes(got, read_rows(satb_project / "data" / "raw" / "bach-satb" / name, SATB)[0])
