@@ -107,6 +107,8 @@ def _add_evaluate_harmony(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guard", default="dynamic")
+    p.add_argument("--resample", type=int, default=1, metavar="R",
+                   help="grid-layout models: take each denoising step R times (RePaint; default 1)")
     p.add_argument("--quantize", default="auto", metavar="GRID",
                    help="the generated voices' rhythm grid: auto (the data's, default), 1/16, or '' for none")
     p.add_argument("--seed", type=int, default=0)
@@ -135,7 +137,7 @@ def _run_evaluate_harmony(args: argparse.Namespace) -> None:
     report, groups = harmony.harmonize_checkout(
         args.model, opts, args.prepared, args.manifest, _groups(args.keep), args.limit, args.out,
         args.samples, evaluate.get("frame_beats", 16.0), evaluate.get("hop_beats", 8.0),
-        log=lambda line: print(line, file=sys.stderr))
+        log=lambda line: print(line, file=sys.stderr), resample=args.resample)
     print(f"evaluate-harmony: {len(report.files)} test files, {', '.join(report.kept)} kept, "
           f"{args.sampler}-{args.steps}, grid {args.quantize or 'none'}")
     print(report.table(groups))
@@ -156,6 +158,8 @@ def _add_harmonize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="the same seed gives identical files")
     p.add_argument("--sampler", default="ddim", help="ddpm (all T steps), ddim, dpm++ or unipc")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--resample", type=int, default=1, metavar="R",
+                   help="take each denoising step R times, re-noising in between (RePaint; default 1)")
     p.add_argument("--tempo", type=float, default=100.0, help="beats per minute (default 100)")
     p.add_argument("--audio", default="ogg", metavar="FORMAT",
                    help="render wav, ogg (default) or mp3 with fluidsynth; '' for none")
@@ -175,7 +179,9 @@ def _run_harmonize(args: argparse.Namespace) -> None:
     if model is None:
         raise DmcError(f"--model {args.model}: a model of the note layout; harmonize needs a grid-layout "
                        "model (layout: grid), such as the shipped bach-satb")
-    summary = harmonize.harmonize_files(args.melody, args.out, opts, model, opts.keep,
+    if args.resample < 1:
+        raise DmcError(f"--resample must be at least 1, got {args.resample}")
+    summary = harmonize.harmonize_files(args.melody, args.out, opts, model, opts.keep, args.resample,
                                         log=lambda line: print(line, file=sys.stderr))
     consonance = ", ".join(f"{c:.2f}" for c in summary["consonance"])
     print(f"harmonize: {args.n} harmonization(s) of {summary['melody_notes']} melody notes in {args.out} "

@@ -135,7 +135,44 @@ def window_starts(length: int, width: int, hop: int) -> list[int]:
     return list(range(0, max(length - width, 0) + hop, hop)) if length > width else [0]
 
 
-def fill(jobs: Sequence[Job], model: GridModel, hop: int | None = None, seed: int = 0
+def denoise(model: GridModel, known: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
+            resample: int = 1) -> torch.Tensor:
+    """One batch of windows denoised around `known` where `mask` is set. With `resample` R > 1, every
+    step but the last is taken R times, noising the result back to the step's level in between
+    (RePaint, Lugmayr et al. 2022), so the free voices hear the kept ones more than once per level."""
+    d, sampler = model.diffusion, model.sampler
+    x = torch.randn(known.shape, device=known.device, generator=generator)
+    steps = sampler.n_steps(d.timesteps)
+    if resample <= 1:
+        for x_step in d.denoise_steps(model.model, x, sampler.name, steps, sampler.eta, generator, known,
+                                      mask):
+            x = x_step
+        return x
+    if sampler.name not in ("ddim", "ddpm"):
+        raise DmcError(f"--resample needs the ddim or ddpm sampler, not {sampler.name}")
+    scheduler, net = d.scheduler(sampler.name, steps), d.guarded(model.model)
+    kwargs: dict[str, Any] = {"generator": generator}
+    if sampler.name == "ddim":
+        kwargs["eta"] = sampler.eta
+    times = [int(t) for t in scheduler.timesteps]
+    for i, t in enumerate(times):
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        a_t = d.alphas_cumprod[t]
+        a_prev = d.alphas_cumprod[times[i + 1]] if i + 1 < len(times) else torch.ones_like(a_t)
+        for r in range(resample if i + 1 < len(times) else 1):
+            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            x = torch.where(mask, d.add_noise(known, noise, tt), x)
+            x_prev = scheduler.step(net(x, tt).to(x.dtype), t, x, return_dict=False, **kwargs)[0]
+            if r + 1 < resample and i + 1 < len(times):  # back up to level t: q(x_t | x_{t-1})
+                ratio = a_t / a_prev
+                x = ratio.sqrt() * x_prev + (1 - ratio).sqrt() * torch.randn(
+                    x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            else:
+                x = x_prev
+    return torch.where(mask, known, x)
+
+
+def fill(jobs: Sequence[Job], model: GridModel, hop: int | None = None, seed: int = 0, resample: int = 1
          ) -> list[voices.VoiceGrid]:
     """Every job's grid with its free cells written by the model, window by window, all jobs batched."""
     width = model.width
@@ -145,7 +182,6 @@ def fill(jobs: Sequence[Job], model: GridModel, hop: int | None = None, seed: in
     grids = [voices.VoiceGrid(j.grid.pitch.copy(), j.grid.state.copy()) for j in jobs]
     known = [j.fixed.copy() for j in jobs]  # fixed cells and cells an earlier window wrote
     plans = [window_starts(g.shape[1], width, hop) for g in grids]
-    steps = model.sampler.n_steps(model.diffusion.timesteps)
     with torch.inference_mode():
         for w in range(max(len(p) for p in plans)):
             active = [i for i, p in enumerate(plans) if w < len(p)]
@@ -159,11 +195,7 @@ def fill(jobs: Sequence[Job], model: GridModel, hop: int | None = None, seed: in
                 mask.append(m)
             known_t = torch.as_tensor(np.stack(x_known), device=model.device)
             mask_t = torch.as_tensor(np.stack(mask)[:, None], device=model.device)
-            x = torch.randn(known_t.shape, device=model.device, generator=generator)
-            for x_step in model.diffusion.denoise_steps(model.model, x, model.sampler.name, steps,
-                                                        model.sampler.eta, generator, known_t, mask_t):
-                x = x_step
-            out = x.float().cpu().numpy()
+            out = denoise(model, known_t, mask_t, generator, resample).float().cpu().numpy()
             for j, i in enumerate(active):
                 a = plans[i][w]
                 new = voices.decode(out[j], pitches)
@@ -184,10 +216,10 @@ def finish(job: Job, grid: voices.VoiceGrid, model: GridModel) -> list[RowNotes]
 
 
 def harmonize(kept_rows: Sequence[Mapping[int, RowNotes]], model: GridModel, seed: int = 0,
-              hop: int | None = None) -> list[list[RowNotes]]:
+              hop: int | None = None, resample: int = 1) -> list[list[RowNotes]]:
     """Harmonize each piece's kept rows (row index -> notes): every row of every piece, kept ones exact."""
     jobs = [plan(k, model) for k in kept_rows]
-    return [finish(j, g, model) for j, g in zip(jobs, fill(jobs, model, hop, seed), strict=True)]
+    return [finish(j, g, model) for j, g in zip(jobs, fill(jobs, model, hop, seed, resample), strict=True)]
 
 
 def compose(n: int, steps: int, model: GridModel, seed: int = 0, hop: int | None = None
@@ -273,7 +305,8 @@ def write_pieces(out_dir: str | Path, stems: Sequence[str], pieces: Sequence[lis
 
 
 def harmonize_files(melody: str | Path, out_dir: str | Path, opts: Any, model_path: Path,
-                    keep: Sequence[str] = ("soprano",), log: Any = print) -> dict[str, Any]:
+                    keep: Sequence[str] = ("soprano",), resample: int = 1, log: Any = print
+                    ) -> dict[str, Any]:
     """`dmc harmonize`: `opts.n` harmonizations of `melody` by the grid model at `model_path`, written
     into `out_dir` as MELODY_000.mid, ... Returns a summary (files, seconds, consonance of each)."""
     import time
@@ -288,7 +321,8 @@ def harmonize_files(melody: str | Path, out_dir: str | Path, opts: Any, model_pa
     start = time.perf_counter()
     pieces = []
     for first in range(0, opts.n, opts.batch_size):
-        pieces += harmonize([kept] * min(opts.batch_size, opts.n - first), model, opts.seed + first)
+        pieces += harmonize([kept] * min(opts.batch_size, opts.n - first), model, opts.seed + first,
+                            resample=resample)
     seconds = time.perf_counter() - start
     stem = Path(melody).stem
     stems = [f"{stem}_{i:03d}" for i in range(opts.n)]

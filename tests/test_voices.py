@@ -236,3 +236,56 @@ def test_evaluate_harmony_measures_a_grid_model_on_the_test_split(grid_project, 
     for name in tests:  # the soprano of every harmonization is the test file's, note for note
         got = read_rows(tmp_path / "s" / name, SATB)[0]
         assert same_notes(got, read_rows(satb_project / "data" / "raw" / "bach-satb" / name, SATB)[0])
+
+
+# -- the shipped four-voice model --------------------------------------------------------------------------
+
+
+def test_the_shipped_four_voice_model_passes_its_card_checks_and_is_small():
+    from pipeline.pretrained import WEIGHTS, check_shipped
+
+    folder = WEIGHTS / "bach-satb"
+    card = check_shipped(folder)  # format, sha256, weights_only load, probe
+    assert card["layout"] == "grid" and card["dataset"] == "bach-satb" and card["weights_dtype"] == "bfloat16"
+    assert (folder / "model.pt").stat().st_size <= 2 * 2**20
+    ckpt = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.bfloat16 for v in ckpt["ema"].values() if v.is_floating_point())
+    assert ckpt["stats"]["instruments"] == list(SATB) and ckpt["stats"]["grid"] == 0.25
+    evaluation = card["evaluation"]
+    assert evaluation["files"] >= 30 and evaluation["kept"] == ["soprano"]
+    assert evaluation["model.consonant_fraction"] > evaluation["markov.consonant_fraction"]
+    assert "dvc exp run train" in card["retrain"] and "layout=grid" in card["retrain"]
+    assert card["train"]["steps"] == card["steps"] and card["train"]["seconds"] > 0
+
+
+def test_a_damaged_shipped_model_is_refused_in_one_line(tmp_path):
+    import shutil
+
+    from pipeline.pretrained import WEIGHTS, check_shipped
+
+    copy = tmp_path / "bach-satb"
+    shutil.copytree(WEIGHTS / "bach-satb", copy)
+    data = bytearray((copy / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(DmcError, match="sha256 does not match"):
+        check_shipped(copy)
+
+
+def test_dmc_models_lists_bach_satb_and_harmonize_uses_it_by_default(tmp_path, capsys):
+    assert main(["models"]) == 0
+    assert "bach-satb" in capsys.readouterr().out
+    tune = write_melody(tmp_path / "scale.mid", [60, 62, 64, 65, 67, 65, 64, 62, 60], range(9), [1] * 9)
+    code = main(["harmonize", str(tune), str(tmp_path / "out"), "--steps", "2", "--audio", "", "--no-plot"])
+    assert code == 0, capsys.readouterr().err
+    rows = read_rows(tmp_path / "out" / "scale_000.mid", SATB)
+    assert rows[0].pitch.tolist() == [60, 62, 64, 65, 67, 65, 64, 62, 60] and all(len(r) for r in rows)
+
+
+def test_resampling_keeps_the_melody_exact_and_refuses_a_multistep_sampler(grid_project, satb_project):
+    soprano = read_rows(chorales(satb_project)[2], SATB)[0]
+    model = load_grid_model(grid_project / "model.pt", Sampler("ddim", 4))
+    piece = harmonize([{0: soprano}], model, resample=3)[0]
+    assert piece[0] is soprano and all(len(r) for r in piece)
+    with pytest.raises(DmcError, match="--resample needs"):
+        harmonize([{0: soprano}], load_grid_model(grid_project / "model.pt", Sampler("dpm++", 4)), resample=2)
