@@ -235,8 +235,7 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
         val = torch.from_numpy(data.val.batch(np.arange(len(data.val)), pitches)).to(dev)
         val_loss = validation_loss(ema.model, diffusion, val, settings.batch_size, settings.seed,
                                    contextlib.nullcontext())
-    stats = {**data.stats, "train_seconds": round(seconds, 1)}
-    save_model(Path(out), ema, TrainData(np.zeros(0), np.zeros(0), stats), settings, settings.steps)
+    save_model(Path(out), ema, TrainData(np.zeros(0), np.zeros(0), data.stats), settings, settings.steps)
     metrics = {"loss": float(np.mean(losses[-100:])), "val_loss": val_loss, "steps": settings.steps,
                "seconds": round(seconds, 1), "steps_per_s": round(settings.steps / seconds, 3),
                "parameters": sum(p.numel() for p in model.parameters()), "preset": settings.preset,
