@@ -252,7 +252,7 @@ def test_the_shipped_four_voice_model_passes_its_card_checks_and_is_small():
     assert all(v.dtype == torch.bfloat16 for v in ckpt["ema"].values() if v.is_floating_point())
     assert ckpt["stats"]["instruments"] == list(SATB) and ckpt["stats"]["grid"] == 0.25
     evaluation = card["evaluation"]
-    assert evaluation["files"] >= 30 and evaluation["kept"] == ["soprano"]
+    assert evaluation["files"] >= 10 and evaluation["kept"] == ["soprano"]
     assert evaluation["model.consonant_fraction"] > evaluation["markov.consonant_fraction"]
     assert "dvc exp run train" in card["retrain"] and "layout=grid" in card["retrain"]
     assert card["train"]["steps"] == card["steps"] and card["train"]["seconds"] > 0
