@@ -294,10 +294,10 @@ def describe_model(name: str) -> str:
     if harmony:  # a four-voice model's card holds its `dmc evaluate-harmony` table
         lines.append(f"  evaluate-harmony ({evaluation.get('files', '?')} test melodies, "
                      f"{', '.join(evaluation.get('kept', []))} kept; unconditional: composed from scratch):")
-        lines.append("    " + "  ".join(f"{s:>13}" for s in ["set", *harmony]))
+        lines.append("    " + "  ".join(f"{s:>16}" for s in ["set", *harmony]))
         for metric in ("consonant_fraction", "parallel_fifths", "parallel_octaves"):
-            lines.append("    " + "  ".join([f"{metric.replace('_fraction', ''):>13}",
-                                             *(f"{evaluation[f'{s}.{metric}']:>13.3f}" for s in harmony)]))
+            lines.append("    " + "  ".join([f"{metric.replace('_fraction', ''):>16}",
+                                             *(f"{evaluation[f'{s}.{metric}']:>16.3f}" for s in harmony)]))
     if card.get("weights_probe_error"):
         lines.append(f"  {card.get('weights_dtype')} weights move the network's output by "
                      f"{card['weights_probe_error']:.2g} relative; the table is of the float32 weights")
