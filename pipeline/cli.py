@@ -107,6 +107,8 @@ def _add_evaluate_harmony(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guard", default="step_clip")
+    p.add_argument("--resample", type=int, default=1, metavar="R",
+                   help="grid-layout models: take each denoising step R times (RePaint; default 1)")
     p.add_argument("--quantize", default="auto", metavar="GRID",
                    help="the generated voices' rhythm grid: auto (the data's, default), 1/16, or '' for none")
     p.add_argument("--seed", type=int, default=0)
@@ -135,11 +137,56 @@ def _run_evaluate_harmony(args: argparse.Namespace) -> None:
     report, groups = harmony.harmonize_checkout(
         args.model, opts, args.prepared, args.manifest, _groups(args.keep), args.limit, args.out,
         args.samples, evaluate.get("frame_beats", 16.0), evaluate.get("hop_beats", 8.0),
-        log=lambda line: print(line, file=sys.stderr))
+        log=lambda line: print(line, file=sys.stderr), resample=args.resample)
     print(f"evaluate-harmony: {len(report.files)} test files, {', '.join(report.kept)} kept, "
           f"{args.sampler}-{args.steps}, grid {args.quantize or 'none'}")
     print(report.table(groups))
     print(f"evaluate-harmony: wrote {args.out}" + (f" and {args.samples}/" if args.samples else ""))
+
+
+def _add_harmonize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("harmonize", help="write alto, tenor and bass under a melody (any one-track MIDI "
+                       "file) with the shipped four-voice model")
+    p.add_argument("melody", type=Path,
+                   help="a MIDI file: its one track, or its soprano track, is the melody")
+    p.add_argument("out", type=Path, help="output folder (created if missing): MELODY_000.mid, .ogg, .png")
+    p.add_argument("--model", "--checkpoint", dest="model", default="bach-satb", metavar="NAME|PATH",
+                   help="a grid-layout model: shipped (see `dmc models`) or a checkpoint (default bach-satb)")
+    p.add_argument("--keep", default="soprano", metavar="GROUPS",
+                   help="the parts of the file kept (default soprano; a one-track file is that part)")
+    p.add_argument("--n", type=int, default=1, help="harmonizations to write (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives identical files")
+    p.add_argument("--sampler", default="ddim", help="ddpm (all T steps), ddim, dpm++ or unipc")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--resample", type=int, default=1, metavar="R",
+                   help="take each denoising step R times, re-noising in between (RePaint; default 1)")
+    p.add_argument("--tempo", type=float, default=100.0, help="beats per minute (default 100)")
+    p.add_argument("--audio", default="ogg", metavar="FORMAT",
+                   help="render wav, ogg (default) or mp3 with fluidsynth; '' for none")
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="no piano-roll PNG")
+    p.add_argument("--device", help="cpu, cuda, mps (default: cpu)")
+    p.set_defaults(run=_run_harmonize)
+
+
+def _run_harmonize(args: argparse.Namespace) -> None:
+    from pipeline import harmonize, sampling
+
+    opts = sampling.GenerateOptions(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                                    tempo=args.tempo, audio=args.audio, plot=args.plot, device=args.device,
+                                    prompt=args.melody, keep=_groups(args.keep))
+    sampling.check_options(opts)
+    model = harmonize.grid_model_path(args.model)
+    if model is None:
+        raise DmcError(f"--model {args.model}: a model of the note layout; harmonize needs a grid-layout "
+                       "model (layout: grid), such as the shipped bach-satb")
+    if args.resample < 1:
+        raise DmcError(f"--resample must be at least 1, got {args.resample}")
+    summary = harmonize.harmonize_files(args.melody, args.out, opts, model, opts.keep, args.resample,
+                                        log=lambda line: print(line, file=sys.stderr))
+    consonance = ", ".join(f"{c:.2f}" for c in summary["consonance"])
+    print(f"harmonize: {args.n} harmonization(s) of {summary['melody_notes']} melody notes in {args.out} "
+          f"({summary['sampler']}-{summary['steps']}, {summary['seconds']:.1f} s; consonant intervals "
+          f"{consonance}): {', '.join(summary['files'])}")
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -222,8 +269,8 @@ def _run_compare(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dmc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    for add in (_add_notes, _add_model, _add_generate, _add_evaluate_harmony, _add_models, _add_export_model,
-                _add_download, _add_compare):
+    for add in (_add_notes, _add_model, _add_generate, _add_harmonize, _add_evaluate_harmony, _add_models,
+                _add_export_model, _add_download, _add_compare):
         add(sub)
     args = parser.parse_args(argv)
     try:

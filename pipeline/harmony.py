@@ -16,6 +16,7 @@ intervals and parallel fifths and octaves per 100 notes (`pipeline.voice_leading
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,11 @@ class HarmonyReport:
 
 def split_files(prepared_dir: str | Path, split: str) -> list[str]:
     """The files (relative to the dataset's root) that gave segments of `split`, in sorted order."""
+    from pipeline.voice_training import FILES_FILE
+
+    grid_files = Path(prepared_dir) / FILES_FILE  # the grid layout's prepare lists its files' splits
+    if grid_files.is_file():
+        return sorted(name for name, s in json.loads(grid_files.read_text()).items() if s == split)
     table = pq.read_table(Path(prepared_dir) / SEGMENTS_FILE, columns=["file", "split"],
                           filters=[("split", "==", split)])
     return sorted(set(table.column("file").to_pylist()))
@@ -111,9 +117,14 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
                      limit: int | None = None, seed: int = 0, batch_size: int = 16,
                      device: str = "cpu", frame_beats: float = 16.0, hop_beats: float = 8.0,
                      n_reference: int = 64, grid: int | None = None,
-                     progress: bool | None = None) -> HarmonyReport:
+                     progress: bool | None = None, grid_model: Any = None,
+                     n_unconditional: int = 16, resample: int = 1) -> HarmonyReport:
     """Harmonize every test file's kept parts with the model and with Markov voices; measure all three.
-    `grid` (ticks) puts the generated voices on a rhythm grid, as `dmc generate --quantize` does."""
+    `grid` (ticks) puts the generated voices on a rhythm grid, as `dmc generate --quantize` does.
+    `grid_model` (a `pipeline.harmonize.GridModel`) harmonizes instead of the note-layout model.
+    `n_unconditional` pieces composed from scratch (one window each) give `unconditional.*`. `resample`:
+    RePaint's repeats per step for a grid model (`pipeline.harmonize.denoise`)."""
+    from pipeline import harmonize
     groups = list(stats["instruments"])
     if len(groups) < 2:
         raise DmcError(f"evaluate-harmony: the model has one row ({groups[0]}); it needs several instrument "
@@ -133,10 +144,23 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
         raise DmcError(f"evaluate-harmony: {len(files)} test file(s) with the kept parts "
                        f"({', '.join(keep)}); 2 or more are needed")
     givens = [Given({h: rows[h] for h in kept_index}) for rows in real]
-    model_rows = [p for batch in generate_rows(model, diffusion, sampler, encoding, len(givens), len(groups),
-                                               int(stats["seq_len"]), None, givens, batch_size, seed, device,
-                                               progress=progress) for p in batch]
-    if grid:
+    if grid_model is not None:
+        model_rows, scratch = [], []
+        for first in range(0, len(givens), batch_size):
+            model_rows += harmonize.harmonize([g.kept for g in givens[first:first + batch_size]], grid_model,
+                                              seed + first, resample=resample)
+        if n_unconditional:
+            scratch = harmonize.compose(n_unconditional, grid_model.width, grid_model, seed)
+    else:
+        model_rows = [p for batch in generate_rows(model, diffusion, sampler, encoding, len(givens),
+                                                   len(groups), int(stats["seq_len"]), None, givens,
+                                                   batch_size, seed, device, progress=progress)
+                      for p in batch]
+        scratch = [p for batch in generate_rows(model, diffusion, sampler, encoding, n_unconditional,
+                                                len(groups), int(stats["seq_len"]), int(stats["seq_len"]),
+                                                None, batch_size, seed, device, progress=progress)
+                   for p in batch] if n_unconditional else []
+    if grid and grid_model is None:
         model_rows = [[r if h in kept_index else on_grid(r, grid) for h, r in enumerate(rows)]
                       for rows in model_rows]
     train = [read_rows(root / name, groups, "evaluate-harmony")
@@ -155,6 +179,11 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
     reference_rows = [train[i] for i in np.sort(rng.choice(len(train), min(n_reference, len(train)),
                                                            replace=False))]
     metrics: dict[str, float] = {"files": len(files)}
+    if scratch:  # all voices composed: how consonant the model is on its own
+        scores = [voice_leading([r for r in rows if len(r)]) for rows in scratch]
+        metrics["unconditional.pieces"] = len(scratch)
+        for column in PIECE_COLUMNS:
+            metrics[f"unconditional.{column}"] = float(np.nanmean([s[column] for s in scores]))
     sets = {"model": model_rows, "markov": markov_rows, "bach": real}
     for name, pieces in sets.items():
         scores = [voice_leading([r for r in rows if r is not None]) for rows in pieces]
@@ -181,27 +210,37 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
                        manifest: str | Path, keep: Sequence[str] | None = None, limit: int | None = None,
                        out: str | Path | None = None, samples_dir: str | Path | None = None,
                        frame_beats: float = 16.0, hop_beats: float = 8.0,
-                       log: Any = print) -> tuple[HarmonyReport, list[str]]:
+                       log: Any = print, resample: int = 1) -> tuple[HarmonyReport, list[str]]:
     """`dmc evaluate-harmony`: load the model, harmonize the test files, write the metrics to `out` (JSON)
     and, with `samples_dir`, each harmonization as MIDI and a piano roll named after its test file.
     Returns the report and the model's instrument groups."""
     from pipeline import midi
     from pipeline.datasets import read_manifest
     from pipeline.files import atomic_path, write_json
+    from pipeline.harmonize import grid_model_path, load_grid_model
     from pipeline.plots import write_piano_roll
-    from pipeline.sampling import grid_ticks, load_sampler, programs_for, row_tracks
+    from pipeline.sampling import LoadedModel, Sampler, grid_ticks, load_sampler, programs_for, row_tracks
 
     _, root, _ = read_manifest(Path(manifest))
     if not root.is_absolute():  # the download stage writes it relative to the project: above data/
         root = Path(manifest).resolve().parent.parent / root
-    loaded = load_sampler(checkpoint, opts, log)
+    grid_path = grid_model_path(checkpoint)
+    grid_model = None
+    if grid_path is not None:
+        grid_model = load_grid_model(grid_path, Sampler(opts.sampler, opts.steps, opts.eta, opts.guard),
+                                     opts.device or "cpu")
+        loaded = LoadedModel(grid_model.model, grid_model.stats, None, grid_model.diffusion,
+                             grid_model.sampler, grid_model.device)
+    else:
+        loaded = load_sampler(checkpoint, opts, log)
     groups = list(loaded.stats["instruments"])
     report = evaluate_harmony(loaded.model, loaded.diffusion, loaded.sampler, loaded.encoding, loaded.stats,
                               prepared_dir, root, keep, limit, opts.seed, opts.batch_size, loaded.device,
                               frame_beats, hop_beats, grid=grid_ticks(opts.quantize, loaded.stats),
-                              progress=opts.progress)
+                              progress=opts.progress, grid_model=grid_model, resample=resample)
     if out is not None:
         write_json(out, {"kept": report.kept, "sampler": loaded.sampler.name, "quantize": opts.quantize,
+                         "resample": resample,
                          "steps": loaded.sampler.n_steps(loaded.diffusion.timesteps), **report.metrics})
     if samples_dir is not None:
         kept = [groups.index(k) for k in report.kept]

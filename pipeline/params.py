@@ -126,6 +126,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "lr": _POS,
     "lr_final": _POS,
     "instruments": _str_list,
+    "layout": _choice("notes", "grid"),
     "prepare.programs": _int_list(0, 127),
     "prepare.max_duration": _POS,
     "prepare.max_delta": _POS,

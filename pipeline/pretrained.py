@@ -297,6 +297,15 @@ def describe_model(name: str) -> str:
         for metric in ("oa_mean", "kl_mean"):
             lines.append("    " + "  ".join([f"{metric:>9}", *(f"{evaluation[f'{s}.{metric}']:>9.4f}"
                                                               for s in sets)]))
+    harmony = [s for s in ("model", "markov", "bach", "unconditional")
+               if f"{s}.consonant_fraction" in evaluation]
+    if harmony:  # a four-voice model's card holds its `dmc evaluate-harmony` table
+        lines.append(f"  evaluate-harmony ({evaluation.get('files', '?')} test melodies, "
+                     f"{', '.join(evaluation.get('kept', []))} kept; unconditional: composed from scratch):")
+        lines.append("    " + "  ".join(f"{s:>16}" for s in ["set", *harmony]))
+        for metric in ("consonant_fraction", "parallel_fifths", "parallel_octaves"):
+            lines.append("    " + "  ".join([f"{metric.replace('_fraction', ''):>16}",
+                                             *(f"{evaluation[f'{s}.{metric}']:>16.3f}" for s in harmony)]))
     if card.get("weights_probe_error"):
         lines.append(f"  {card.get('weights_dtype')} weights move the network's output by "
                      f"{card['weights_probe_error']:.2g} relative; the table is of the float32 weights")

@@ -468,6 +468,11 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     from pipeline.writing import pieces_into
 
     check_options(opts)
+    from pipeline.harmonize import generate_grid_files, grid_model_path
+
+    grid_model = grid_model_path(checkpoint)  # a model of the grid layout (pipeline.voices) composes there
+    if grid_model is not None:
+        return generate_grid_files(out_dir, opts, grid_model, log)
     loaded = load_sampler(checkpoint, opts, log)
     model, stats, encoding, diffusion, sampler, device = (loaded.model, loaded.stats, loaded.encoding,
                                                           loaded.diffusion, loaded.sampler, loaded.device)

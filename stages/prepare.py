@@ -25,7 +25,13 @@ def main() -> None:
         raise DmcError(f"the manifest holds dataset '{dataset}' but params say '{params['dataset']}'; "
                        "run the download stage first (dvc repro download)")
     n_jobs = resolve_jobs(params["prepare"]["n_jobs"])
-    summary = write_prepared(PREPARED, dataset, root, files, config, n_jobs=n_jobs)
+    if params["layout"] == "grid":  # voices on one time axis: windows of seq_len grid steps
+        from pipeline.voice_training import write_grid_prepared
+
+        summary = write_grid_prepared(PREPARED, dataset, root, files, config.instruments, config.seq_len,
+                                      params["prepare"]["hop"], config.split)
+    else:
+        summary = write_prepared(PREPARED, dataset, root, files, config, n_jobs=n_jobs)
     write_json(METRICS, summary)
     seg = summary["segments"]
     print(f"prepare: {summary['kept']}/{summary['files']} files kept, {summary['rejected']} rejected "

@@ -21,8 +21,15 @@ METRICS = Path("metrics")
 def main() -> None:
     params = load_params()
     settings = training.TrainSettings.from_params(params)
-    data = training.load_data(PREPARED, seq_len=params["seq_len"], key=params["train"]["key"])
-    metrics = training.train(settings, data, models_dir=MODELS, metrics_dir=METRICS)
+    if params["layout"] == "grid":  # voices on one time axis (pipeline/voice_training.py)
+        from pipeline.files import write_json
+        from pipeline.voice_training import load_grid_data, train_grid
+
+        metrics = train_grid(settings, load_grid_data(PREPARED), MODELS / "model.pt")
+        write_json(METRICS / "train.json", metrics)
+    else:
+        data = training.load_data(PREPARED, seq_len=params["seq_len"], key=params["train"]["key"])
+        metrics = training.train(settings, data, models_dir=MODELS, metrics_dir=METRICS)
     if metrics:
         print(f"train: {metrics['steps']} steps of preset {settings.preset} on {metrics['device']} "
               f"({metrics['parameters']:,} parameters): loss {metrics['loss']:.4f}, val loss "

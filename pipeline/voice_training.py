@@ -1,0 +1,294 @@
+"""Prepare and train the grid layout (`pipeline.voices`): four-voice files -> grid windows -> a U-Net.
+
+Prepare reads each file's voices (`instruments`, found as `pipeline.instruments` finds them; a file must
+have all of them), lays them on the data's grid (the coarsest of `pipeline.encoding.GRIDS` that 99% of
+onsets and durations lie on: 1/4 beat for the chorales), snapping the few notes off it, and cuts windows
+of `seq_len` steps every `prepare.hop` steps (the last one padded with rests). Files go to train, val and
+test by `pipeline.segments.split_of`, as in the note layout, so both layouts test on the same chorales.
+Windows are kept symbolic (pitch and state per cell); training encodes each batch after moving it to a
+random key (up to `train.transpose` semitones, where every voice stays inside its train range), and the
+network is the project's U-Net with CHANNELS input channels, non-causal: a voice at step j hears every
+voice at every step, which inpainting a melody needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import voices
+from pipeline.errors import DmcError
+from pipeline.files import atomic_path
+from pipeline.multirow import RowNotes, read_rows
+
+GRID_FILE = "grid.npz"
+FILES_FILE = "grid_files.json"  # each kept file's split, for evaluate-harmony
+STATS_FILE = "stats.json"
+LAYOUTS = ("notes", "grid")
+
+
+def detect_grid(files: Sequence[Sequence[RowNotes | None]]) -> float:
+    """The coarsest candidate grid (beats) that GRID_SHARE of all onsets and durations lie on."""
+    from pipeline.encoding import GRID_SHARE, GRIDS
+
+    times = np.concatenate([t for rows in files for r in rows if r is not None for t in (r.onset, r.duration)]
+                           or [np.zeros(0)])
+    if not len(times):
+        raise DmcError("grid layout: no notes to find the grid of")
+    for grid in GRIDS:
+        if np.mean(np.abs(times / grid - np.rint(times / grid)) < 1e-6) >= GRID_SHARE:
+            return grid
+    raise DmcError(f"grid layout: the notes lie on none of the grids {', '.join(f'{g:.4g}' for g in GRIDS)} "
+                   "(beats); the grid layout needs quantized music (use layout: notes)")
+
+
+def window_starts(length: int, width: int, hop: int) -> list[int]:
+    """Window starts every `hop` steps; the last window reaches past the end (padded with rests)."""
+    starts = list(range(0, max(length - width, 0) + 1, hop))
+    if starts[-1] + width < length:
+        starts.append(starts[-1] + hop * math.ceil((length - width - starts[-1]) / hop))
+    return starts
+
+
+@dataclass
+class GridWindows:
+    """Symbolic windows [N, H, W] (pitch, state) and, per window, how far it may be transposed."""
+
+    pitch: np.ndarray
+    state: np.ndarray
+    down: np.ndarray  # [N] the largest downward shift that keeps every voice in its train range
+    up: np.ndarray
+
+    @classmethod
+    def of(cls, grids: list[voices.VoiceGrid], pitches: voices.PitchRange) -> GridWindows:
+        pitch = np.stack([g.pitch for g in grids]).astype(np.int16)
+        state = np.stack([g.state for g in grids]).astype(np.int8)
+        sounding = state != voices.REST
+        lo = np.array([r[0] for r in pitches.rows])[None, :, None]
+        hi = np.array([r[1] for r in pitches.rows])[None, :, None]
+        down = np.where(sounding, pitch - lo, 10**6).min((1, 2))
+        up = np.where(sounding, hi - pitch, 10**6).min((1, 2))
+        return cls(pitch, state, np.minimum(down, 127).astype(np.int16), np.minimum(up, 127).astype(np.int16))
+
+    def __len__(self) -> int:
+        return len(self.pitch)
+
+    def batch(self, index: np.ndarray, pitches: voices.PitchRange, transpose: int = 0,
+              rng: np.random.Generator | None = None) -> np.ndarray:
+        """Encoded windows [B, CHANNELS, H, W], each moved by a random shift within its room."""
+        out = []
+        for i in index:
+            grid = voices.VoiceGrid(self.pitch[i].astype(np.int64), self.state[i])
+            if transpose and rng is not None:
+                lo, hi = -min(transpose, int(self.down[i])), min(transpose, int(self.up[i]))
+                grid = grid.transposed(int(rng.integers(lo, hi + 1)))
+            out.append(voices.encode(grid, pitches))
+        return np.stack(out)
+
+
+def read_voice_files(root: Path, files: Sequence[str], groups: Sequence[str]
+                     ) -> tuple[list[str], list[list[RowNotes]]]:
+    """The files (relative to `root`) with a track for every group, and their voices."""
+    kept, rows = [], []
+    for name in tqdm(files, desc="prepare (grid)", unit="file", disable=None):
+        try:
+            found = read_rows(root / name, groups, "prepare")
+        except DmcError:
+            continue
+        if all(r is not None and len(r) for r in found):
+            kept.append(name)
+            rows.append(found)
+    return kept, rows
+
+
+def write_grid_prepared(out_dir: str | Path, dataset: str, root: str | Path, files: Sequence[str],
+                        groups: Sequence[str], width: int, hop: int = 0,
+                        split: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, Any]:
+    """Prepare the grid layout into `out_dir` atomically (module docstring); returns the summary."""
+    from pipeline.segments import SPLITS, split_of
+
+    t0 = time.perf_counter()
+    hop = hop or width
+    kept, rows = read_voice_files(Path(root), files, groups)
+    splits = [split_of(name, split) for name in kept]
+    train_rows = [r for r, s in zip(rows, splits, strict=True) if s == "train"]
+    if not train_rows:
+        raise DmcError(f"dataset '{dataset}': no file of the train split has all of {', '.join(groups)}")
+    step = detect_grid(train_rows)
+    pitches = voices.pitch_range(train_rows, len(groups))
+    arrays: dict[str, Any] = {}
+    counts = {}
+    for name in SPLITS:
+        grids = []
+        for r, s in zip(rows, splits, strict=True):
+            if s != name:
+                continue
+            whole = voices.rows_to_grid(r, step, 0.0, snap=True)
+            grids += [whole.columns(a, a + width) for a in window_starts(whole.shape[1], width, hop)]
+        counts[name] = len(grids)
+        if grids:
+            w = GridWindows.of(grids, pitches)
+            arrays |= {f"{name}_pitch": w.pitch, f"{name}_state": w.state, f"{name}_down": w.down,
+                       f"{name}_up": w.up}
+    stats = {"layout": "grid", "instruments": list(groups), "grid": step, "seq_len": width, "hop": hop,
+             "channels": list(("height", "cos", "sin", "sounding", "onset")),
+             "pitch_range": pitches.to_dict(), "row_programs": [0] * len(groups),
+             "split": dict(zip(SPLITS, split, strict=True)),
+             "counts": {"files": len(files), "kept": len(kept), "windows": counts}}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        np.savez_compressed(tmp / GRID_FILE, **arrays)
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        (tmp / FILES_FILE).write_text(json.dumps(dict(zip(kept, splits, strict=True)), indent=1) + "\n")
+    seconds = time.perf_counter() - t0
+    return {"dataset": dataset, "layout": "grid", "files": len(files), "kept": len(kept),
+            "rejected": len(files) - len(kept),
+            "rejected_by_reason": {"missing-voice": len(files) - len(kept)} if len(files) > len(kept) else {},
+            "segments": counts, "grid": step, "seconds": round(seconds, 3),
+            "files_per_second": round(len(files) / seconds, 1) if seconds > 0 else None}
+
+
+@dataclass
+class GridData:
+    train: GridWindows
+    val: GridWindows | None
+    stats: dict[str, Any]
+
+    @property
+    def pitches(self) -> voices.PitchRange:
+        return voices.PitchRange.from_dict(self.stats["pitch_range"])
+
+
+def load_grid_data(prepared_dir: str | Path) -> GridData:
+    prepared_dir = Path(prepared_dir)
+    try:
+        stats = json.loads((prepared_dir / STATS_FILE).read_text())
+        arrays = dict(np.load(prepared_dir / GRID_FILE))
+    except FileNotFoundError as err:
+        raise DmcError(f"{prepared_dir}: no grid-layout data ({Path(err.filename).name}); run the prepare "
+                       "stage with layout: grid") from None
+
+    def split(name: str) -> GridWindows | None:
+        if f"{name}_pitch" not in arrays:
+            return None
+        return GridWindows(*(arrays[f"{name}_{k}"] for k in ("pitch", "state", "down", "up")))
+
+    train = split("train")
+    if train is None:
+        raise DmcError(f"{prepared_dir}: the train split holds no grid windows")
+    return GridData(train, split("val"), stats)
+
+
+def grid_config(preset: str) -> Any:
+    """The U-Net of the grid layout: the preset's, with CHANNELS inputs, non-causal."""
+    from pipeline.model import get_config
+
+    return dataclasses.replace(get_config(preset, causal=False), features=voices.CHANNELS)
+
+
+def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[str], None] = print,
+               device: str = "cpu") -> dict[str, Any]:
+    """Train the grid U-Net for `settings.steps` (a `pipeline.training.TrainSettings`) and write the EMA
+    model to `out`, in the checkpoint format `pipeline.model.load_trained` reads. Returns its metrics."""
+    from pipeline.training import TrainData, batch_indices, build, optimize, save_model, step_seed
+
+    config = grid_config(settings.preset)
+    width = int(data.stats["seq_len"])
+    if width % config.stride:
+        raise DmcError(f"seq_len {width} is not a multiple of {config.stride}")
+    torch.manual_seed(settings.seed)
+    dev = torch.device(device)
+    model, ema, opt, diffusion = build(settings, config, dev)
+    pitches = data.pitches
+    rng = np.random.default_rng(settings.seed)
+    gen = torch.Generator(dev)
+    losses: list[float] = []
+    model.train()
+    t0 = time.perf_counter()
+    for step in tqdm(range(settings.steps), desc="train (grid)", unit="step", disable=None):
+        for group in opt.param_groups:
+            group["lr"] = settings.lr_at(step)
+        index = batch_indices(step, len(data.train), settings.batch_size, settings.seed)
+        x0 = torch.from_numpy(data.train.batch(index, pitches, settings.transpose, rng)).to(dev)
+        gen.manual_seed(step_seed(settings.seed, step, 0))
+        loss = optimize(model, model, ema, opt, diffusion, x0, gen, step, settings.grad_clip,
+                        contextlib.nullcontext())
+        losses.append(float(loss))
+        if not math.isfinite(losses[-1]):
+            raise DmcError(f"loss became {losses[-1]} at step {step}; try a lower lr")
+    seconds = time.perf_counter() - t0
+    val_loss = None
+    if data.val is not None and len(data.val):
+        from pipeline.training import validation_loss
+
+        val = torch.from_numpy(data.val.batch(np.arange(len(data.val)), pitches)).to(dev)
+        val_loss = validation_loss(ema.model, diffusion, val, settings.batch_size, settings.seed,
+                                   contextlib.nullcontext())
+    save_model(Path(out), ema, TrainData(np.zeros(0), np.zeros(0), data.stats), settings, settings.steps)
+    metrics = {"loss": float(np.mean(losses[-100:])), "val_loss": val_loss, "steps": settings.steps,
+               "seconds": round(seconds, 1), "steps_per_s": round(settings.steps / seconds, 3),
+               "parameters": sum(p.numel() for p in model.parameters()), "preset": settings.preset,
+               "device": dev.type, "layout": "grid",
+               "batch_size": settings.batch_size}
+    log(f"train (grid): {settings.steps} steps in {seconds:.0f} s, loss {metrics['loss']:.4f}, "
+        f"val loss {val_loss}")
+    return metrics
+
+
+def export_grid_model(name: str, checkpoint: str | Path, params: dict[str, Any], evaluation: dict[str, Any],
+                      train: dict[str, Any], note: str = "", dest: str | Path | None = None) -> Path:
+    """Write the shipped-model folder `dest/NAME` (default pipeline/weights/NAME) of a grid model trained
+    with `params` (the keys its prepare and train read), with bfloat16 weights and a card as
+    `pipeline.pretrained.export_model` writes one; `evaluation` is its `dmc evaluate-harmony` JSON. Atomic."""
+    import datetime
+
+    from pipeline import pretrained
+    from pipeline.files import file_digest
+    from pipeline.model import UNet, UNetConfig
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not ckpt.get("stats", {}).get("layout") == "grid":
+        raise DmcError(f"{checkpoint}: not a grid-layout model")
+    ema = pretrained.cast_weights(ckpt["ema"], "bfloat16")
+    config = UNetConfig.from_dict(ckpt["config"])
+    full, shipped = UNet(config).eval(), UNet(config).eval()
+    full.load_state_dict(ckpt["ema"])
+    shipped.load_state_dict(ema)
+    output = pretrained.probe(shipped)
+    root = Path(__file__).resolve().parents[1]
+    retrain = pretrained.retrain_command(params).replace("dvc exp run", "dvc exp run train", 1)
+    card = {
+        "format": pretrained.CARD_FORMAT, "name": name, "note": note, "layout": "grid",
+        "dataset": params.get("dataset"), "preset": params.get("preset"), "steps": int(ckpt["step"]),
+        "seq_len": ckpt["stats"].get("seq_len"), "grid": ckpt["stats"].get("grid"),
+        "parameters": sum(p.numel() for p in shipped.parameters()), "weights_dtype": "bfloat16",
+        "files": {}, "params": params,
+        "retrain": f"{retrain} && dmc evaluate-harmony --model models/model.pt",
+        "evaluation": evaluation, "train": train,
+        "source": {"model_md5": file_digest(Path(checkpoint), "md5"),
+                   "git_commit": pretrained._git(root, "rev-parse", "HEAD"),
+                   "exported": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "probe": {"timestep": pretrained.PROBE_TIMESTEP, "output": output},
+        "weights_probe_error": round(pretrained._probe_error(output, pretrained.probe(full)), 6),
+    }
+    target = Path(dest) / name if dest is not None else pretrained.WEIGHTS / name
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        with open(tmp / pretrained.WEIGHTS_FILE, "wb") as f:  # a file object: the zip holds no temp name
+            torch.save({"config": ckpt["config"], "ema": ema, "stats": ckpt["stats"],
+                        "diffusion": ckpt["diffusion"], "step": ckpt["step"]}, f)
+        card["files"] = {pretrained.WEIGHTS_FILE: file_digest(tmp / pretrained.WEIGHTS_FILE, "sha256")}
+        (tmp / pretrained.CARD).write_text(json.dumps(card, indent=2) + "\n")
+        pretrained.check_shipped(tmp)
+    return target

@@ -1,0 +1,291 @@
+"""The grid layout (pipeline/voices.py), its prepare (pipeline/voice_training.py) and harmonizing with it
+(pipeline/harmonize.py): on the chorales of `satb_project` (conftest.py) and a randomly initialised grid
+U-Net of a short window and a 20-step schedule, so every test takes seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SATB
+
+from pipeline import voices
+from pipeline.cli import main
+from pipeline.errors import DmcError
+from pipeline.harmonize import compose, harmonize, load_grid_model
+from pipeline.midi import TrackNotes, write_midi
+from pipeline.model import UNet
+from pipeline.multirow import RowNotes, read_rows
+from pipeline.sampling import Sampler
+from pipeline.voice_training import grid_config, load_grid_data, write_grid_prepared
+
+WIDTH = 32  # grid steps per window of the test model: 8 beats, so a chorale takes several windows
+
+
+def chorales(satb_project: Path) -> list[Path]:
+    return sorted((satb_project / "data" / "raw" / "bach-satb").glob("*.mid"))
+
+
+@pytest.fixture(scope="module")
+def grid_project(satb_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chorales prepared in the grid layout and a random tiny grid model: ROOT/prepared, ROOT/model.pt."""
+    root = tmp_path_factory.mktemp("grid")
+    raw = satb_project / "data" / "raw" / "bach-satb"
+    files = sorted(p.name for p in raw.glob("*.mid"))
+    summary = write_grid_prepared(root / "prepared", "bach-satb", raw, files, SATB, WIDTH, 16,
+                                  (0.5, 0.2, 0.3))
+    assert summary["segments"]["train"] > 0 and summary["grid"] == 0.25, summary
+    torch.manual_seed(0)
+    config = grid_config("tiny")
+    stats = json.loads((root / "prepared" / "stats.json").read_text())
+    torch.save({"config": dataclasses.asdict(config), "ema": UNet(config).state_dict(), "stats": stats,
+                "diffusion": {"timesteps": 20, "beta_start": 1e-4, "beta_end": 0.02}, "step": 0},
+               root / "model.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def grid_model(grid_project):
+    return load_grid_model(grid_project / "model.pt", Sampler("ddim", 5))
+
+
+def sorted_row(row: RowNotes) -> RowNotes:
+    return row.where(np.lexsort((row.pitch, row.onset)))
+
+
+def same_notes(a: RowNotes, b: RowNotes) -> bool:
+    return (np.array_equal(a.pitch, b.pitch) and np.allclose(a.onset, b.onset)
+            and np.allclose(a.duration, b.duration))
+
+
+# -- the code -----------------------------------------------------------------------------------------------
+
+
+def test_every_pitch_of_the_range_decodes_from_its_helix_code_and_fifths_are_neighbours():
+    pitches = np.arange(36, 82)
+    assert np.array_equal(voices.nearest_pitch(voices.helix(pitches, 36, 81), 36, 81, (36, 81)), pitches)
+    code = voices.helix(np.array([60, 67, 61]), 36, 81)
+    chroma = code[1:]
+    assert np.linalg.norm(chroma[:, 0] - chroma[:, 1]) < np.linalg.norm(chroma[:, 0] - chroma[:, 2])
+    assert code[0].min() >= -1 and code[0].max() <= 1
+
+
+def test_decoding_keeps_each_row_inside_its_own_range():
+    pitches = voices.PitchRange(36, 81, ((60, 72), (36, 50)))
+    grid = voices.VoiceGrid(np.array([[55, 55], [52, 52]]), np.array([[voices.ONSET, voices.HELD]] * 2))
+    x = voices.encode(grid, pitches)
+    back = voices.decode(x, pitches)
+    # G3 is below the top row's range: the nearest valid pitch by the helix is its octave, G4.
+    # G3 lies below the top row's range and E3 above the bottom row's: each comes back as the octave of
+    # the same pitch class inside the range (G4, E2), the nearest code there.
+    assert back.pitch.tolist() == [[67, 67], [40, 40]] and back.state.tolist() == grid.state.tolist()
+
+
+def test_grid_round_trip_notes_grid_values_notes_is_exact_on_real_chorales(satb_project):
+    files = chorales(satb_project)
+    rows = [read_rows(f, SATB) for f in files]
+    pitches = voices.pitch_range(rows, len(SATB))
+    checked = 0
+    for file_rows in rows:
+        grid = voices.rows_to_grid(file_rows, 0.25)
+        assert grid.state.shape == (4, grid.shape[1]) and (grid.state == voices.ONSET).sum() == sum(
+            len(r) for r in file_rows)
+        back = voices.grid_to_rows(voices.decode(voices.encode(grid, pitches), pitches), 0.25)
+        for original, decoded in zip(file_rows, back, strict=True):
+            assert same_notes(sorted_row(original), decoded)
+            checked += len(decoded)
+    assert checked > 1000
+
+
+def test_repeated_notes_and_rests_survive_the_round_trip():
+    row = RowNotes.of([60, 60, 62, 62], [0.0, 1.0, 2.5, 3.0], [1.0, 1.0, 0.5, 0.25])
+    grid = voices.rows_to_grid([row, None], 0.25)
+    assert grid.state[0, :4].tolist() == [voices.ONSET, voices.HELD, voices.HELD, voices.HELD]
+    assert grid.state[0, 4] == voices.ONSET and grid.state[0, 8] == voices.REST
+    assert (grid.state[1] == voices.REST).all()
+    back = voices.grid_to_rows(grid, 0.25)
+    assert same_notes(back[0], row) and len(back[1]) == 0
+
+
+def test_off_grid_and_overlapping_notes_are_refused_exactly_and_snapped_on_request():
+    off = RowNotes.of([60, 62], [0.0, 1.1], [1.0, 1.0])
+    with pytest.raises(DmcError, match="off the grid"):
+        voices.rows_to_grid([off], 0.25)
+    overlap = RowNotes.of([60, 64], [0.0, 0.5], [1.0, 1.0])
+    with pytest.raises(DmcError, match="overlap"):
+        voices.rows_to_grid([overlap], 0.25)
+    snapped = voices.grid_to_rows(voices.rows_to_grid([overlap], 0.25, snap=True), 0.25)[0]
+    assert snapped.pitch.tolist() == [60, 64] and snapped.duration.tolist() == [0.5, 1.0]
+
+
+def test_prepare_writes_windows_of_every_split_with_room_to_transpose(grid_project):
+    data = load_grid_data(grid_project / "prepared")
+    assert data.train.pitch.shape[1:] == (4, WIDTH) and data.stats["layout"] == "grid"
+    rng = np.random.default_rng(0)
+    x = data.train.batch(np.arange(len(data.train)), data.pitches, 6, rng)
+    assert x.shape == (len(data.train), voices.CHANNELS, 4, WIDTH) and np.abs(x).max() <= 1.0 + 1e-6
+    # Transposed windows still decode inside every voice's range.
+    for window in x[:20]:
+        grid = voices.decode(window, data.pitches)
+        for h, (lo, hi) in enumerate(data.pitches.rows):
+            sounding = grid.pitch[h][grid.state[h] != voices.REST]
+            assert ((sounding >= lo) & (sounding <= hi)).all()
+
+
+# -- harmonizing -----------------------------------------------------------------------------------------
+
+
+def test_a_kept_soprano_comes_back_exactly_and_the_voices_line_up_over_several_windows(satb_project,
+                                                                                         grid_model):
+    soprano = read_rows(chorales(satb_project)[0], SATB)[0]
+    assert soprano.onset[-1] / 0.25 > 2 * WIDTH  # several windows
+    piece = harmonize([{0: soprano}], grid_model, seed=1)[0]
+    assert piece[0] is soprano
+    end = float((soprano.onset + soprano.duration).max())
+    for h, row in enumerate(piece[1:], 1):
+        lo, hi = grid_model.pitches.rows[h]
+        assert len(row) and row.pitch.min() >= lo and row.pitch.max() <= hi
+        assert (row.onset + row.duration).max() <= end + 1e-9  # nothing after the melody ends
+        steps = row.onset / 0.25
+        assert np.allclose(steps, np.rint(steps))  # on the shared grid
+
+
+def test_a_melody_in_another_key_is_harmonized_there_and_comes_back_exact(grid_model):
+    # A scale two octaves above the soprano's range: moved down to fit, the harmony moved back up.
+    scale = RowNotes.of([96, 98, 100, 101, 103, 105, 107, 108], np.arange(8.0), np.ones(8))
+    piece = harmonize([{0: scale}], grid_model)[0]
+    assert piece[0] is scale
+    assert min(int(r.pitch.min()) for r in piece[1:]) > 60  # moved with the melody
+
+
+@pytest.mark.parametrize("melody, message", [
+    (RowNotes.of([], [], []), "no notes"),
+    (RowNotes.of([40, 90], [0.0, 1.0], [1.0, 1.0]), "spans 50 semitones"),
+])
+def test_a_melody_that_does_not_fit_is_a_one_line_error(melody, message, grid_model):
+    with pytest.raises(DmcError, match=message):
+        harmonize([{0: melody}], grid_model)
+
+
+def test_pieces_from_scratch_fill_every_voice_on_the_grid(grid_model):
+    pieces = compose(2, WIDTH + 8, grid_model, seed=3)
+    assert len(pieces) == 2 and all(len(p) == 4 for p in pieces)
+    assert all(float((r.onset + r.duration).max()) <= (WIDTH + 8) * 0.25 + 1e-9 for p in pieces for r in p
+               if len(r))
+
+
+def write_melody(path: Path, pitch, onset, duration, name="Flute") -> Path:
+    write_midi(path, [TrackNotes(pitch=np.asarray(pitch), onset=np.asarray(onset, float),
+                                 duration=np.asarray(duration, float), program=73, name=name)])
+    return path
+
+
+def test_the_cli_harmonizes_a_one_track_tune_and_writes_midi_and_a_piano_roll(grid_project, tmp_path, capsys):
+    tune = write_melody(tmp_path / "tune.mid", [67, 69, 71, 72, 74, 72, 71, 69, 67],
+                        [0, 1, 2, 3, 4, 5, 6, 7, 8], [1, 1, 1, 1, 1, 1, 1, 1, 2])
+    out = tmp_path / "out"
+    code = main(["harmonize", str(tune), str(out), "--model", str(grid_project / "model.pt"), "--steps", "4",
+                 "--audio", ""])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["tune_000.mid", "tune_000.png"]
+    rows = read_rows(out / "tune_000.mid", SATB)
+    assert rows[0].pitch.tolist() == [67, 69, 71, 72, 74, 72, 71, 69, 67]
+    assert all(r is not None and len(r) for r in rows)
+    assert "consonant intervals" in capsys.readouterr().out
+
+
+def test_generate_keeps_a_soprano_with_a_grid_model(grid_project, satb_project, tmp_path):
+    chorale = chorales(satb_project)[1]
+    code = main(["generate", str(tmp_path / "g"), "--model", str(grid_project / "model.pt"), "--prompt",
+                 str(chorale), "--keep", "soprano", "--n", "2", "--steps", "3", "--quiet"])
+    assert code == 0
+    want = read_rows(chorale, SATB)[0]
+    for name in ("sample_000.mid", "sample_001.mid"):
+        got = read_rows(tmp_path / "g" / name, SATB)[0]
+        assert same_notes(got, want)
+
+
+@pytest.mark.parametrize("pitch, message", [([], "has no notes"), ([30, 95], "spans 65 semitones")])
+def test_cli_refuses_a_melody_that_does_not_fit_in_one_line(pitch, message, grid_project, tmp_path, capsys):
+    path = write_melody(tmp_path / "m.mid", pitch, range(len(pitch)), [1] * len(pitch))
+    out = tmp_path / "out"
+    code = main(["harmonize", str(path), str(out), "--model", str(grid_project / "model.pt"), "--audio", ""])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_evaluate_harmony_measures_a_grid_model_on_the_test_split(grid_project, satb_project, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "harmony.json"
+    code = main(["evaluate-harmony", "--model", str(grid_project / "model.pt"), "--prepared",
+                 str(grid_project / "prepared"), "--manifest", str(satb_project / "data" / "manifest.json"),
+                 "--steps", "3", "--out", str(out), "--samples", str(tmp_path / "s"), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads(out.read_text())
+    tests = [n for n, s in json.loads((grid_project / "prepared" / "grid_files.json").read_text()).items()
+             if s == "test"]
+    assert metrics["files"] == len(tests) >= 2 and metrics["unconditional.pieces"] == 16
+    for name in ("model", "markov", "bach", "unconditional"):
+        assert 0 <= metrics[f"{name}.consonant_fraction"] <= 1
+    assert metrics["bach.consonant_fraction"] > 0.75
+    for name in tests:  # the soprano of every harmonization is the test file's, note for note
+        got = read_rows(tmp_path / "s" / name, SATB)[0]
+        assert same_notes(got, read_rows(satb_project / "data" / "raw" / "bach-satb" / name, SATB)[0])
+
+
+# -- the shipped four-voice model --------------------------------------------------------------------------
+
+
+def test_the_shipped_four_voice_model_passes_its_card_checks_and_is_small():
+    from pipeline.pretrained import WEIGHTS, check_shipped
+
+    folder = WEIGHTS / "bach-satb"
+    card = check_shipped(folder)  # format, sha256, weights_only load, probe
+    assert card["layout"] == "grid" and card["dataset"] == "bach-satb" and card["weights_dtype"] == "bfloat16"
+    assert (folder / "model.pt").stat().st_size <= 2 * 2**20
+    ckpt = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.bfloat16 for v in ckpt["ema"].values() if v.is_floating_point())
+    assert ckpt["stats"]["instruments"] == list(SATB) and ckpt["stats"]["grid"] == 0.25
+    evaluation = card["evaluation"]
+    assert evaluation["files"] >= 10 and evaluation["kept"] == ["soprano"]
+    assert evaluation["model.consonant_fraction"] > evaluation["markov.consonant_fraction"]
+    assert "dvc exp run train" in card["retrain"] and "layout=grid" in card["retrain"]
+    assert card["train"]["steps"] == card["steps"] and card["train"]["seconds"] > 0
+
+
+def test_a_damaged_shipped_model_is_refused_in_one_line(tmp_path):
+    import shutil
+
+    from pipeline.pretrained import WEIGHTS, check_shipped
+
+    copy = tmp_path / "bach-satb"
+    shutil.copytree(WEIGHTS / "bach-satb", copy)
+    data = bytearray((copy / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(DmcError, match="sha256 does not match"):
+        check_shipped(copy)
+
+
+def test_dmc_models_lists_bach_satb_and_harmonize_uses_it_by_default(tmp_path, capsys):
+    assert main(["models"]) == 0
+    assert "bach-satb" in capsys.readouterr().out
+    tune = write_melody(tmp_path / "scale.mid", [60, 62, 64, 65, 67, 65, 64, 62, 60], range(9), [1] * 9)
+    code = main(["harmonize", str(tune), str(tmp_path / "out"), "--steps", "2", "--audio", "", "--no-plot"])
+    assert code == 0, capsys.readouterr().err
+    rows = read_rows(tmp_path / "out" / "scale_000.mid", SATB)
+    assert rows[0].pitch.tolist() == [60, 62, 64, 65, 67, 65, 64, 62, 60] and all(len(r) for r in rows)
+
+
+def test_resampling_keeps_the_melody_exact_and_refuses_a_multistep_sampler(grid_project, satb_project):
+    soprano = read_rows(chorales(satb_project)[2], SATB)[0]
+    model = load_grid_model(grid_project / "model.pt", Sampler("ddim", 4))
+    piece = harmonize([{0: soprano}], model, resample=3)[0]
+    assert piece[0] is soprano and all(len(r) for r in piece)
+    with pytest.raises(DmcError, match="--resample needs"):
+        harmonize([{0: soprano}], load_grid_model(grid_project / "model.pt", Sampler("dpm++", 4)), resample=2)
