@@ -260,9 +260,6 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
     if lattice and f["scale"] != "symmetric":
         raise DmcError(f"params: 'features.scale' must be symmetric with the lattice codes (pitch "
                        f"{f['pitch']}, time {f['time']}), got {f['scale']!r}")
-    if params["train"]["key"] == "common" and f["pitch"] == "frequency":
-        raise DmcError("params: 'train.key: common' needs pitch in semitones (midi, helix, ...), "
-                       "not frequency")
     if params["train"]["transpose"] and (lattice or f["chord"]):
         raise DmcError("params: 'train.transpose' works on the scalar pitch codes only; set it to 0 with "
                        f"pitch {f['pitch']!r}, time {f['time']!r}, chord {f['chord']}")

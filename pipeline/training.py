@@ -397,9 +397,6 @@ def kept_checkpoint(models_dir: str | Path) -> str:
 
 def in_common_key(x: np.ndarray, pitch: np.ndarray, mask: np.ndarray, encoding: Encoding) -> np.ndarray:
     """Move each stored window of `x` ([N, 3, H, W], in place) to the common key; returns the moves."""
-    if encoding.pitch == "frequency":
-        raise DmcError("train.key: common needs a pitch encoding in semitones (midi, log_frequency, helix, "
-                       "pitch_class), not frequency")
     low, high = (int(np.rint(69 + 12 * np.log2(f / 440.0))) for f in (encoding.lo[0], encoding.hi[0]))
     shifts = keys.common_key_shifts(pitch, mask, low, high)
     real = mask.astype(bool)

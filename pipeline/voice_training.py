@@ -254,6 +254,7 @@ def export_grid_model(name: str, checkpoint: str | Path, params: dict[str, Any],
     import datetime
 
     from pipeline import pretrained
+    from pipeline.checkpoints import write_checkpoint
     from pipeline.files import file_digest
     from pipeline.model import UNet, UNetConfig
 
@@ -285,9 +286,9 @@ def export_grid_model(name: str, checkpoint: str | Path, params: dict[str, Any],
     target = Path(dest) / name if dest is not None else pretrained.WEIGHTS / name
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        with open(tmp / pretrained.WEIGHTS_FILE, "wb") as f:  # a file object: the zip holds no temp name
-            torch.save({"config": ckpt["config"], "ema": ema, "stats": ckpt["stats"],
-                        "diffusion": ckpt["diffusion"], "step": ckpt["step"]}, f)
+        shipped_ckpt = {"config": ckpt["config"], "ema": ema, "stats": ckpt["stats"],
+                        "diffusion": ckpt["diffusion"], "step": ckpt["step"]}
+        write_checkpoint(tmp / pretrained.WEIGHTS_FILE, shipped_ckpt)
         card["files"] = {pretrained.WEIGHTS_FILE: file_digest(tmp / pretrained.WEIGHTS_FILE, "sha256")}
         (tmp / pretrained.CARD).write_text(json.dumps(card, indent=2) + "\n")
         pretrained.check_shipped(tmp)

@@ -239,7 +239,7 @@ def _stage_repo(root: Path, prepared_dir: Path, **changes) -> Path:
     """A working directory with params.yaml (tiny, small batches) and data/prepared."""
     params = repo_params()
     params.update(preset="tiny", seq_len=32, batch_size=8, steps=6)
-    params["train"].update(val_every=3, checkpoint_every=1, key="none")  # the fixture's data is in Hz
+    params["train"].update(val_every=3, checkpoint_every=1)
     for key, value in changes.items():
         params[key] = value
     root.mkdir(parents=True, exist_ok=True)

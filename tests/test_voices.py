@@ -14,6 +14,7 @@ import torch
 from conftest import SATB
 
 from pipeline import voices
+from pipeline.checkpoints import write_checkpoint
 from pipeline.cli import main
 from pipeline.errors import DmcError
 from pipeline.harmonize import compose, harmonize, load_grid_model
@@ -42,9 +43,9 @@ def grid_project(satb_project: Path, tmp_path_factory: pytest.TempPathFactory) -
     torch.manual_seed(0)
     config = grid_config("tiny")
     stats = json.loads((root / "prepared" / "stats.json").read_text())
-    torch.save({"config": dataclasses.asdict(config), "ema": UNet(config).state_dict(), "stats": stats,
-                "diffusion": {"timesteps": 20, "beta_start": 1e-4, "beta_end": 0.02}, "step": 0},
-               root / "model.pt")
+    diffusion = {"timesteps": 20, "beta_start": 1e-4, "beta_end": 0.02}
+    write_checkpoint(root / "model.pt", {"config": dataclasses.asdict(config), "step": 0, "stats": stats,
+                                         "ema": UNet(config).state_dict(), "diffusion": diffusion})
     return root
 
 
