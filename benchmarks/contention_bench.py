@@ -203,6 +203,8 @@ def print_table(rows: list[dict], trees: list[str]) -> None:
     for workload in dict.fromkeys(r["workload"] for r in rows):
         for load in ("alone", "loaded"):
             cells = {r["tree"]: r for r in rows if r["workload"] == workload and r["load"] == load}
+            if len(cells) < len(trees):
+                continue
             threads = " / ".join(str(cells[t].get("threads", "?")) for t in trees)
             busy = " / ".join(str(cells[t]["other_busy_cpus"]) for t in trees)
             figures = " | ".join(figure(cells[t]) for t in trees)

@@ -3,10 +3,11 @@
 torch runs each operator on an OpenMP team, by default one thread per core, and each operator ends at a
 barrier that waits for the team's slowest thread. When another process holds one of the cores, that
 thread is descheduled for a whole time slice while its partner spins at the barrier, and this happens
-thousands of times per training step. On the 2-core development machine, under the load of other jobs
-(issue 23; `benchmarks/contention_bench.py` has the current figures): `tiny` training 0.13 steps/s at
-torch's default two threads against 1.5 at one; 64 pieces from the shipped model 52 s against 4 s.
-A second thread buys `tiny` about 1.35x on a quiet machine, so the count is decided per process:
+thousands of times per training step. On the 2-core development machine beside other jobs (load
+average 5-8; benchmarks/README.md, "Contention"): `tiny` training made 0.09-0.13 steps/s on torch's
+default two threads, 0.7-1.0 on two passive ones and 1.2-1.6 on one; 64 pieces from the shipped model
+took 52 s, 19 s and 13 s. A second thread buys `tiny` about 1.35x on a quiet machine, so the count is
+decided per process:
 
 - `DMC_THREADS=N` sets the count outright; `OMP_NUM_THREADS`, when set, is kept (torch reads it too).
   `dvc queue start` passes its environment on to its workers and their stages:
@@ -18,8 +19,7 @@ A second thread buys `tiny` about 1.35x on a quiet machine, so the count is deci
   other jobs may not have started yet.
 - Idle OpenMP threads sleep instead of spinning (`OMP_WAIT_POLICY=PASSIVE`, set by pipeline/__init__.py
   before torch loads its libgomp, unless the environment sets a policy), so a load that arrives after
-  the count was chosen slows a two-thread process down instead of stalling it (0.98 steps/s for `tiny`
-  where spinning threads made 0.13).
+  the count was chosen slows a two-thread process down instead of stalling it (the figures above).
 
 Entry points: `dmc` (pipeline.cli), each stage (stages.run) and the benchmarks call `configure_threads`;
 the chosen count is also exported as OMP_NUM_THREADS/MKL_NUM_THREADS, so child processes inherit it.
