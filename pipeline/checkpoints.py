@@ -12,6 +12,7 @@ card's sha256 of the whole file (`pipeline.pretrained.read_card`), then this dig
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,15 @@ def write_checkpoint(path: str | Path, obj: Mapping[str, Any]) -> None:
 
     path = Path(path)
     checked = {**obj, DIGEST_KEY: content_digest(obj)}
+    # Serialized in memory first: torch's zip writer turns a failed write (a full disk) into a
+    # RuntimeError about file positions, and only the file's own write says ENOSPC. Through a buffer,
+    # not a file name, also because torch.save(obj, name) stores the (random) temp name inside the zip,
+    # so identical weights would hash differently and DVC would re-run every stage downstream.
+    buffer = io.BytesIO()
+    torch.save(checked, buffer)
     try:
-        # Through a file object: torch.save(obj, name) stores the (random) temp name inside the zip, so
-        # identical weights would hash differently and DVC would re-run every stage downstream.
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(checked, f)
+            f.write(buffer.getbuffer())
     except OSError as err:
         raise DmcError(write_error(path, err) + (f"; the previous {path.name} is kept" if path.is_file()
                                                  else "")) from None

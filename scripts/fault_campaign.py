@@ -392,11 +392,12 @@ def main() -> None:
 
     if want("4d"):
         # 4d. Ctrl-C in each stage (SIGINT to the process group, as a terminal sends it)
-        for stage, wait in (("prepare", 3.0), ("train", 6.0), ("sample", 4.0), ("evaluate", 5.0)):
+        for stage, wait in (("prepare", 20.0), ("train", 40.0), ("sample", 30.0), ("evaluate", 30.0)):
             if stage == "train":
                 last.unlink()  # train from scratch, so that Ctrl-C lands mid-training
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # SIGINT as a terminal leaves it, even when this runs in the background
                 [sys.executable, "-m", f"stages.{stage}"],
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                 cwd=repo,
                 env=env,
                 start_new_session=True,

@@ -99,11 +99,21 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypat
     write_checkpoint(path, {"step": 1})
     before = path.read_bytes()
 
-    def no_space(obj, f):
-        f.write(b"PK partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FullDisk:  # a file whose write fails half-way, as on a full disk
+        def __init__(self, path, mode):
+            self.file = open(path, mode)  # noqa: SIM115 - closed by __exit__, as a real file is
 
-    monkeypatch.setattr(checkpoints.torch, "save", no_space)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(bytes(data)[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "open", FullDisk, raising=False)
     with pytest.raises(DmcError, match=rf"^cannot write {path}: No space left on device; the previous "
                                        r"last.pt is kept$"):
         write_checkpoint(path, {"step": 2})
