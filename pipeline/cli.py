@@ -263,14 +263,34 @@ def _run_compare(args: argparse.Namespace) -> None:
     result = compare.compare(args.out, args.tracking_uri, args.experiment)
     print(result["text"])
     print(f"compare: wrote {', '.join(str(f) for f in result['files'])}")
-    print(f"compare: in mlflow ui: {result['link']}")
+    print(f"compare: runs table (after `dmc ui`): {result['link']}")
+    print(f"compare: the newest execution of each dataset compared: {result['compare_link']}")
+
+
+def _add_ui(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ui", help="serve MLflow's UI over this repository's store and print the links to "
+                       "the runs table and to a comparison of each dataset's newest execution")
+    p.add_argument("--port", type=int, default=5000, help="the port on 127.0.0.1 (default 5000)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--open", action="store_true", help="open the comparison in a browser, where one exists")
+    p.add_argument("--root", type=Path, default=Path("."),
+                   help="the repository whose mlflow.db and mlartifacts/ to serve (default: .)")
+    p.set_defaults(run=_run_ui)
+
+
+def _run_ui(args: argparse.Namespace) -> None:
+    from pipeline import ui
+
+    code = ui.serve(args.root, args.host, args.port, args.open)
+    if code not in (0, -15):  # -15: stopped by our own SIGTERM
+        raise DmcError(f"ui: mlflow server exited with code {code}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dmc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     for add in (_add_notes, _add_model, _add_generate, _add_harmonize, _add_evaluate_harmony, _add_models,
-                _add_export_model, _add_download, _add_compare):
+                _add_export_model, _add_download, _add_compare, _add_ui):
         add(sub)
     args = parser.parse_args(argv)
     try:

@@ -1,9 +1,10 @@
 """`dmc compare`: the executions in the MLflow store side by side, read from their parent runs.
 
-One column per execution (dataset, preset, steps), one row per headline metric the parents hold; each
-evaluation number of the generated set sits beside the same number of the markov and real baselines.
-The figure draws each dataset's overlapping area (OA) with the test set per feature, read from the
-newest evaluate child of that dataset.
+One column per execution (dataset, preset, steps), one row per headline number: the evaluation summary
+of each set (`evaluate.<set>.<name>`, from the execution's newest evaluate child, where the full names
+live) and the parent's other metrics (`train_loss_mean100`, `seconds.<stage>`, ...). Each evaluation number
+of the generated set sits beside the same number of the markov and real baselines. The figure draws each
+dataset's overlapping area (OA) with the test set per feature, from the same evaluate child.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
+from pipeline import mlflow_views, tracking
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path
 
@@ -53,24 +54,31 @@ def read_executions(uri: str, experiment: str = tracking.EXPERIMENT) -> list[Exe
         raise DmcError(f"compare: no experiment {experiment!r} in {uri}; run the pipeline first (dvc repro)")
     runs = client.search_runs([found.experiment_id], order_by=["attribute.start_time ASC"], max_results=5000)
     children = {r.info.run_id: r for r in runs if r.data.tags.get("dmc.stage") == "evaluate"}
+    # The parent's short copies of evaluation numbers (`oa`, ...) give way to the child's full names.
+    copies = {short for short, full in tracking.PARENT_METRICS.items() if full.startswith("evaluate.")}
     executions = []
     for run in runs:
         tags, params = run.data.tags, run.data.params
-        if "mlflow.parentRunId" in tags or not any(k.startswith(_GENERATED) for k in run.data.metrics):
+        if "mlflow.parentRunId" in tags:
             continue
-        execution = Execution(run.info.run_id, run.info.experiment_id,
-                              run.info.run_name or run.info.run_id[:8],
-                              params.get("dataset", tags.get("dataset", "")), params.get("preset", ""),
-                              params.get("steps", ""), run.info.start_time, dict(run.data.metrics))
+        metrics = {k: v for k, v in run.data.metrics.items() if k not in copies}
         evaluations = [c for c in children.values()
                        if c.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+        oa: dict[str, dict[str, float]] = {}
         if evaluations:
             newest = max(evaluations, key=lambda c: c.info.start_time)
             for key, value in newest.data.metrics.items():
+                if key.startswith("evaluate.") and key.count(".") == 2:
+                    metrics[key] = value
                 match = re.fullmatch(r"evaluate\.(\w+)\.oa\.(\w+)", key)
                 if match:
-                    execution.oa.setdefault(match[1], {})[match[2]] = value
-        executions.append(execution)
+                    oa.setdefault(match[1], {})[match[2]] = value
+        if not any(k.startswith(_GENERATED) for k in metrics):
+            continue
+        executions.append(Execution(run.info.run_id, run.info.experiment_id,
+                                    run.info.run_name or run.info.run_id[:8],
+                                    params.get("dataset", tags.get("dataset", "")), params.get("preset", ""),
+                                    params.get("steps", ""), run.info.start_time, metrics, oa))
     if not executions:
         raise DmcError(f"compare: no execution in experiment {experiment!r} reached the evaluate stage")
     return executions
@@ -168,9 +176,11 @@ def write_oa_figure(path: Path, executions: list[Execution]) -> Path:
 
 
 def compare(out_dir: Path, uri: str | None = None, experiment: str = tracking.EXPERIMENT) -> dict[str, Any]:
-    """Read the store, write `out_dir/compare.csv`, `compare.txt` and `compare_oa.png`; return the text,
-    the files and the link to the runs table."""
-    uri = uri or tracking.tracking_uri(tracking.repo_root("."))
+    """Read the store, write `out_dir/compare.csv`, `compare.txt` and `compare_oa.png`, and point the
+    saved comparison at the newest execution of each dataset; return the text, the files and the links
+    to the runs table and to the comparison."""
+    root = tracking.repo_root(".")
+    uri = uri or tracking.tracking_uri(root)
     executions = read_executions(uri, experiment)
     out_dir = Path(out_dir)
     text = format_table(executions)
@@ -178,6 +188,9 @@ def compare(out_dir: Path, uri: str | None = None, experiment: str = tracking.EX
         tmp.write_text(text + "\n")
     files = [out_dir / "compare.txt", write_csv(out_dir / "compare.csv", executions),
              write_oa_figure(out_dir / "compare_oa.png", executions)]
-    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
-    link = tracking.runs_view_url(executions[0].experiment_id, base)
-    return {"text": text, "files": files, "executions": executions, "link": link}
+    base = uri if uri.startswith("http") else mlflow_views.DEFAULT_BASE
+    experiment_id = executions[0].experiment_id
+    tracking.write_compare_view(uri, root, experiment)
+    return {"text": text, "files": files, "executions": executions,
+            "link": mlflow_views.runs_view_url(experiment_id, base),
+            "compare_link": mlflow_views.compare_url(experiment_id, base)}

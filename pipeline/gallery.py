@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import html
+import io
+import wave
 from pathlib import Path
 
 from pipeline import audio
@@ -34,6 +36,42 @@ def _audio_file(mid: Path) -> Path | None:
     return None
 
 
+def clip_seconds(mime: str, data: bytes) -> float | None:
+    """The length of an Ogg Vorbis or WAV clip, read from its headers (None for another format)."""
+    if mime == audio.MIME_TYPES[".wav"]:
+        with wave.open(io.BytesIO(data)) as w:
+            return w.getnframes() / w.getframerate()
+    if mime == audio.MIME_TYPES[".ogg"]:
+        # Vorbis: the sample rate is in the identification header, the length is the granule position
+        # (samples so far) of the last Ogg page.
+        header = data.find(b"\x01vorbis")
+        last = data.rfind(b"OggS")
+        if header < 0 or last < 0:
+            return None
+        rate = int.from_bytes(data[header + 12:header + 16], "little")
+        samples = int.from_bytes(data[last + 6:last + 14], "little")
+        return samples / rate if rate else None
+    return None
+
+
+def _caption(clip: float | None, sound: Path) -> str:
+    """What the player plays, in words: the whole piece, or its first part and where the rest is."""
+    whole = f"samples/{html.escape(sound.name)}"
+    full = clip_seconds(audio.MIME_TYPES[sound.suffix], sound.read_bytes()) \
+        if sound.suffix in (".wav", ".ogg") else None
+    if clip is None:
+        return f"a preview; the whole piece is {whole}"
+    if full is not None and full - clip < 0.5:
+        return f"the whole piece, {_duration(clip)}"
+    of = f" of {_duration(full)}" if full is not None else ""
+    return f"the first {_duration(clip)}{of}; the whole piece is {whole}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}:{rest:02d}" if minutes else f"{rest} s"
+
+
 def write_gallery(samples: Path, path: Path, title: str = "dmc samples", sample_run: str = "sample") -> Path:
     """Write one HTML page for the pieces in `samples`: piano roll, a short audio preview, MIDI link.
 
@@ -49,9 +87,9 @@ def write_gallery(samples: Path, path: Path, title: str = "dmc samples", sample_
         sound = _audio_file(mid)
         if sound is not None:
             mime, data = audio.preview(sound)
-            parts.append(f'<audio controls preload="none" src="{_data_uri(mime, data)}"></audio>'
-                         f"<small>the first {audio.PREVIEW_SECONDS:.0f} s; the whole piece is "
-                         f"samples/{html.escape(sound.name)}</small>")
+            # preload="metadata": the player shows the clip's length before it is played.
+            parts.append(f'<audio controls preload="metadata" src="{_data_uri(mime, data)}"></audio>'
+                         f"<small>{_caption(clip_seconds(mime, data), sound)}</small>")
         parts.append(f'<p>MIDI: <a download="{html.escape(mid.name)}" '
                      f'href="{_data_uri("audio/midi", mid.read_bytes())}">{html.escape(mid.name)}</a> '
                      f"(<code>samples/{html.escape(mid.name)}</code>)</p>")

@@ -10,9 +10,9 @@ or `--queue` runs the stage in a copy under .dvc/tmp/exps, so every experiment l
 MLflow turns a relative artifact location into an absolute one when it creates the experiment (and
 every run records its own absolute URI), so a moved clone's store points at the old place.
 
-The experiment is tagged as a model-training experiment (MLflow 3 opens those on the runs table, not on
-GenAI traces) and carries a saved view of the runs table, `VIEW_KEY`: parents only, with the dataset and
-headline columns; `runs_view_url` is its link.
+The experiment is tagged as a model-training experiment and carries two saved views of the runs table
+(pipeline.mlflow_views): `dmc-runs`, the executions, and `dmc-compare`, a comparison that `dmc ui` and
+`dmc compare` point at the newest execution of each dataset (`write_compare_view`).
 
 Grouping: the parent is found by a key, a hash of params.yaml, the code the pipeline runs and the DVC
 experiment name. A stage DVC skips logs nothing, and the next executed stage still finds the parent.
@@ -20,10 +20,11 @@ A stage that the parent already holds (or a later one) starts a new parent: that
 
 What a stage records is read from its block in dvc.yaml: JSON `metrics` become MLflow metrics, CSV
 `plots` with a `step` column become per-step metrics, `data/` dependencies become dataset inputs with
-their DVC hash as digest, `models/*.pt` outputs become a logged PyTorch model, and the remaining outputs
-become artifacts. Each metric lives in one run: the headline ones (`is_headline`) and the stage's wall
-time on the parent, the rest on the stage's child. The sample stage also puts an HTML gallery
-(pipeline.gallery) on the parent.
+their DVC hash as digest, `models/*.pt` outputs become a logged PyTorch model (its code bundled, the
+shipped weights not) that the parent links too, and the remaining outputs become artifacts. A child holds
+its stage's numbers under their full names; the parent holds a few of them under short names
+(`PARENT_METRICS`: `oa` is `evaluate.generated.oa_mean`), rounded for the table, besides the loss curves
+and each stage's wall time. The sample stage also puts an HTML gallery (pipeline.gallery) on the parent.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pipeline import mlflow_views
 from pipeline.errors import DmcError
 from pipeline.files import file_digest, process_running
 
@@ -65,27 +67,36 @@ PID_TAG, HOST_TAG = "dmc.pid", "dmc.host"
 ROW_TAG = "dmc.run"
 # MLflow 3 reads this experiment tag to choose between its GenAI (traces) and model-training layouts.
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
-# The runs table's saved view: an experiment tag `mlflow.sharedViewState.<key>` holding the table's state
-# as JSON, opened by `?viewStateShareKey=<key>` (MLflow's own "Share" button stores the same).
-VIEW_KEY = "dmc-runs"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-# In this order (`columnOrder`; MLflow would sort each group by name): OA before KL, data before time.
-VIEW_COLUMNS = ("attributes.`Dataset`", "metrics.`evaluate.generated.oa_mean`",
-                "metrics.`evaluate.markov.oa_mean`", "metrics.`evaluate.real.oa_mean`",
-                "metrics.`evaluate.generated.kl_mean`",
-                "metrics.`train.loss`", "metrics.`train.val_loss`", "metrics.`prepare.segments.train`",
-                "metrics.`seconds.train`", "params.`dataset`", "params.`preset`", "params.`steps`")
+VIEW_KEY = mlflow_views.RUNS_VIEW_KEY
+VIEW_TAG = mlflow_views.view_tag(VIEW_KEY)
+COMPARE_TAG = mlflow_views.view_tag(mlflow_views.COMPARE_VIEW_KEY)
+runs_view = mlflow_views.runs_view
+runs_view_url = mlflow_views.runs_view_url
 # Dataset inputs: each `data/` dependency, named after the dataset plus its kind, with one context
 # per role wherever it is logged (MLflow's Datasets filter lists each name-context pair).
 DATA_DEPS = {"data/manifest.json": "raw", "data/prepared": "prepared"}
 DATA_CONTEXTS = {"raw": "source", "prepared": "training"}
-# A stage's numbers that are headline (on the parent): patterns over the metric name. Evaluate's are
-# the one-level summary of each set (`evaluate.<set>.<name>`, see `is_headline`), whatever names the
-# evaluate stage writes; per-feature and per-instrument detail stays on the evaluate child.
-HEADLINE = {
-    "prepare": ("prepare.files", "prepare.kept", "prepare.rejected", "prepare.notes", "prepare.segments.*"),
-    "train": ("train.loss", "train.val_loss", "train_loss", "val_loss"),
+# The numbers on the parent (one row per execution), short name -> the full name on the stage's child.
+# A name a stage does not write is skipped. `train.val_loss` is the val_loss curve's last point, so the
+# row has only the curve; `train.loss` is the mean of the train_loss curve's last 100 steps.
+PARENT_METRICS = {
+    "oa": "evaluate.generated.oa_mean", "oa_markov": "evaluate.markov.oa_mean",
+    "oa_real": "evaluate.real.oa_mean",
+    "kl": "evaluate.generated.kl_mean", "kl_markov": "evaluate.markov.kl_mean",
+    "kl_real": "evaluate.real.kl_mean",
+    "scale": "evaluate.generated.scale_consistency.mean",
+    "scale_real": "evaluate.real.scale_consistency.mean",
+    "chord": "evaluate.generated.chord_fraction", "chord_real": "evaluate.real.chord_fraction",
+    "edge": "evaluate.generated.edge_fraction",
+    "train_loss_mean100": "train.loss",
+    "segments": "prepare.segments.train",
 }
+# Per-step curves (CSV plots) that go to the parent, whole, under their own names.
+PARENT_CURVES = ("train_loss", "val_loss")
+# Significant digits of the parent's copies: MLflow's table prints a metric in full, cut by the column.
+PARENT_DIGITS = 4
+# The package's code goes into a logged model; the shipped weights under it do not.
+MODEL_CODE_EXCLUDE = ("weights", "__pycache__")
 
 T = TypeVar("T")
 
@@ -259,25 +270,10 @@ def series_from_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def is_headline(stage: str, name: str) -> bool:
-    """Whether metric `name` of `stage` belongs on the parent run (one row per execution)."""
-    from fnmatch import fnmatchcase
-
-    if stage == "evaluate":
-        return name.startswith("evaluate.") and name.count(".") == 2
-    return any(fnmatchcase(name, pattern) for pattern in HEADLINE.get(stage, ()))
-
-
-def runs_view_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
-    """The link that opens the experiment's runs table in the saved view (model-training layout)."""
-    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
-            f"?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning")
-
-
-def runs_view() -> dict[str, Any]:
-    """The saved view: parent runs only, newest first, the dataset and headline metric columns."""
-    return {"searchFilter": f"tags.`{ROW_TAG}` = 'execution'", "orderByKey": "attributes.start_time",
-            "orderByAsc": False, "selectedColumns": list(VIEW_COLUMNS), "columnOrder": list(VIEW_COLUMNS)}
+def parent_metrics(values: dict[str, float]) -> dict[str, float]:
+    """The parent's short-named copies of a stage's numbers (`PARENT_METRICS`), rounded for the table."""
+    return {short: float(f"{values[full]:.{PARENT_DIGITS}g}") for short, full in PARENT_METRICS.items()
+            if full in values}
 
 
 # -- recording a stage -------------------------------------------------------------------------------
@@ -307,7 +303,7 @@ def track_stage(stage: str, workdir: str | Path = ".") -> Iterator[None]:
         recorded = log_stage(stage, workdir, "FINISHED", start)
         if stage == STAGE_ORDER[-1] and (_default_store() or recorded.uri.startswith("http")):
             base = recorded.uri if recorded.uri.startswith("http") else "http://127.0.0.1:5000"
-            print(f"{stage}: runs table (after `mlflow ui`): {runs_view_url(recorded.experiment_id, base)}")
+            print(f"{stage}: runs table (after `dmc ui`): {runs_view_url(recorded.experiment_id, base)}")
     except DmcError:
         raise
     except Exception as err:
@@ -445,7 +441,7 @@ class _Context:
 def _experiment(client: Any, root: Path) -> str:
     """The experiment's id, created (or brought up to date) as a model-training one with the saved view."""
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
-    view = json.dumps(runs_view(), sort_keys=True)
+    view = mlflow_views.view_json(runs_view())
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         # Without a server the artifact root would default to ./mlruns of whichever copy runs first.
@@ -457,6 +453,39 @@ def _experiment(client: Any, root: Path) -> str:
     if experiment.tags.get(VIEW_TAG) != view:
         client.set_experiment_tag(experiment.experiment_id, VIEW_TAG, view)
     return experiment.experiment_id
+
+
+def newest_per_dataset(client: Any, experiment_id: str) -> list[Any]:
+    """The newest execution (parent run) of each dataset that reached evaluate, oldest dataset first."""
+    rows = client.search_runs([experiment_id], filter_string=mlflow_views.ROW_FILTER,
+                              order_by=["attribute.start_time DESC"], max_results=5000)
+    newest: dict[str, Any] = {}
+    for row in rows:
+        dataset = row.data.params.get("dataset", row.data.tags.get("dataset", ""))
+        if dataset not in newest and "oa" in row.data.metrics:
+            newest[dataset] = row
+    return sorted(newest.values(), key=lambda r: r.info.start_time)
+
+
+def write_compare_view(uri: str, root: Path, experiment: str = EXPERIMENT) -> tuple[str, list[Any]] | None:
+    """Point the saved comparison (`dmc-compare`) at the newest execution of each dataset.
+
+    Returns the experiment id and those runs; None where the store has no such experiment.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = _Retrying(MlflowClient(uri))
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = newest_per_dataset(client, found.experiment_id)
+    keys = {k for run in runs for k in run.data.metrics}
+    view = mlflow_views.view_json(mlflow_views.compare_view([r.info.run_id for r in runs], keys))
+    if found.tags.get(COMPARE_TAG) != view:
+        lock = store_lock(root) if uri.startswith("sqlite:") else contextlib.nullcontext()
+        with lock:
+            client.set_experiment_tag(found.experiment_id, COMPARE_TAG, view)
+    return found.experiment_id, runs
 
 
 def _parent(client: Any, experiment_id: str, ctx: _Context, start_ms: int) -> str:
@@ -515,10 +544,9 @@ def _log_outputs(client: Any, mlflow: Any, uri: str, ctx: _Context, parent_id: s
     for rel in files.plots:
         if (wd / rel).is_file() and rel.endswith(".csv"):
             series.update(series_from_csv(wd / rel))
-    headline = {k for k in [*values, *series] if is_headline(ctx.stage, k)}
-    for run_id, keep in ((parent_id, True), (child_id, False)):
-        _log_metrics(client, run_id, {k: v for k, v in values.items() if (k in headline) == keep},
-                     {k: v for k, v in series.items() if (k in headline) == keep})
+    _log_metrics(client, child_id, values, {k: v for k, v in series.items() if k not in PARENT_CURVES})
+    _log_metrics(client, parent_id, parent_metrics(values),
+                 {k: v for k, v in series.items() if k in PARENT_CURVES})
     _log_datasets(client, ctx, parent_id, child_id)
     for rel in [*files.outs, *files.metrics, *files.plots]:
         path = wd / rel
@@ -526,7 +554,11 @@ def _log_outputs(client: Any, mlflow: Any, uri: str, ctx: _Context, parent_id: s
             continue
         if rel.startswith("models/"):
             if path.suffix == ".pt":
-                _log_model(mlflow, uri, ctx, child_id, path)
+                model_id = _log_model(mlflow, uri, ctx, child_id, path)
+                if model_id:  # the row links the model its train child logged
+                    from mlflow.entities import LoggedModelOutput
+
+                    client.log_outputs(parent_id, [LoggedModelOutput(model_id, 0)])
         elif path.is_dir():
             client.log_artifacts(child_id, str(path), rel)
         else:
@@ -568,8 +600,11 @@ def _log_datasets(client: Any, ctx: _Context, parent_id: str, child_id: str) -> 
         client.set_tag(parent_id, "dmc.data.raw", dvc_md5(manifest))
 
 
-def _log_model(mlflow: Any, uri: str, ctx: _Context, run_id: str, path: Path) -> None:
-    """The trained U-Net (EMA weights) as an MLflow PyTorch model, with the code that defines it."""
+def _log_model(mlflow: Any, uri: str, ctx: _Context, run_id: str, path: Path) -> str | None:
+    """The trained U-Net (EMA weights) as an MLflow PyTorch model, with the code that defines it.
+
+    Returns the logged model's id (None from an MLflow without logged models).
+    """
     import mlflow.pytorch
 
     from pipeline.model import load_trained
@@ -582,10 +617,24 @@ def _log_model(mlflow: Any, uri: str, ctx: _Context, run_id: str, path: Path) ->
     options = {"serialization_format": "pickle"} \
         if "serialization_format" in inspect.signature(mlflow.pytorch.log_model).parameters else {}
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id), _quiet("mlflow.pytorch"):
-        retry_locked(lambda: mlflow.pytorch.log_model(
-            model, name="model", pip_requirements=requirements, code_paths=[str(ctx.workdir / "pipeline")],
-            **options))
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), _quiet("mlflow.pytorch"):
+        code = copy_package_code(ctx.workdir / "pipeline", Path(tmp) / "pipeline")
+        info = retry_locked(lambda: mlflow.pytorch.log_model(
+            model, name="model", pip_requirements=requirements, code_paths=[str(code)], **options))
+    return getattr(info, "model_id", None)
+
+
+def copy_package_code(package: Path, dest: Path) -> Path:
+    """The package's Python files (and only those) under `dest`, without `MODEL_CODE_EXCLUDE` folders."""
+    import shutil
+
+    for source in package.rglob("*.py"):
+        rel = source.relative_to(package)
+        if any(part in MODEL_CODE_EXCLUDE for part in rel.parts[:-1]):
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest / rel)
+    return dest
 
 
 @contextlib.contextmanager

@@ -148,10 +148,10 @@ def test_stage_is_a_child_run_under_a_parent_with_params_tags_metrics_and_raw_da
         assert run.data.tags["dataset"] == "bach" and run.data.tags["preset"] == "tiny"
         assert run.data.tags["dvc.exp_name"] == "brisk-oboe" and run.data.tags["dvc.baseline_rev"] == "a" * 40
         assert run.data.tags["dmc.version.torch"] and run.data.tags["dmc.version.dvc"]
-    # Counts are headline (the parent's row); the stage's own timing detail stays on its child.
-    assert parent.data.metrics["prepare.files"] == 12 and parent.data.metrics["prepare.segments.train"] == 40
-    assert parent.data.metrics["seconds.prepare"] >= 0
-    assert child.data.metrics == {"prepare.seconds": 0.5}
+    # The child holds the stage's numbers by their full names; the row a short copy and the wall time.
+    assert child.data.metrics == {"prepare.files": 12, "prepare.segments.train": 40, "prepare.seconds": 0.5}
+    assert set(parent.data.metrics) == {"segments", "seconds.prepare"}
+    assert parent.data.metrics["segments"] == 40
     assert parent.data.tags["dmc.run"] == "execution" and child.data.tags["dmc.run"] == "stage"
     assert child.data.tags["dmc.stage"] == "prepare"
     (data,) = child.inputs.dataset_inputs
@@ -170,7 +170,7 @@ def test_experiment_is_a_model_training_one_with_a_saved_view_of_the_parents(rep
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(experiment.tags[f"mlflow.sharedViewState.{tracking.VIEW_KEY}"])
     assert "attributes.`Dataset`" in view["selectedColumns"]
-    assert "metrics.`evaluate.generated.oa_mean`" in view["selectedColumns"]
+    assert "metrics.`oa`" in view["selectedColumns"]
     # The view's filter, run through MLflow's own search, keeps the parent and drops its stage child.
     found = client.search_runs([experiment.experiment_id], filter_string=view["searchFilter"])
     assert [r.info.run_id for r in found] == [r.info.run_id for r in parents(repo)] and len(runs(repo)) == 2
@@ -192,17 +192,16 @@ def test_an_older_experiment_gets_the_kind_and_view_but_a_chosen_kind_is_kept(re
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "finetuning"
 
 
-def test_headline_metrics_are_the_evaluate_summary_of_each_set_whatever_its_names():
-    for name in ("evaluate.generated.oa_mean", "evaluate.markov.kl_mean", "evaluate.generated.rejected",
-                 "evaluate.generated.edge_pinning", "evaluate.real.chord_fraction"):
-        assert tracking.is_headline("evaluate", name), name
-    for name in ("evaluate.generated.oa.pitch_count", "evaluate.generated.soprano.oa_mean",
-                 "evaluate.generated.pitch_range.mean"):
-        assert not tracking.is_headline("evaluate", name), name
-    assert tracking.is_headline("train", "train_loss")
-    assert not tracking.is_headline("train", "train.steps_per_s")
-    assert tracking.is_headline("prepare", "prepare.segments.test")
-    assert not tracking.is_headline("sample", "sample.seconds")
+def test_the_row_gets_short_rounded_copies_of_the_headline_numbers_and_skips_the_rest():
+    values = {"evaluate.generated.oa_mean": 0.61872385, "evaluate.markov.oa_mean": 0.7647013,
+              "evaluate.generated.scale_consistency.mean": 0.63538,
+              "evaluate.generated.chord_fraction": 0.064039,
+              "evaluate.generated.oa.pitch_count": 0.9, "train.loss": 0.141873, "train.val_loss": 0.156}
+    assert tracking.parent_metrics(values) == {"oa": 0.6187, "oa_markov": 0.7647, "scale": 0.6354,
+                                               "chord": 0.06404, "train_loss_mean100": 0.1419}
+    # Each short name stands for one full name, and no short name is also a full one.
+    assert len(set(tracking.PARENT_METRICS.values())) == len(tracking.PARENT_METRICS)
+    assert not set(tracking.PARENT_METRICS) & set(tracking.PARENT_METRICS.values())
 
 
 def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(repo):
@@ -230,10 +229,18 @@ def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(re
     history = client.get_metric_history(parent.info.run_id, "train_loss")
     points = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
     assert points == [(1, 0.9), (2, 0.5), (3, 0.25)]
-    assert parent.data.metrics["val_loss"] == 0.3 and parent.data.metrics["train.loss"] == 0.25
-    # Each metric in one run: the curves and final losses on the row, throughput on the train child.
-    assert child.data.metrics == {"train.steps_per_s": 3.5}
+    # One name per number: the row has the curves and the mean of the last 100 steps, named for what
+    # it is; the child has train.json's numbers by their full names, and no curve.
+    assert parent.data.metrics == {"train_loss": 0.25, "val_loss": 0.3, "train_loss_mean100": 0.25,
+                                   "seconds.train": parent.data.metrics["seconds.train"]}
+    assert child.data.metrics == {"train.loss": 0.25, "train.steps_per_s": 3.5}
     assert not client.get_metric_history(child.info.run_id, "train_loss")
+    # The row links the model its train child logged, and the model carries code, not shipped weights.
+    (output,) = parent.outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    assert logged.source_run_id == child.info.run_id
+    files = [a.path for a in client.list_logged_model_artifacts(logged.model_id, "code/pipeline")]
+    assert "code/pipeline/model.py" in files and not any("weights" in f for f in files)
     prepared = tracking.dvc_md5(repo / "data/prepared")
     for run in (child, parent):  # one context for the prepared data wherever it is an input
         assert [(d.dataset.digest, [t.value for t in d.tags]) for d in run.inputs.dataset_inputs] == \
@@ -278,6 +285,22 @@ def test_sample_stage_logs_the_samples_and_a_self_contained_gallery_on_the_paren
     assert text.count("<audio controls") == 2 and 'src="samples/' not in text
     # Where the viewer blocks the MIDI download, the page names the run that holds the files.
     assert f"sample ({child.info.run_id[:8]})" in text
+    # The players load the clip's length up front, and the caption says what they play.
+    assert text.count('preload="metadata"') == 2 and "<small>the whole piece, 1 s</small>" in text
+
+
+def test_gallery_caption_says_the_clip_length_and_the_whole_pieces_length(tmp_path):
+    from pipeline import audio, gallery
+
+    write_samples(tmp_path / "samples", n=1)
+    with wave.open(str(tmp_path / "samples/sample_000.wav"), "wb") as w:  # 95 s, longer than a preview
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.zeros(95 * 8000, dtype="<i2").tobytes())
+    text = gallery.write_gallery(tmp_path / "samples", tmp_path / "gallery.html").read_text()
+    assert f"<small>the first {audio.PREVIEW_SECONDS:.0f} s of 1:35; the whole piece is " \
+        "samples/sample_000.wav</small>" in text
 
 
 def test_stages_dvc_skipped_keep_the_grouping_and_a_rerun_starts_a_new_parent(repo):
