@@ -32,14 +32,15 @@ DEFAULT_BASE = "http://127.0.0.1:5000"
 # The tag on parent runs that marks one pipeline execution (tracking.ROW_TAG).
 ROW_FILTER = "tags.`dmc.run` = 'execution'"
 
-# The runs table's columns, in this order, and their widths in px. MLflow's fixed columns (checkbox,
-# Run Name, Created, Duration, Source, Models) take about 720 px of a 1,600-px window; these fill the rest.
+# The runs table's columns, in this order, and their widths in px. MLflow's sidebar and fixed columns
+# (checkbox, Run Name, Created) take about 720 px of a 1,600-px window; the first eight fit in the rest.
+# Models links the logged model of the execution's train stage.
 TABLE_COLUMNS: tuple[tuple[str, int], ...] = (
-    ("attributes.`Dataset`", 190),
+    ("attributes.`Dataset`", 170),
     ("metrics.`oa`", 62), ("metrics.`oa_markov`", 92), ("metrics.`oa_real`", 72),
     ("metrics.`scale`", 66), ("metrics.`chord`", 66),
     ("params.`steps`", 64), ("params.`preset`", 70),
-    ("metrics.`kl`", 62), ("metrics.`val_loss`", 80),
+    ("attributes.`Models`", 150), ("metrics.`kl`", 62), ("metrics.`val_loss`", 80),
 )
 # The comparison: the params that tell executions apart and the metrics that judge them.
 COMPARE_PARAMS = ("dataset", "preset", "steps", "seq_len")

@@ -116,18 +116,19 @@ def test_two_datasets_are_two_rows_with_their_data_and_headline_metrics(store):
         assert data.dataset.name == f"{dataset}-prepared" and [t.value for t in data.tags] == ["training"]
         digests.append(data.dataset.digest)
         metrics = row.data.metrics
-        for name in ("evaluate.generated.oa_mean", "evaluate.markov.oa_mean", "evaluate.real.oa_mean",
-                     "train.loss", "prepare.segments.train", "seconds.train", "seconds.evaluate"):
+        for name in ("oa", "oa_markov", "oa_real", "scale", "chord", "train_loss_mean100", "segments",
+                     "seconds.train", "seconds.evaluate"):
             assert name in metrics, (dataset, name)
-        assert 0 <= metrics["evaluate.generated.oa_mean"] <= 1
+        assert 0 <= metrics["oa"] <= 1
         assert len(client.get_metric_history(row.info.run_id, "train_loss")) >= 2
         stage_runs = client.search_runs([row.info.experiment_id],
                                         filter_string=f"tags.`mlflow.parentRunId` = '{row.info.run_id}'")
         assert sorted(r.info.run_name for r in stage_runs) == ["evaluate", "prepare", "sample", "train"]
-        for stage_run in stage_runs:  # children hold only their own detail
+        for stage_run in stage_runs:  # children hold the full names, the row the short ones
             assert not set(stage_run.data.metrics) & set(metrics), stage_run.info.run_name
         evaluate = next(r for r in stage_runs if r.info.run_name == "evaluate")
         assert "evaluate.generated.oa.pitch_count" in evaluate.data.metrics
+        assert metrics["oa"] == float(f"{evaluate.data.metrics['evaluate.generated.oa_mean']:.4g}")
     assert digests[0] != digests[1]
     # MLflow's Datasets filter lists name-context pairs: one context per dataset, in every run.
     pairs = {(d.dataset.name, t.value) for r in client.search_runs([rows[0].info.experiment_id])
@@ -148,16 +149,16 @@ def test_dmc_compare_prints_and_writes_both_datasets_beside_the_baselines(store,
     oa_line = next(line for line in printed.splitlines() if line.startswith("generated oa_mean "))
     rows = view_rows(store)
     for row in rows:
-        value = row.data.metrics["evaluate.generated.oa_mean"]
-        markov = row.data.metrics["evaluate.markov.oa_mean"]
+        value, markov = row.data.metrics["oa"], row.data.metrics["oa_markov"]
         assert f"{value:.4g} (markov {markov:.4g}, real " in oa_line
     with open(tmp_path / "cmp/compare.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["dataset"] for r in table] == ["bach", "renaissance"]
     assert [r["preset"] for r in table] == ["tiny", "tiny"] and [r["steps"] for r in table] == ["20", "20"]
     for name in ("evaluate.generated.oa_mean", "evaluate.markov.oa_mean", "evaluate.real.oa_mean",
-                 "train.loss", "seconds.train"):
+                 "train_loss_mean100", "seconds.train"):
         assert all(r[name] for r in table), name
+    assert "compared: http://127.0.0.1:5000/#/experiments/" in printed
     assert (tmp_path / "cmp/compare_oa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "cmp/compare.txt").read_text().strip() == printed.split("\ncompare: wrote")[0].strip()
 
