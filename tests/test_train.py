@@ -239,7 +239,8 @@ def _stage_repo(root: Path, prepared_dir: Path, **changes) -> Path:
     """A working directory with params.yaml (tiny, small batches) and data/prepared."""
     params = repo_params()
     params.update(preset="tiny", seq_len=32, batch_size=8, steps=6)
-    params["train"].update(val_every=3, checkpoint_every=1)
+    # key none: the straight run it is compared with trains on the `data` fixture, loaded without a key move
+    params["train"].update(val_every=3, checkpoint_every=1, key="none")
     for key, value in changes.items():
         params[key] = value
     root.mkdir(parents=True, exist_ok=True)
