@@ -244,9 +244,15 @@ class Encoding:
             return np.stack([np.cos(angle), np.sin(angle)])
         return np.stack([np.where(pc == c, 1.0, -1.0) for c in range(12)])
 
+    @property
+    def pitch_range(self) -> tuple[int, int]:
+        """The train split's lowest and highest MIDI pitch."""
+        low, high = (int(np.rint(69 + 12 * np.log2(f / 440.0))) for f in (self.lo[0], self.hi[0]))
+        return low, high
+
     def _pitch_table(self) -> tuple[np.ndarray, np.ndarray]:
         """Every MIDI pitch of the train split's range and its full code, height first: [P], [P, 1 + k]."""
-        low, high = (int(np.rint(69 + 12 * np.log2(f / 440.0))) for f in (self.lo[0], self.hi[0]))
+        low, high = self.pitch_range
         pitches = np.arange(low, high + 1)
         offset, scale = self._affine()
         height = (pitches - offset[0]) / scale[0]

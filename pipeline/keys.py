@@ -14,9 +14,12 @@ pitch range is replaced by the same key an octave the other way, or none.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.encoding import Encoding
 
 WHITE = np.isin(np.arange(12), (0, 2, 4, 5, 7, 9, 11))  # the C major scale's pitch classes
 SHIFTS = np.arange(-6, 6)  # candidate moves, semitones
@@ -48,6 +51,18 @@ def common_key_shifts(pitch: np.ndarray, mask: np.ndarray | None, low: int, high
         notes = window[mask[i].astype(bool)] if mask is not None else window.ravel()
         if len(notes):
             shifts[i] = fitting(key_shift(notes), low, high, int(notes.min()), int(notes.max())) or 0
+    return shifts
+
+
+def to_common_key(x: np.ndarray, pitch: np.ndarray, mask: np.ndarray, encoding: Encoding) -> np.ndarray:
+    """Move each stored window of `x` ([N, 3, H, W], in place; `pitch` its MIDI pitches, `mask` 1 = a real
+    note) to the common key, by the encoding's own transposition map; returns the moves."""
+    shifts = common_key_shifts(pitch, mask, *encoding.pitch_range)
+    real = mask.astype(bool)
+    for k in np.unique(shifts[shifts != 0]):
+        m, c = encoding.transpose_map(int(k))
+        rows = shifts == k
+        x[rows, 0] = np.where(real[rows], x[rows, 0] * m + c, x[rows, 0])
     return shifts
 
 

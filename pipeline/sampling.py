@@ -514,7 +514,8 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
                                   channels=encoding.channels)
         batches = (_array_tracks(x, encoding, grid, keep, opts.chord_snap, tracks_of) for x in arrays)
     if common:
-        batches = _out_of_common_key(batches, stats, opts.seed, None if opts.prompt is None else -prompt_move)
+        batches = _out_of_common_key(batches, stats, encoding.pitch_range, opts.seed,
+                                     None if opts.prompt is None else -prompt_move)
     notices = [n for n in (sampler.steps_notice(diffusion.timesteps),) if n]
     for notice in notices:
         log(notice)
@@ -570,13 +571,13 @@ def _array_tracks(x: np.ndarray, encoding: Any, grid: int | None, keep: np.ndarr
             for sample in x]
 
 
-def _out_of_common_key(batches: Iterator[list[Track]], stats: dict[str, Any], seed: int,
-                       move: int | None) -> Iterator[list[Track]]:
+def _out_of_common_key(batches: Iterator[list[Track]], stats: dict[str, Any], pitch_range: tuple[int, int],
+                       seed: int, move: int | None) -> Iterator[list[Track]]:
     """Pieces composed in the common key, each moved to a key of the data: back by `move` where the notes
     were given (a prompt, kept parts), else by `pipeline.keys.draw_shift`, an octave the other way where
     that keeps the piece inside the train split's range."""
     rng = np.random.default_rng([seed, 12])
-    low, high = (int(midi.pitch_of(stats["normalization"]["frequency"][k])) for k in ("min", "max"))
+    low, high = pitch_range
     for tracks in batches:
         moved = []
         for piece in tracks:

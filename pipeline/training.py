@@ -140,12 +140,9 @@ def load_data(prepared_dir: str | Path, seq_len: int | None = None, key: str = "
     encoding = Encoding.from_stats(stats)
     val = load_split(prepared_dir, "val")
     if key == "common":
-        stats = dict(stats)
-        moves = []
-        for split, x, mask in (("train", train, masks[0]), ("val", val, masks[1])):
-            shifts = in_common_key(x, load_pitches(prepared_dir, split), mask, encoding)
-            moves.append(shifts)
-        stats["key"], stats["key_shifts"] = "common", keys.shift_counts(moves[0])
+        moves = keys.to_common_key(train, load_pitches(prepared_dir, "train"), masks[0], encoding)
+        keys.to_common_key(val, load_pitches(prepared_dir, "val"), masks[1], encoding)
+        stats = {**stats, "key": "common", "key_shifts": keys.shift_counts(moves)}
 
     def coded(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if encoding.scalar:
@@ -393,18 +390,6 @@ def kept_checkpoint(models_dir: str | Path) -> str:
     except DmcError:
         return "no checkpoint saved yet" if not path.exists() else f"{path} is unreadable"
     return f"the checkpoint at step {step} is kept"
-
-
-def in_common_key(x: np.ndarray, pitch: np.ndarray, mask: np.ndarray, encoding: Encoding) -> np.ndarray:
-    """Move each stored window of `x` ([N, 3, H, W], in place) to the common key; returns the moves."""
-    low, high = (int(np.rint(69 + 12 * np.log2(f / 440.0))) for f in (encoding.lo[0], encoding.hi[0]))
-    shifts = keys.common_key_shifts(pitch, mask, low, high)
-    real = mask.astype(bool)
-    for k in np.unique(shifts[shifts != 0]):
-        m, c = encoding.transpose_map(int(k))
-        rows = shifts == k
-        x[rows, 0] = np.where(real[rows], x[rows, 0] * m + c, x[rows, 0])
-    return shifts
 
 
 # -- the step -------------------------------------------------------------------------------------------
