@@ -133,6 +133,10 @@ def test_features_param_accepts_original_or_a_mapping():
     params["features"] = {"pitch": "helix", "time": "grid", "scale": "minmax", "chord": True}
     with pytest.raises(DmcError, match="'features.scale' must be symmetric with the lattice codes"):
         validate(params)
+    params["features"] = {"pitch": "helix", "time": "grid", "scale": "symmetric", "chord": True}
+    params["train"]["transpose"] = 3
+    with pytest.raises(DmcError, match="'train.transpose' works on the scalar pitch codes only"):
+        validate(params)
 
 
 def _notes_of(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
