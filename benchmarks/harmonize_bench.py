@@ -1,12 +1,12 @@
 """Harmonizing one melody with the shipped four-voice model: seconds, and consonance of tunes that are not
 chorales.
 
-Times `pipeline.harmonize.harmonize` (what `dmc harmonize` runs between reading the file and writing
+Times `pipeline.compose.harmonize.harmonize` (what `dmc harmonize` runs between reading the file and writing
 MIDI) on a chorale melody of about 50 notes, the best of `--repeat` runs, next to the time of the
 network's forward passes alone in the same run (windows x denoising steps calls at batch 1), so a slow
 machine shows in both. Then harmonizes melodies written here, that are not chorales (a folk tune, a
 major scale, a minor tune in 6/8), and prints the consonant fraction of each harmonization
-(`pipeline.voice_leading`) and whether the melody came back exact.
+(`pipeline.evaluate.voice_leading`) and whether the melody came back exact.
 
     python benchmarks/harmonize_bench.py --threads 2
     python benchmarks/harmonize_bench.py --model models/model.pt --melody data/raw/bach-satb/bwv11.6.mid
@@ -39,7 +39,7 @@ def tunes() -> dict[str, tuple[list[int], list[float]]]:
 
 
 def row_of(pitch: list[int], beats: list[float]):
-    from pipeline.multirow import RowNotes
+    from pipeline.compose.rows import RowNotes
 
     onset = np.concatenate([[0.0], np.cumsum(beats)[:-1]])
     return RowNotes.of(pitch, onset, beats)
@@ -57,10 +57,10 @@ def main() -> None:
 
     import torch
 
-    from pipeline.harmonize import grid_model_path, harmonize, load_grid_model
-    from pipeline.multirow import read_rows
-    from pipeline.sampling import Sampler
-    from pipeline.voice_leading import voice_leading
+    from pipeline.compose.harmonize import grid_model_path, harmonize, load_grid_model
+    from pipeline.compose.rows import read_rows
+    from pipeline.compose.sampling import Sampler
+    from pipeline.evaluate.voice_leading import voice_leading
 
     torch.set_num_threads(args.threads)
     model = load_grid_model(grid_model_path(args.model), Sampler("ddim", args.steps))
@@ -71,7 +71,7 @@ def main() -> None:
 
         from music21 import corpus
 
-        from pipeline.datasets.bach_satb import score_to_voice_midi
+        from pipeline.data.datasets.bach_satb import score_to_voice_midi
 
         path = Path(tempfile.mkdtemp()) / "bwv11.6.mid"
         score_to_voice_midi(corpus.getWork("bwv11.6"), path)

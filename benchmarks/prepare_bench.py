@@ -31,8 +31,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import mido_oracle  # noqa: E402
 import music21  # noqa: E402
 
-from pipeline.midi import TrackNotes, write_midi  # noqa: E402
-from pipeline.segments import PrepareConfig, write_prepared  # noqa: E402
+from pipeline.data.midi import TrackNotes, write_midi  # noqa: E402
+from pipeline.data.segments import PrepareConfig, write_prepared  # noqa: E402
 
 LAKH_FILES = 178_561
 # (program, is_drum) choices for generated tracks: the piano set, and instruments that are not in it.
@@ -45,7 +45,7 @@ def collect_small(root: Path, raw_bach: Path, limit: int | None) -> list[str]:
     wheel = Path(music21.__file__).parent
     sources = sorted((wheel / "midi" / "testPrimitive").glob("test*.mid")) + [wheel / "omr" / "k525short.mid"]
     if not any(raw_bach.glob("*.mid")):
-        from pipeline.datasets import bach
+        from pipeline.data.datasets import bach
 
         raw_bach = bach.fetch(root / "_bach", {"prepare": {"n_jobs": 0}}, limit=40)
     sources += sorted(raw_bach.glob("*.mid"))

@@ -147,8 +147,8 @@ def _digest(obj: Any) -> str:
 
 def prepared_for(params: dict[str, Any]) -> Path:
     """The prepared data for these params, made once per distinct prepare config."""
-    from pipeline.datasets import read_manifest
-    from pipeline.segments import PrepareConfig, write_prepared
+    from pipeline.data.datasets import read_manifest
+    from pipeline.data.segments import PrepareConfig, write_prepared
 
     config = PrepareConfig.from_params(params)
     out = RUNS / "prepared" / _digest([params["dataset"], config.__dict__])
@@ -163,8 +163,8 @@ def prepared_for(params: dict[str, Any]) -> Path:
 
 def sample_and_score(params: dict[str, Any], prepared: Path, model: Path, samples: Path,
                      pieces: int, device: str | None) -> tuple[dict[str, float], float]:
-    from pipeline.evaluation import evaluate_samples
-    from pipeline.sampling import GenerateOptions, generate_files
+    from pipeline.compose.sampling import GenerateOptions, generate_files
+    from pipeline.evaluate.evaluation import evaluate_samples
 
     opts = GenerateOptions.from_params(params, n=pieces, batch_size=min(pieces, 64), audio="", plot=False,
                                        device=device, progress=False)
@@ -178,7 +178,7 @@ def sample_and_score(params: dict[str, Any], prepared: Path, model: Path, sample
 
 def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces: int,
                device: str | None, seed: int = 0, sample_seed: int | None = None) -> dict[str, Any]:
-    from pipeline import training
+    from pipeline.model import training
 
     trained, _, variant = name.partition("@")
     if trained not in CONFIGS or (variant and variant not in VARIANTS):

@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from pipeline.diffusion import GaussianDiffusion
-from pipeline.model import PRESETS, UNet
-from pipeline.sampling import Sampler, generate
+from pipeline.compose.sampling import Sampler, generate
+from pipeline.model.diffusion import GaussianDiffusion
+from pipeline.model.unet import PRESETS, UNet
 from pipeline.threads import configure_threads, limit_threads
 
 

@@ -1,13 +1,13 @@
 """Training speed per U-Net preset at batch 64 and seq_len 128: seconds per step, steps/s, and the wall
 time of the original's 200K-step recipe projected from the measured steps.
 
-A step is the training stage's step: `pipeline.training.optimize` (diffusion loss, backward, gradient
-clipping, fused AdamW, EMA) or, for the `graph` row, `pipeline.cuda_graph.CudaGraphStep` (the same step
+A step is the training stage's step: `pipeline.model.training.optimize` (diffusion loss, backward, gradient
+clipping, fused AdamW, EMA) or, for the `graph` row, `pipeline.model.cuda_graph.CudaGraphStep` (the same step
 replayed as one CUDA graph, `train.graph: true`). Every step reseeds its noise generator, as the loop does.
 Rows per device: `eager` always; on CUDA also `compile` (torch.compile; reduce-overhead, unless --mode) and,
 with --graph, `graph`. On CUDA every row runs under bf16 autocast.
 
-Side by side: `--against REV` times the U-Net of another git revision (its pipeline/model.py, with this
+Side by side: `--against REV` times the U-Net of another git revision (its pipeline/model/unet.py, with this
 tree's step) in the same process, alternating with this tree's, and reports the ratio of medians. On a
 shared machine that is the only comparison worth making. (The speedup column this script used to print
 divided a constant, 1.7 s per step for the original TensorFlow code at batch 64, measured once on another,
@@ -36,11 +36,11 @@ from types import ModuleType
 
 import torch
 
-from pipeline.diffusion import GaussianDiffusion
 from pipeline.files import write_json
-from pipeline.model import PRESETS, count, get_config
+from pipeline.model.diffusion import GaussianDiffusion
+from pipeline.model.training import EMA, TrainSettings, build, optimize, step_seed
+from pipeline.model.unet import PRESETS, count, get_config
 from pipeline.threads import configure_threads, limit_threads
-from pipeline.training import EMA, TrainSettings, build, optimize, step_seed
 
 RECIPE_STEPS = 200_000  # the original's training run
 
@@ -71,7 +71,7 @@ def make_step(preset: str, device: torch.device, batch: int, seq_len: int, mode:
     x0 = torch.rand(batch, 3, 1, seq_len, device=device)
     gen = torch.Generator(device)
     if mode == "graph":
-        from pipeline.cuda_graph import CudaGraphStep
+        from pipeline.model.cuda_graph import CudaGraphStep
 
         graphed = CudaGraphStep(net, model, ema, opt, diffusion, settings.grad_clip, autocast, x0)
 
@@ -118,13 +118,13 @@ def time_steps(preset: str, device: torch.device, batch: int, seq_len: int, step
 
 
 def model_at(revision: str) -> ModuleType:
-    """pipeline/model.py as it was at a git revision, imported as a module of its own."""
+    """pipeline/model/unet.py as it was at a git revision, imported as a module of its own."""
     root = Path(__file__).resolve().parents[1]
     try:
-        source = subprocess.run(["git", "show", f"{revision}:pipeline/model.py"], cwd=root, check=True,
+        source = subprocess.run(["git", "show", f"{revision}:pipeline/model/unet.py"], cwd=root, check=True,
                                 capture_output=True, text=True).stdout
     except subprocess.CalledProcessError as err:
-        sys.exit(f"train_bench: cannot read pipeline/model.py at {revision!r}: {err.stderr.strip()}")
+        sys.exit(f"train_bench: cannot read pipeline/model/unet.py at {revision!r}: {err.stderr.strip()}")
     path = Path(tempfile.mkdtemp()) / f"model_{revision.replace('/', '_')}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)

@@ -21,7 +21,7 @@ def _add_notes(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_notes(args: argparse.Namespace) -> None:
-    from pipeline import midi
+    from pipeline.data import midi
 
     midi.write_notes_json(sys.stdout, args.file, programs=midi.programs_from_params(args.params))
 
@@ -33,7 +33,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_model(args: argparse.Namespace) -> None:
-    from pipeline import model
+    from pipeline.model import unet as model
 
     print(model.summary(args.preset))
 
@@ -71,7 +71,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from pipeline import sampling
+    from pipeline.compose import sampling
 
     sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta),
                                  ("guard", args.guard), ("chord_snap", args.chord_snap),
@@ -124,7 +124,8 @@ def _add_evaluate_harmony(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate_harmony(args: argparse.Namespace) -> None:
     import yaml
 
-    from pipeline import harmony, sampling
+    from pipeline.compose import sampling
+    from pipeline.evaluate import harmony
 
     # Only the frame lengths are read, so a params.yaml of another version of dmc serves as well.
     evaluate = (yaml.safe_load(args.params.read_text()) or {}).get("evaluate", {}) if args.params.is_file() \
@@ -169,7 +170,7 @@ def _add_harmonize(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_harmonize(args: argparse.Namespace) -> None:
-    from pipeline import harmonize, sampling
+    from pipeline.compose import harmonize, sampling
 
     opts = sampling.GenerateOptions(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
                                     tempo=args.tempo, audio=args.audio, plot=args.plot, device=args.device,
@@ -196,7 +197,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> None:
-    from pipeline import pretrained
+    from pipeline.compose import shipped as pretrained
 
     if args.name:
         print(pretrained.describe_model(args.name))
@@ -218,7 +219,7 @@ def _add_export_model(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export_model(args: argparse.Namespace) -> None:
-    from pipeline import pretrained
+    from pipeline.compose import shipped as pretrained
 
     folder = pretrained.export_model(args.name, args.root, args.checkpoint, args.dest, args.note, args.dtype)
     print(f"export-model: wrote {folder}")
@@ -236,7 +237,7 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> None:
-    from pipeline import datasets, download
+    from pipeline.data import datasets, download
     from pipeline.params import load_params
 
     params = load_params(args.params)
@@ -258,7 +259,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> None:
-    from pipeline import compare
+    from pipeline.record import compare
 
     result = compare.compare(args.out, args.tracking_uri, args.experiment)
     print(result["text"])
@@ -279,7 +280,7 @@ def _add_ui(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ui(args: argparse.Namespace) -> None:
-    from pipeline import ui
+    from pipeline.record import ui
 
     code = ui.serve(args.root, args.host, args.port, args.open)
     if code not in (0, -15):  # -15: stopped by our own SIGTERM

@@ -15,7 +15,7 @@ from typing import Any
 
 # atomic_path's temp names: `.<target>.<writer pid>-<8 random>.tmp`. Before the pid was added they were
 # `.<target>.<8 random>.tmp`; those are still recognized, as litter of a version that is not running.
-# `dmc generate` stages its pieces in `.dmc-generate-<writer pid>-<8 random>` (pipeline.writing).
+# `dmc generate` stages its pieces in `.dmc-generate-<writer pid>-<8 random>` (pipeline.compose.write).
 _TEMP_NAME = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$"
                         r"|^\.dmc-generate-(?:(?P<staging_pid>\d+)-)?[a-z0-9_]{8}$")
 _SWEPT: set[Path] = set()  # folders this process has already swept (one listing per folder)

@@ -11,10 +11,10 @@ from typing import Any
 
 import yaml
 
-from pipeline.diffusion import GUARDS, LOSS_WEIGHTS, PREDICTIONS, SAMPLERS, SCHEDULES
-from pipeline.encoding import ORIGINAL, PITCH, PITCH_CODES, SCALE, STORED, TIME
+from pipeline.data.encoding import ORIGINAL, PITCH, PITCH_CODES, SCALE, STORED, TIME
+from pipeline.data.keys import KEYS
 from pipeline.errors import DmcError
-from pipeline.keys import KEYS
+from pipeline.model.diffusion import GUARDS, LOSS_WEIGHTS, PREDICTIONS, SAMPLERS, SCHEDULES
 
 # PyYAML follows YAML 1.1, where `1e-06` (no dot) is a string. DVC writes `-S lr=1e-6` exactly so.
 _FLOAT = re.compile(
@@ -87,8 +87,8 @@ def _seq_len(v: Any) -> str | None:
     return f"must be a multiple of 8 (the U-Net pools three times), got {v}"
 
 
-# pipeline.sampling.TICKS_PER_QUARTER, the resolution samples are written at (not imported: that pulls in
-# torch, and the validate stage checks params without it). tests/test_params.py pins the two as equal.
+# pipeline.compose.sampling.TICKS_PER_QUARTER, the resolution samples are written at (not imported:
+# that pulls in torch, and the validate stage checks params without it). tests/test_params.py pins the two as equal.
 SAMPLE_TICKS_PER_QUARTER = 480
 
 

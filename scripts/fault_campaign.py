@@ -133,7 +133,7 @@ def main() -> None:
     def want(group: str) -> bool:
         return not args.cases or group in args.cases.split(",")
 
-    from pipeline.datasets import bach
+    from pipeline.data.datasets import bach
     from pipeline.params import load_params
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="dmc-campaign-"))

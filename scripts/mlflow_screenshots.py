@@ -12,7 +12,7 @@ Checks (exit 1 when one fails): the links open the model-training pages, not Gen
 shows every execution and no stage run, with the headline columns; the comparison shows the compared
 runs and its charts; the run page lists its logged model; the gallery players preload their length.
 The root and the bare experiment page are screenshotted, not checked: on a fresh browser MLflow 3.17
-opens them in its GenAI layout whatever the store says (see pipeline.mlflow_views).
+opens them in its GenAI layout whatever the store says (see pipeline.record.mlflow_views).
 Too slow for CI (a server start and a dozen browser starts), so it is tooling, not a test.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import mlflow_views, tracking  # noqa: E402
+from pipeline.record import mlflow_views, tracking  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 WINDOW = "1600,1000"

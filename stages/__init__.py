@@ -28,7 +28,7 @@ def run(stage: str, main: Callable[[], None], record: bool = True) -> None:
         if not record:
             main()
             return
-        from pipeline.tracking import track_stage  # imports MLflow: seconds
+        from pipeline.record.tracking import track_stage  # imports MLflow: seconds
 
         with track_stage(stage):
             main()

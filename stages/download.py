@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import datasets
+from pipeline.data import datasets
 from pipeline.params import load_params
 from stages import run
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import metrics
-from pipeline.evaluation import SETS, evaluate_samples
+from pipeline.data.segments import load_stats
+from pipeline.evaluate import metrics
+from pipeline.evaluate.evaluation import SETS, evaluate_samples
 from pipeline.files import atomic_path, write_json
 from pipeline.params import load_params
-from pipeline.segments import load_stats
 from stages import run
 
 SAMPLES = Path("samples")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.datasets import read_manifest
-from pipeline.datasets.corpus import resolve_jobs
+from pipeline.data.datasets import read_manifest
+from pipeline.data.datasets.corpus import resolve_jobs
+from pipeline.data.segments import PrepareConfig, write_prepared
 from pipeline.errors import DmcError
 from pipeline.files import write_json
 from pipeline.params import load_params
-from pipeline.segments import PrepareConfig, write_prepared
 from stages import run
 
 MANIFEST = Path("data/manifest.json")
@@ -26,7 +26,7 @@ def main() -> None:
                        "run the download stage first (dvc repro download)")
     n_jobs = resolve_jobs(params["prepare"]["n_jobs"])
     if params["layout"] == "grid":  # voices on one time axis: windows of seq_len grid steps
-        from pipeline.voice_training import write_grid_prepared
+        from pipeline.model.voice_training import write_grid_prepared
 
         summary = write_grid_prepared(PREPARED, dataset, root, files, config.instruments, config.seq_len,
                                       params["prepare"]["hop"], config.split)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.compose.sampling import MODEL_PATH, GenerateOptions, generate_files
 from pipeline.files import atomic_path, write_json
 from pipeline.params import load_params
-from pipeline.sampling import MODEL_PATH, GenerateOptions, generate_files
 from stages import run
 
 SAMPLES = Path("samples")

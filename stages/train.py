@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import training
+from pipeline.model import training
 from pipeline.params import load_params
 from stages import run
 
@@ -21,9 +21,9 @@ METRICS = Path("metrics")
 def main() -> None:
     params = load_params()
     settings = training.TrainSettings.from_params(params)
-    if params["layout"] == "grid":  # voices on one time axis (pipeline/voice_training.py)
+    if params["layout"] == "grid":  # voices on one time axis (pipeline/model/voice_training.py)
         from pipeline.files import write_json
-        from pipeline.voice_training import load_grid_data, train_grid
+        from pipeline.model.voice_training import load_grid_data, train_grid
 
         metrics = train_grid(settings, load_grid_data(PREPARED), MODELS / "model.pt")
         write_json(METRICS / "train.json", metrics)

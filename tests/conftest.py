@@ -92,7 +92,7 @@ def wheel_midi_files() -> list[Path]:
 @pytest.fixture(scope="session")
 def bach_midi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 Bach chorales from the music21 corpus as one-track program-0 MIDI files (about 5 s)."""
-    from pipeline.datasets import bach
+    from pipeline.data.datasets import bach
 
     dest = tmp_path_factory.mktemp("bach")
     params = repo_params()
@@ -104,8 +104,8 @@ def bach_midi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_dir(bach_midi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared folder from `bach_midi_dir`: seq_len 32, every split non-empty. Read it with
-    `pipeline.segments.load_split / load_pitches / load_stats`."""
-    from pipeline.segments import PrepareConfig, write_prepared
+    `pipeline.data.segments.load_split / load_pitches / load_stats`."""
+    from pipeline.data.segments import PrepareConfig, write_prepared
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     files = sorted(p.name for p in bach_midi_dir.glob("*.mid"))
@@ -137,9 +137,9 @@ def satb_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     import torch
 
-    from pipeline.datasets import bach_satb, write_manifest
-    from pipeline.model import PRESETS, UNet
-    from pipeline.segments import PrepareConfig, write_prepared
+    from pipeline.data.datasets import bach_satb, write_manifest
+    from pipeline.data.segments import PrepareConfig, write_prepared
+    from pipeline.model.unet import PRESETS, UNet
 
     root = tmp_path_factory.mktemp("satb-project")
     params = repo_params()
@@ -159,7 +159,7 @@ def satb_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = PRESETS["tiny"]
     stats = json.loads((root / "data" / "prepared" / "stats.json").read_text())
     (root / "models").mkdir()
-    from pipeline.checkpoints import write_checkpoint
+    from pipeline.model.checkpoints import write_checkpoint
 
     write_checkpoint(root / "models" / "model.pt", {
         "config": dataclasses.asdict(config), "ema": UNet(config).state_dict(), "stats": stats,

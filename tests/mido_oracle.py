@@ -1,6 +1,6 @@
 """An independent, plain-Python extractor of the note contract, built on mido.
 
-It shares no code with pipeline/midi.py: the tests check that both give identical notes on real files,
+It shares no code with pipeline/data/midi.py: the tests check that both give identical notes on real files,
 and the benchmark measures how much faster the symusic path is.
 """
 

@@ -1,4 +1,4 @@
-"""Audio (pipeline/audio.py): compressed rendering, the notice when an encoder is missing, previews."""
+"""Audio (pipeline/render/audio.py): compressed rendering, the notice when an encoder is missing, previews."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import audio
+from pipeline.render import audio
 
 TEST_MIDI = Path(__import__("music21").__file__).parent / "midi" / "testPrimitive" / "test10.mid"
 

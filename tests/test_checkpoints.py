@@ -8,10 +8,10 @@ import errno
 import pytest
 import torch
 
-from pipeline import checkpoints
-from pipeline.checkpoints import DIGEST_KEY, content_digest, read_checkpoint, write_checkpoint
 from pipeline.errors import DmcError
-from pipeline.model import PRESETS, UNet
+from pipeline.model import checkpoints
+from pipeline.model.checkpoints import DIGEST_KEY, content_digest, read_checkpoint, write_checkpoint
+from pipeline.model.unet import PRESETS, UNet
 
 ADVICE = "delete it to start fresh"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import tracking
+from pipeline.record import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 N_SCORES = 24
@@ -45,7 +45,7 @@ def merge(base: dict, over: dict) -> dict:
 
 def run_execution(repo: Path, dataset: str, raw: Path, over: dict) -> None:
     """What `dvc exp run -S dataset=<name>` executes after download, each stage recorded as in a run."""
-    from pipeline import datasets
+    from pipeline.data import datasets
     from pipeline.params import load_params
 
     params = merge(load_params(REPO / "params.yaml"), {**TINY, "dataset": dataset, "raw_dir": str(raw)})

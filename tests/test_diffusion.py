@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from pipeline.diffusion import PREDICTIONS, SAMPLERS, GaussianDiffusion
+from pipeline.model.diffusion import PREDICTIONS, SAMPLERS, GaussianDiffusion
 
 
 def oracle(diffusion: GaussianDiffusion, x0: torch.Tensor):
@@ -160,8 +160,8 @@ def test_dynamic_thresholding_shrinks_an_overshooting_estimate_instead_of_pinnin
 def _one_ddim_step(guard: str, x0: torch.Tensor) -> torch.Tensor:
     """The sample of a one-step DDIM run whose network predicts `x0`: exactly the guarded x_0 estimate
     (the last step goes to ᾱ = 1)."""
-    from pipeline.encoding import Encoding
-    from pipeline.sampling import Sampler
+    from pipeline.compose.sampling import Sampler
+    from pipeline.data.encoding import Encoding
 
     encoding = Encoding(lo=(100.0, 0.25, 0.0), hi=(800.0, 4.0, 4.0), pitch="midi", time="log",
                         scale="symmetric")

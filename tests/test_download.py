@@ -30,9 +30,17 @@ from conftest import HANG_GUARD_S
 from http_fixture import FixtureServer, Route
 
 from pipeline.cli import main as dmc
-from pipeline.datasets import classical, final_fantasy, freemidi, lakh, maestro, midi_files
-from pipeline.download import COMPLETE, CRAWL_LOG, Client, Settings, extract_archive, local_path, page_links
-from pipeline.download.archives import Limits
+from pipeline.data.datasets import classical, final_fantasy, freemidi, lakh, maestro, midi_files
+from pipeline.data.download import (
+    COMPLETE,
+    CRAWL_LOG,
+    Client,
+    Settings,
+    extract_archive,
+    local_path,
+    page_links,
+)
+from pipeline.data.download.archives import Limits
 from pipeline.errors import DmcError
 from pipeline.params import load_params, validate
 

@@ -9,12 +9,29 @@ import pytest
 import torch
 from conftest import PREPARED_SPLIT, repo_params
 
-from pipeline import sampling
-from pipeline.encoding import GRIDS, ORIGINAL, PITCH, PITCH_CODES, SCALE, STORED, TIME, Encoding, EncodingFit
+from pipeline.compose import sampling
+from pipeline.data.encoding import (
+    GRIDS,
+    ORIGINAL,
+    PITCH,
+    PITCH_CODES,
+    SCALE,
+    STORED,
+    TIME,
+    Encoding,
+    EncodingFit,
+)
+from pipeline.data.segments import (
+    PrepareConfig,
+    features_of,
+    load_pitches,
+    load_split,
+    load_stats,
+    write_prepared,
+)
 from pipeline.errors import DmcError
+from pipeline.model.training import Transposer
 from pipeline.params import validate
-from pipeline.segments import PrepareConfig, features_of, load_pitches, load_split, load_stats, write_prepared
-from pipeline.training import Transposer
 
 SCALAR_PITCH = [p for p in PITCH if p not in PITCH_CODES]
 SCALAR_TIME = [t for t in TIME if t not in STORED]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.baselines import MarkovChain, baseline_sets, markov_segments, shuffle_segments
-from pipeline.encoding import Encoding
+from pipeline.data.encoding import Encoding
+from pipeline.data.midi import TrackNotes, write_midi
+from pipeline.data.segments import load_split, load_stats, segment_to_notes
 from pipeline.errors import DmcError
-from pipeline.midi import TrackNotes, write_midi
-from pipeline.segments import load_split, load_stats, segment_to_notes
+from pipeline.evaluate.baselines import MarkovChain, baseline_sets, markov_segments, shuffle_segments
 
 # -- shuffle ----------------------------------------------------------------------------------------
 

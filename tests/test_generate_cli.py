@@ -8,8 +8,8 @@ import music21
 import pytest
 from test_sampling import write_checkpoint
 
-from pipeline import midi
 from pipeline.cli import main
+from pipeline.data import midi
 from pipeline.errors import DmcError
 
 MUSIC21 = Path(music21.__file__).parent
@@ -68,7 +68,7 @@ def test_generate_finds_the_projects_model_from_a_subfolder(checkpoint, tmp_path
 
 
 def test_no_trained_model_says_which_command_trains_one(tmp_path, monkeypatch, capsys):
-    from pipeline import pretrained
+    from pipeline.compose import shipped as pretrained
 
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(tmp_path)
@@ -272,8 +272,8 @@ def test_sigterm_half_way_is_one_line_and_leaves_the_old_pieces(checkpoint, tmp_
 
 
 def test_a_folder_another_generate_writes_to_is_refused(checkpoint, tmp_path, capsys):
+    from pipeline.compose.write import LOCK
     from pipeline.files import exclusive_lock
-    from pipeline.writing import LOCK
 
     out = tmp_path / "out"
     before = old_pieces(out)
@@ -309,7 +309,7 @@ def test_what_a_killed_writer_left_is_swept_or_put_back(checkpoint, tmp_path, ca
     (backup / ".complete").touch()
     (out / "sample_000.mid").write_bytes(b"new piece")
 
-    from pipeline.writing import _recover
+    from pipeline.compose.write import _recover
 
     _recover(out, log=print)
     assert contents(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)

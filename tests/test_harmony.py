@@ -1,4 +1,4 @@
-"""Harmonization's measures (pipeline/voice_leading.py) on hand-made voices and real chorales, and
+"""Harmonization's measures (pipeline/evaluate/voice_leading.py) on hand-made voices and real chorales, and
 `dmc evaluate-harmony` end to end on the four-voice test project (`satb_project` in conftest.py)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from conftest import SATB
 from test_sampling import write_checkpoint
 
 from pipeline.cli import main
-from pipeline.instruments import extract_rows, groups_of
-from pipeline.multirow import RowNotes
-from pipeline.voice_leading import SILENT, consonant_fraction, parallels, slices, voice_leading
+from pipeline.compose.rows import RowNotes
+from pipeline.data.instruments import extract_rows, groups_of
+from pipeline.evaluate.voice_leading import SILENT, consonant_fraction, parallels, slices, voice_leading
 
 
 def voice(pitches, onsets=None, durations=None) -> RowNotes:
@@ -107,7 +107,7 @@ def test_evaluate_harmony_refuses_bad_requests_in_one_line(args, message, satb_p
 
 def test_evaluate_harmony_needs_two_test_files_with_the_kept_part(satb_project, tmp_path, capsys,
                                                                   monkeypatch):
-    from pipeline import harmony
+    from pipeline.evaluate import harmony
 
     real = harmony.split_files
     monkeypatch.setattr(harmony, "split_files", lambda d, split: real(d, split)[:1] if split == "test"

@@ -1,5 +1,5 @@
 """Multi-instrument mode: groups, one main track per group, time-aligned rows, masks, decoding and
-evaluation of several rows (pipeline/instruments.py and the multi-row paths of segments, sampling,
+evaluation of several rows (pipeline/data/instruments.py and the multi-row paths of segments, sampling,
 baselines and metrics)."""
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import pytest
 import symusic
 from conftest import PREPARED_SPLIT, repo_params
 
-from pipeline import instruments, metrics, sampling
-from pipeline.baselines import MarkovChain, masked_baseline_sets, shuffle_segments
-from pipeline.errors import DmcError
-from pipeline.instruments import GROUPS, extract_rows, file_windows, groups_of, window_spans
-from pipeline.midi import Notes, RejectedFile, TrackNotes, frequency, write_midi
-from pipeline.segments import (
+from pipeline.compose import sampling
+from pipeline.data import instruments
+from pipeline.data.instruments import GROUPS, extract_rows, file_windows, groups_of, window_spans
+from pipeline.data.midi import Notes, RejectedFile, TrackNotes, frequency, write_midi
+from pipeline.data.segments import (
     FEATURES,
     Encoding,
     PrepareConfig,
@@ -28,6 +27,9 @@ from pipeline.segments import (
     load_stats,
     write_prepared,
 )
+from pipeline.errors import DmcError
+from pipeline.evaluate import metrics
+from pipeline.evaluate.baselines import MarkovChain, masked_baseline_sets, shuffle_segments
 
 SATB = ("soprano", "alto", "tenor", "bass")
 N_SATB = 6
@@ -47,7 +49,7 @@ def track(n: int, pitch: int, program: int = 0, name: str = "", is_drum: bool = 
 
 @pytest.fixture(scope="module")
 def satb_dir(tmp_path_factory) -> Path:
-    from pipeline.datasets import bach_satb
+    from pipeline.data.datasets import bach_satb
 
     params = repo_params()
     params["prepare"]["n_jobs"] = 1
@@ -270,8 +272,8 @@ def test_sampled_rows_are_written_with_their_programs_and_drums_on_the_drum_chan
 def test_training_loss_counts_only_real_notes(satb_prepared, prepared_dir):
     import torch
 
-    from pipeline import training
-    from pipeline.diffusion import GaussianDiffusion
+    from pipeline.model import training
+    from pipeline.model.diffusion import GaussianDiffusion
 
     data = training.load_data(satb_prepared)
     assert np.array_equal(data.train_mask, load_mask(satb_prepared, "train"))

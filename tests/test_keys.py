@@ -6,10 +6,11 @@ import pytest
 from conftest import PREPARED_SPLIT
 from test_sampling import PIANO_MIDI, lattice_stats, quiet, read_notes, write_checkpoint
 
-from pipeline import keys, midi, sampling
-from pipeline.encoding import Encoding
-from pipeline.segments import PrepareConfig, load_pitches, load_split, write_prepared
-from pipeline.training import load_data
+from pipeline.compose import sampling
+from pipeline.data import keys, midi
+from pipeline.data.encoding import Encoding
+from pipeline.data.segments import PrepareConfig, load_pitches, load_split, write_prepared
+from pipeline.model.training import load_data
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71, 72]
 

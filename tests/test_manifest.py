@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import files
-from pipeline.datasets import midi_files, write_manifest
+from pipeline.data.datasets import midi_files, write_manifest
 
 HOUR_NS = 3600 * 10**9
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.stats import gaussian_kde
 
-from pipeline import metrics as M
-from pipeline.baselines import shuffle_segments
-from pipeline.midi import extract_notes
+from pipeline.data.midi import extract_notes
+from pipeline.evaluate import metrics as M
+from pipeline.evaluate.baselines import shuffle_segments
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71, 72]
 

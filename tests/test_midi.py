@@ -1,4 +1,4 @@
-"""The note contract (pipeline/midi.py), pinned on real MIDI files and on files the tests generate."""
+"""The note contract (pipeline/data/midi.py), pinned on real MIDI files and on files the tests generate."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from conftest import HANG_GUARD_S
 
-from pipeline import midi
-from pipeline.midi import RejectedFile, TrackNotes, extract_notes, write_midi
+from pipeline.data import midi
+from pipeline.data.midi import RejectedFile, TrackNotes, extract_notes, write_midi
 
 REPO = Path(__file__).resolve().parents[1]
 On, Off, Prog, Meta = (lambda *a, **k: mido.Message("note_on", *a, **k)), \

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from pipeline import cli
-from pipeline.checkpoints import write_checkpoint
-from pipeline.diffusion import GaussianDiffusion
 from pipeline.errors import DmcError
-from pipeline.model import (
+from pipeline.model.checkpoints import write_checkpoint
+from pipeline.model.diffusion import GaussianDiffusion
+from pipeline.model.unet import (
     PRESETS,
     Attention,
     Conv,

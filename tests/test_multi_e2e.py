@@ -13,8 +13,8 @@ import symusic
 import yaml
 from conftest import repo_params
 
-from pipeline import datasets
-from pipeline.segments import load_mask, load_split, load_stats
+from pipeline.data import datasets
+from pipeline.data.segments import load_mask, load_split, load_stats
 
 SATB = ["soprano", "alto", "tenor", "bass"]
 N_CHORALES = 10
@@ -34,7 +34,7 @@ def four_voice_params() -> dict:
 @pytest.fixture(scope="module")
 def four_voice_run(tmp_path_factory) -> Path:
     """prepare -> train -> sample -> evaluate with four voices, in a temp working folder."""
-    from pipeline.datasets import bach_satb
+    from pipeline.data.datasets import bach_satb
     from stages import evaluate, prepare, sample, train
 
     params = four_voice_params()

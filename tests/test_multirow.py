@@ -1,4 +1,4 @@
-"""Multi-row generation (pipeline/multirow.py): kept rows come back exactly, long pieces stay aligned at
+"""Multi-row generation (pipeline/compose/rows.py): kept rows come back exactly, long pieces stay aligned at
 the seams, prompts continue every row, and each bad request is a one-line error. The model is a random
 tiny U-Net of four rows (`satb_project` in conftest.py); the music is the chorales as four voices."""
 
@@ -12,15 +12,16 @@ import torch
 from conftest import SATB
 from test_sampling import write_checkpoint
 
-from pipeline import midi, multirow
 from pipeline.cli import main
-from pipeline.encoding import Encoding
+from pipeline.compose import rows as multirow
+from pipeline.compose.rows import RowNotes
+from pipeline.compose.sampling import TICKS_PER_QUARTER, GenerateOptions, Sampler, generate_files
+from pipeline.data import midi
+from pipeline.data.encoding import Encoding
+from pipeline.data.instruments import extract_rows, groups_of
+from pipeline.data.segments import load_stats
 from pipeline.errors import DmcError
-from pipeline.instruments import extract_rows, groups_of
-from pipeline.model import load_trained
-from pipeline.multirow import RowNotes
-from pipeline.sampling import TICKS_PER_QUARTER, GenerateOptions, Sampler, generate_files
-from pipeline.segments import load_stats
+from pipeline.model.unet import load_trained
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +185,7 @@ def test_many_pieces_are_drawn_and_written_a_batch_at_a_time(satb_project, tmp_p
             assert len(list(tmp_path.glob("sample_*.mid"))) == 0  # files arrive only at the end
             yield batch
 
-    monkeypatch.setattr("pipeline.multirow.generate_rows", spy)
+    monkeypatch.setattr("pipeline.compose.rows.generate_rows", spy)
     summary = generate_files(tmp_path, options(n=5, batch_size=2, length=32),
                              satb_project / "models" / "model.pt")
     assert seen == [2, 2, 1] and len(list(tmp_path.glob("sample_*.mid"))) == 5

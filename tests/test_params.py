@@ -67,7 +67,8 @@ def test_the_quality_levers_accept_their_documented_values(key, value):
 
 
 def test_the_params_grid_check_agrees_with_sampling_parse_quantize():
-    from pipeline import params, sampling
+    from pipeline import params
+    from pipeline.compose import sampling
 
     assert params.SAMPLE_TICKS_PER_QUARTER == sampling.TICKS_PER_QUARTER
     for grid in ["", " ", "1/16", "1/12", "3/8", "1", "1/7", "1/1024", "x", "0", "-1/4", "1/0", " 1/8 "]:

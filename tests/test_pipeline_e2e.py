@@ -68,7 +68,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def pipeline_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run `dvc repro` then `dvc exp run -S lr=1e-6` in a fresh copy; return paths and timings."""
-    from pipeline.datasets import bach
+    from pipeline.data.datasets import bach
     from pipeline.params import load_params
 
     chorales = tmp_path_factory.mktemp("chorales")

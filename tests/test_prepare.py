@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import HANG_GUARD_S, REPO, repo_params
 
-from pipeline.midi import TrackNotes, write_midi
+from pipeline.data.midi import TrackNotes, write_midi
 
 
 def run_stage(stage: str, cwd: Path) -> subprocess.CompletedProcess:

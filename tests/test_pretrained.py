@@ -1,4 +1,4 @@
-"""Shipped models (pipeline/pretrained.py): integrity, bfloat16 weights, export from a finished run,
+"""Shipped models (pipeline/compose/shipped.py): integrity, bfloat16 weights, export from a finished run,
 `dmc models`, `dmc generate --model`, the checkout's model winning, and the package data of a real install.
 
 The shipped `bach` entry in pipeline/weights is real: a model exported from a `dvc exp run` of this
@@ -24,12 +24,12 @@ import yaml
 from conftest import HANG_GUARD_S, REPO, copy_checkout
 from test_sampling import write_checkpoint
 
-from pipeline import model as model_module
-from pipeline import pretrained
-from pipeline.checkpoints import write_checkpoint as save_checked
 from pipeline.cli import main
+from pipeline.compose import shipped as pretrained
 from pipeline.errors import DmcError
 from pipeline.files import file_digest
+from pipeline.model import unet as model_module
+from pipeline.model.checkpoints import write_checkpoint as save_checked
 from pipeline.params import parse
 
 SHIPPED = pretrained.WEIGHTS / pretrained.DEFAULT
@@ -174,7 +174,7 @@ def test_a_config_field_the_code_does_not_know_is_refused(shipped_copy):
 
 
 def test_bf16_weights_round_trip_into_the_float32_model(tmp_path):
-    from pipeline.model import load_trained
+    from pipeline.model.unet import load_trained
 
     full = torch.load(write_checkpoint(tmp_path / "full.pt", seed=1), weights_only=True)
     shipped = {**full, "ema": pretrained.cast_weights(full["ema"], "bfloat16")}

@@ -1,4 +1,5 @@
-"""Sampling: decoding, determinism, continuation, long pieces, audio and plots (pipeline/sampling.py)."""
+"""Sampling: decoding, determinism, continuation, long pieces, audio and plots
+(pipeline/compose/sampling.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import audio, midi, sampling
-from pipeline.checkpoints import write_checkpoint as save_checked
-from pipeline.diffusion import GaussianDiffusion
-from pipeline.encoding import Encoding
+from pipeline.compose import sampling
+from pipeline.compose.sampling import TICKS_PER_QUARTER, GenerateOptions, Sampler
+from pipeline.data import midi
+from pipeline.data.encoding import Encoding
 from pipeline.errors import DmcError
-from pipeline.model import PRESETS, UNet
-from pipeline.sampling import TICKS_PER_QUARTER, GenerateOptions, Sampler
+from pipeline.model.checkpoints import write_checkpoint as save_checked
+from pipeline.model.diffusion import GaussianDiffusion
+from pipeline.model.unet import PRESETS, UNet
+from pipeline.render import audio
 
 MUSIC21 = Path(music21.__file__).parent
 PIANO_MIDI = MUSIC21 / "midi" / "testPrimitive" / "test03.mid"  # two piano tracks, 564 and 827 notes
@@ -161,7 +164,7 @@ def test_the_same_seed_writes_byte_identical_midi_files(checkpoint, tmp_path):
 
 
 def test_ddpm_visits_every_timestep_and_ddim_only_the_asked_steps(checkpoint):
-    from pipeline.model import load_trained
+    from pipeline.model.unet import load_trained
 
     model, _, kwargs = load_trained(checkpoint, "cpu")
     calls = []
@@ -180,7 +183,7 @@ def test_ddpm_visits_every_timestep_and_ddim_only_the_asked_steps(checkpoint):
 
 
 def test_long_pieces_have_the_asked_length_and_continue_the_first_window(checkpoint):
-    from pipeline.model import load_trained
+    from pipeline.model.unet import load_trained
 
     model, _, kwargs = load_trained(checkpoint, "cpu")
     diffusion = GaussianDiffusion(**kwargs)
@@ -194,7 +197,7 @@ def test_long_pieces_have_the_asked_length_and_continue_the_first_window(checkpo
 
 
 def test_pieces_come_a_batch_at_a_time_and_equal_one_call_for_all(checkpoint):
-    from pipeline.model import load_trained
+    from pipeline.model.unet import load_trained
 
     model, _, kwargs = load_trained(checkpoint, "cpu")
     diffusion, ddim = GaussianDiffusion(**kwargs), Sampler("ddim", 3)
@@ -278,7 +281,7 @@ def test_mp3_without_an_encoder_falls_back_to_wav_with_a_notice(monkeypatch, tmp
 
 
 def test_piano_roll_of_several_tracks_and_of_an_empty_piece(tmp_path):
-    from pipeline.plots import write_piano_roll
+    from pipeline.render.plots import write_piano_roll
 
     tracks = [midi.TrackNotes(np.array([60, 64]), np.array([0.0, 1.0]), np.array([1.0, 0.5]), name="a"),
               midi.TrackNotes(np.array([40]), np.array([0.5]), np.array([2.0]), program=32, name="b")]

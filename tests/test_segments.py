@@ -1,4 +1,4 @@
-"""Segments (pipeline/segments.py): windows, thresholds, split, normalization and the Parquet files."""
+"""Segments (pipeline/data/segments.py): windows, thresholds, split, normalization and the Parquet files."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import PREPARED_SEQ_LEN, PREPARED_SPLIT
 
-from pipeline import segments
-from pipeline.errors import DmcError
-from pipeline.midi import Notes, RejectedFile, TrackNotes, extract_notes, write_midi
-from pipeline.segments import (
+from pipeline.data import segments
+from pipeline.data.midi import Notes, RejectedFile, TrackNotes, extract_notes, write_midi
+from pipeline.data.segments import (
     FEATURES,
     Encoding,
     PrepareConfig,
@@ -27,6 +26,7 @@ from pipeline.segments import (
     window_starts,
     write_prepared,
 )
+from pipeline.errors import DmcError
 
 
 def make_notes(duration, delta, pitch=None) -> Notes:

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from conftest import HANG_GUARD_S
 
-from pipeline import tracking
 from pipeline.errors import DmcError
+from pipeline.record import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_store_is_sqlite_at_dvc_root_even_from_an_experiment_temp_copy(tmp_path,
 
 
 def test_importing_the_stage_wrapper_and_tracking_touches_no_store(tmp_path):
-    code = "import sys, stages, pipeline.tracking; print('mlflow' in sys.modules)"
+    code = "import sys, stages, pipeline.record.tracking; print('mlflow' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=HANG_GUARD_S)
@@ -208,13 +208,13 @@ def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(re
     import mlflow.pytorch
     import torch
 
-    from pipeline.model import UNet, get_config
+    from pipeline.model.unet import UNet, get_config
 
     config = get_config("tiny")
     model = UNet(config)
     (repo / "models").mkdir()
     diffusion = {"timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02}
-    from pipeline.checkpoints import write_checkpoint
+    from pipeline.model.checkpoints import write_checkpoint
 
     write_checkpoint(repo / "models/model.pt", {"config": asdict(config), "ema": model.state_dict(),
                                                 "stats": {}, "step": 3, "diffusion": diffusion})
@@ -240,7 +240,7 @@ def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(re
     logged = client.get_logged_model(output.model_id)
     assert logged.source_run_id == child.info.run_id
     files = [a.path for a in client.list_logged_model_artifacts(logged.model_id, "code/pipeline")]
-    assert "code/pipeline/model.py" in files and not any("weights" in f for f in files)
+    assert "code/pipeline/model/unet.py" in files and not any("weights" in f for f in files)
     prepared = tracking.dvc_md5(repo / "data/prepared")
     for run in (child, parent):  # one context for the prepared data wherever it is an input
         assert [(d.dataset.digest, [t.value for t in d.tags]) for d in run.inputs.dataset_inputs] == \
@@ -254,8 +254,8 @@ def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(re
 
 
 def write_samples(folder: Path, n: int = 2) -> None:
-    from pipeline.midi import TrackNotes, write_midi
-    from pipeline.plots import write_piano_roll
+    from pipeline.data.midi import TrackNotes, write_midi
+    from pipeline.render.plots import write_piano_roll
 
     folder.mkdir()
     for i in range(n):
@@ -290,7 +290,8 @@ def test_sample_stage_logs_the_samples_and_a_self_contained_gallery_on_the_paren
 
 
 def test_gallery_caption_says_the_clip_length_and_the_whole_pieces_length(tmp_path):
-    from pipeline import audio, gallery
+    from pipeline.record import gallery
+    from pipeline.render import audio
 
     write_samples(tmp_path / "samples", n=1)
     with wave.open(str(tmp_path / "samples/sample_000.wav"), "wb") as w:  # 95 s, longer than a preview
@@ -467,7 +468,7 @@ def test_the_next_execution_ends_runs_whose_process_is_gone_in_one_line(repo, ca
 
 WORKER = """
 import sys
-from pipeline import tracking
+from pipeline.record import tracking
 import os
 for stage in ("download", "prepare", "train"):
     os.environ["DVC_EXP_NAME"] = sys.argv[1]

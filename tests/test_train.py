@@ -18,10 +18,10 @@ import torch
 import yaml
 from conftest import HANG_GUARD_S, REPO, repo_params
 
-from pipeline.checkpoints import write_checkpoint
 from pipeline.errors import DmcError
+from pipeline.model.checkpoints import write_checkpoint
+from pipeline.model.training import TrainData, TrainSettings, batch_indices, checkpoint_path, load_data, train
 from pipeline.params import validate
-from pipeline.training import TrainData, TrainSettings, batch_indices, checkpoint_path, load_data, train
 
 SETTINGS = TrainSettings(preset="tiny", steps=6, batch_size=8, val_every=3, checkpoint_every=2)
 
@@ -108,7 +108,7 @@ def test_unreadable_or_misfit_checkpoint_is_a_one_line_error(data, tmp_path):
     path = checkpoint_path(tmp_path / "models")
     train(SETTINGS, data, tmp_path / "models", tmp_path / "metrics", device="cpu", stop_at=2, log=_quiet)
     ckpt = torch.load(path, weights_only=True)
-    from pipeline.model import UNet, get_config
+    from pipeline.model.unet import UNet, get_config
     ckpt["model"] = UNet(get_config("small")).state_dict()  # same fingerprint, other network
     write_checkpoint(path, ckpt)
     with pytest.raises(DmcError, match="does not fit this config") as err:
@@ -133,8 +133,8 @@ def test_a_checkpoint_with_flipped_bytes_is_refused_on_resume(data, tmp_path):
 
 
 def test_ctrl_c_says_which_checkpoint_is_kept(data, tmp_path, monkeypatch):
-    from pipeline import training
     from pipeline.errors import Interrupted
+    from pipeline.model import training
 
     real, saved = training.save_checkpoint, []
 
@@ -313,9 +313,9 @@ def _steps(kind: str, device: str, masked: bool, steps: int = 5) -> tuple[torch.
     `graph` step, across an lr switch, with the loop's per-step seeding."""
     import contextlib
 
-    from pipeline.cuda_graph import CudaGraphStep, StaticStep
-    from pipeline.model import get_config
-    from pipeline.training import build, optimize, step_seed
+    from pipeline.model.cuda_graph import CudaGraphStep, StaticStep
+    from pipeline.model.training import build, optimize, step_seed
+    from pipeline.model.unet import get_config
 
     settings = TrainSettings(preset="tiny", steps=steps, batch_size=4, lr=1e-3, lr_final=1e-4, lr_switch=0.6)
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from pipeline import mlflow_views, tracking, ui
 from pipeline.errors import DmcError
+from pipeline.record import mlflow_views, tracking, ui
 
 REPO = Path(__file__).resolve().parents[1]
 

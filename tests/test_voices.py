@@ -1,6 +1,6 @@
-"""The grid layout (pipeline/voices.py), its prepare (pipeline/voice_training.py) and harmonizing with it
-(pipeline/harmonize.py): on the chorales of `satb_project` (conftest.py) and a randomly initialised grid
-U-Net of a short window and a 20-step schedule, so every test takes seconds."""
+"""The grid layout (pipeline/data/voices.py), its prepare (pipeline/model/voice_training.py) and
+harmonizing with it (pipeline/compose/harmonize.py): on the chorales of `satb_project` (conftest.py)
+and a randomly initialised grid U-Net of a short window and a 20-step schedule, so every test takes seconds."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import pytest
 import torch
 from conftest import SATB
 
-from pipeline import voices
-from pipeline.checkpoints import write_checkpoint
 from pipeline.cli import main
+from pipeline.compose.harmonize import compose, harmonize, load_grid_model
+from pipeline.compose.rows import RowNotes, read_rows
+from pipeline.compose.sampling import Sampler
+from pipeline.data import voices
+from pipeline.data.midi import TrackNotes, write_midi
 from pipeline.errors import DmcError
-from pipeline.harmonize import compose, harmonize, load_grid_model
-from pipeline.midi import TrackNotes, write_midi
-from pipeline.model import UNet
-from pipeline.multirow import RowNotes, read_rows
-from pipeline.sampling import Sampler
-from pipeline.voice_training import grid_config, load_grid_data, write_grid_prepared
+from pipeline.model.checkpoints import write_checkpoint
+from pipeline.model.unet import UNet
+from pipeline.model.voice_training import grid_config, load_grid_data, write_grid_prepared
 
 WIDTH = 32  # grid steps per window of the test model: 8 beats, so a chorale takes several windows
 
@@ -243,7 +243,7 @@ def test_evaluate_harmony_measures_a_grid_model_on_the_test_split(grid_project, 
 
 
 def test_the_shipped_four_voice_model_passes_its_card_checks_and_is_small():
-    from pipeline.pretrained import WEIGHTS, check_shipped
+    from pipeline.compose.shipped import WEIGHTS, check_shipped
 
     folder = WEIGHTS / "bach-satb"
     card = check_shipped(folder)  # format, sha256, weights_only load, probe
@@ -262,7 +262,7 @@ def test_the_shipped_four_voice_model_passes_its_card_checks_and_is_small():
 def test_a_damaged_shipped_model_is_refused_in_one_line(tmp_path):
     import shutil
 
-    from pipeline.pretrained import WEIGHTS, check_shipped
+    from pipeline.compose.shipped import WEIGHTS, check_shipped
 
     copy = tmp_path / "bach-satb"
     shutil.copytree(WEIGHTS / "bach-satb", copy)

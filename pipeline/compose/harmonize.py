@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import voices
+from pipeline.compose.rows import RowNotes
+from pipeline.data import voices
 from pipeline.errors import DmcError
-from pipeline.multirow import RowNotes
 
 BEAT = 1.0  # a piece's grid starts on a beat, so step j has the metric place it had in training
 
@@ -63,8 +63,8 @@ def is_grid(stats: Mapping[str, Any]) -> bool:
 
 def load_grid_model(path: str | Path, sampler: Any, device: str | torch.device = "cpu") -> GridModel:
     """A grid-layout checkpoint ready to sample with `sampler` (a `pipeline.sampling.Sampler`)."""
-    from pipeline.diffusion import GaussianDiffusion
-    from pipeline.model import load_trained
+    from pipeline.model.diffusion import GaussianDiffusion
+    from pipeline.model.unet import load_trained
 
     model, stats, diffusion_kwargs = load_trained(path, device)
     if not is_grid(stats):
@@ -235,7 +235,7 @@ def compose(n: int, steps: int, model: GridModel, seed: int = 0, hop: int | None
 def grid_model_path(choice: str | Path | None, default: str | None = None) -> Path | None:
     """The checkpoint `choice` names (`pipeline.pretrained.resolve_model`; None: `default`, a shipped
     model, or else the checkout's), when it is of the grid layout; else None."""
-    from pipeline.pretrained import resolve_model
+    from pipeline.compose.shipped import resolve_model
 
     path = resolve_model(choice if choice is not None else default).path
     try:
@@ -249,7 +249,7 @@ def melody_rows(path: str | Path, groups: Sequence[str], keep: Sequence[str]) ->
     """The kept rows of a prompt file (`pipeline.multirow.kept_rows`: a one-track file is the melody)."""
     import symusic
 
-    from pipeline.multirow import kept_rows
+    from pipeline.compose.rows import kept_rows
 
     try:
         notes = sum(t.note_num() for t in symusic.Score(str(path)).tracks)
@@ -270,11 +270,11 @@ def write_pieces(out_dir: str | Path, stems: Sequence[str], pieces: Sequence[lis
     import shutil
     import tempfile
 
-    from pipeline.sampling import _write_piece, programs_for, row_tracks
+    from pipeline.compose.sampling import _write_piece, programs_for, row_tracks
 
     notices: list[str] = []
     if opts.audio:
-        from pipeline.audio import missing_tools
+        from pipeline.render.audio import missing_tools
 
         notice = missing_tools(opts.audio)
         if notice:
@@ -311,8 +311,8 @@ def harmonize_files(melody: str | Path, out_dir: str | Path, opts: Any, model_pa
     into `out_dir` as MELODY_000.mid, ... Returns a summary (files, seconds, consonance of each)."""
     import time
 
-    from pipeline.sampling import Sampler
-    from pipeline.voice_leading import voice_leading
+    from pipeline.compose.sampling import Sampler
+    from pipeline.evaluate.voice_leading import voice_leading
 
     model = load_grid_model(model_path, Sampler(opts.sampler, opts.steps, opts.eta, opts.guard),
                             opts.device or "cpu")
@@ -337,8 +337,8 @@ def generate_grid_files(out_dir: str | Path, opts: Any, model_path: Path, log: A
     `--length` grid steps (default: one window) from scratch. Writes sample_000.mid, ..."""
     import time
 
-    from pipeline.multirow import check_keep
-    from pipeline.sampling import Sampler
+    from pipeline.compose.rows import check_keep
+    from pipeline.compose.sampling import Sampler
 
     model = load_grid_model(model_path, Sampler(opts.sampler, opts.steps, opts.eta, opts.guard),
                             opts.device or "cpu")

@@ -1,6 +1,6 @@
 """Multi-row generation: rows aligned in time, kept rows (harmonize, accompany) and pieces of any length.
 
-A multi-row model's window is the prepare stage's (`pipeline.instruments`): all rows cover one span of
+A multi-row model's window is the prepare stage's (`pipeline.data.instruments`): all rows cover one span of
 beats that starts on a note onset, each row holds its notes of the span from position 0 with the first
 delta counted from the span's start, and the busiest row is full. Generation works in that frame, one
 window after another:
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import midi
+from pipeline.compose.sampling import decoded_features, denoise_window, encode_notes, frequency_to_pitch
+from pipeline.data import midi
 from pipeline.errors import DmcError
-from pipeline.sampling import decoded_features, denoise_window, encode_notes, frequency_to_pitch
 
 EMPTY = np.zeros(0)
 
@@ -78,7 +78,7 @@ NO_NOTES = RowNotes.of(EMPTY, EMPTY, EMPTY)
 def read_rows(path: str | Path, groups: Sequence[str], what: str = "--prompt") -> list[RowNotes | None]:
     """Each instrument group's track of a MIDI file, found as the prepare stage finds it (None: absent).
     Errors name the file as `what`'s."""
-    from pipeline.instruments import extract_rows, groups_of
+    from pipeline.data.instruments import extract_rows, groups_of
 
     path = Path(path)
     if not path.is_file():
@@ -219,7 +219,7 @@ class Given:
         return not self.kept and self.prompt is None
 
     def moved(self, semitones: int) -> Given:
-        """The same notes transposed (into the common key, `pipeline.keys`)."""
+        """The same notes transposed (into the common key, `pipeline.data.keys`)."""
         def move(r: RowNotes) -> RowNotes:
             return RowNotes(r.pitch + semitones, r.onset, r.duration)
 

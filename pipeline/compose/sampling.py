@@ -1,19 +1,19 @@
 """From a trained model to MIDI files: sample, decode to notes, continue a prompt, grow long pieces.
 
 One sample is a float array [3, H, W]: the encoded (frequency, duration, delta) of W notes on each of
-H instrument rows, the layout `pipeline.segments` writes. Decoding inverts that layout:
+H instrument rows, the layout `pipeline.data.segments` writes. Decoding inverts that layout:
 
-    clip to the train split's bounds -> `pipeline.encoding` decodes -> pitch = round(69 + 12 log2(f / 440))
+    clip to the train split's bounds -> `pipeline.data.encoding` decodes -> pitch = round(69 + 12 log2(f / 440))
     -> deltas under `chord_snap` become 0 -> onset = running sum of delta -> ticks at TICKS_PER_QUARTER
-    (optionally snapped to a grid: one given, or the data's own with `auto`) -> `pipeline.midi.write_midi`.
+    (optionally snapped to a grid: one given, or the data's own with `auto`) -> `pipeline.data.midi.write_midi`.
 
-Several rows (multi-instrument mode, `pipeline.instruments`): every row's first delta counts from the
+Several rows (multi-instrument mode, `pipeline.data.instruments`): every row's first delta counts from the
 window's shared start, so all rows are shifted by the same amount (the smallest first delta) and stay
 aligned. Training masks padding out of the loss, so the model writes a note at every position of every
 row; in the data a window ends where its busiest row runs out of room, so decoding ends every row at the
 earliest last onset of any row, and notes after it (positions that were padding in training) are not
 written. Multi-row pieces of any length, and pieces around kept rows (harmonize a melody), are grown in
-time-aligned windows by `pipeline.multirow`; `generate_files` sends every multi-row model there.
+time-aligned windows by `pipeline.compose.rows`; `generate_files` sends every multi-row model there.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import midi
-from pipeline.diffusion import GUARDS, SAMPLERS
+from pipeline.data import midi
+from pipeline.data.keys import draw_shift, fitting, key_shift
 from pipeline.errors import DmcError
-from pipeline.keys import draw_shift, fitting, key_shift
+from pipeline.model.diffusion import GUARDS, SAMPLERS
 
 if TYPE_CHECKING:
-    from pipeline.multirow import Given, RowNotes
+    from pipeline.compose.rows import Given, RowNotes
 
 TICKS_PER_QUARTER = 480
 AUTO = "auto"  # quantize: snap to the grid the training data lies on
@@ -167,7 +167,7 @@ def encode_notes(pitch: np.ndarray, duration: np.ndarray, delta: np.ndarray, enc
 def read_prompt(path: str | Path, encoding: Any, n_notes: int,
                 programs: Sequence[int] | None = None, move: int | None = 0) -> np.ndarray:
     """The first `n_notes` notes of a MIDI file, extracted as the prepare stage does, coded: [C, K].
-    `move` transposes them (semitones); None moves them to the common key (`pipeline.keys`).
+    `move` transposes them (semitones); None moves them to the common key (`pipeline.data.keys`).
 
     Raises DmcError when the file is missing, not MIDI, or has no usable track.
     """
@@ -194,7 +194,7 @@ def read_prompt(path: str | Path, encoding: Any, n_notes: int,
 @dataclass
 class Sampler:
     """How to run the reverse process: `ddpm` visits all T steps, the others (`ddim`, `dpm++`, `unipc`)
-    visit `steps` of them. `guard` keeps the x_0 estimate in the data's range (`pipeline.diffusion.GUARDS`):
+    visit `steps` of them. `guard` keeps the x_0 estimate in the data's range (`pipeline.model.diffusion.GUARDS`):
     `clip` (to the train split's bounds, per feature), `step_clip` (to ±1 inside the step), `dynamic`
     (Imagen's percentile thresholding) or `none`."""
 
@@ -225,7 +225,7 @@ class Sampler:
 
     def diffusion(self, config: dict[str, Any], encoding: Any, device: torch.device | str = "cpu") -> Any:
         """The model's diffusion process (its checkpoint's `config`), with this sampler's x_0 guard."""
-        from pipeline.diffusion import GaussianDiffusion
+        from pipeline.model.diffusion import GaussianDiffusion
 
         low, high = encoding.model_bounds
         # diffusers' thresholding: per sample s = the 99.5% quantile of |x_0|, kept within [1, cap]; x_0 is
@@ -338,12 +338,12 @@ def find_model(start: str | Path | None = None) -> Path:
     for folder in (here.resolve(), *here.resolve().parents):
         if (folder / "dvc.yaml").is_file():
             return folder / MODEL_PATH
-    return Path(__file__).resolve().parents[1] / MODEL_PATH
+    return Path(__file__).resolve().parents[2] / MODEL_PATH
 
 
 def programs_for(stats: dict[str, Any], rows: int) -> list[tuple[int, bool, str]]:
     """(GM program, is_drum, name) for each model row, from the training data's stats. Tracks are named
-    after their instrument group, which is how `pipeline.instruments` finds them again."""
+    after their instrument group, which is how `pipeline.data.instruments` finds them again."""
     names = list(stats.get("instruments") or ["piano"])[:rows]
     names += [f"row {h}" for h in range(len(names), rows)]
     # stats["row_programs"] (one GM program per row) is written by multi-instrument prepare; piano is 0.
@@ -389,7 +389,7 @@ class GenerateOptions:
 
 def check_options(opts: GenerateOptions) -> None:
     """Refuse bad options before any model is loaded or any file is touched."""
-    from pipeline.audio import FORMATS
+    from pipeline.render.audio import FORMATS
 
     if opts.n <= 0:
         raise DmcError(f"--n must be positive, got {opts.n}")
@@ -437,10 +437,10 @@ class LoadedModel:
 def load_sampler(checkpoint: str | Path | None, opts: GenerateOptions,
                  log: Callable[[str], None] = print) -> LoadedModel:
     """Load `checkpoint` (a path, a shipped model's name, or None for the checkout's model falling back to
-    the shipped default, `pipeline.pretrained.resolve_model`) for sampling with `opts`' sampler."""
-    from pipeline.encoding import Encoding
-    from pipeline.model import default_device, load_trained
-    from pipeline.pretrained import resolve_model
+    the shipped default, `pipeline.compose.shipped.resolve_model`) for sampling with `opts`' sampler."""
+    from pipeline.compose.shipped import resolve_model
+    from pipeline.data.encoding import Encoding
+    from pipeline.model.unet import default_device, load_trained
 
     sampler = Sampler(opts.sampler, opts.steps, opts.eta, opts.guard)
     chosen = resolve_model(checkpoint)
@@ -458,19 +458,19 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     """Sample `opts.n` pieces with a model and write sample_000.mid, ... into `out_dir`.
 
     `checkpoint`: a path, a shipped model's name, or None for the checkout's model falling back to the
-    shipped default (`pipeline.pretrained.resolve_model`).
+    shipped default (`pipeline.compose.shipped.resolve_model`).
 
-    All or nothing (`pipeline.writing.pieces_into`): the pieces are written into a temp folder inside
+    All or nothing (`pipeline.compose.write.pieces_into`): the pieces are written into a temp folder inside
     `out_dir`, then replace its earlier pieces in one step; an error or Ctrl-C leaves `out_dir` as it
     was, and a second writer into the same folder is refused. Returns a summary (files, seconds, notices).
     """
-    from pipeline.multirow import check_keep, check_length, generate_rows
-    from pipeline.writing import pieces_into
+    from pipeline.compose.rows import check_keep, check_length, generate_rows
+    from pipeline.compose.write import pieces_into
 
     check_options(opts)
-    from pipeline.harmonize import generate_grid_files, grid_model_path
+    from pipeline.compose.harmonize import generate_grid_files, grid_model_path
 
-    grid_model = grid_model_path(checkpoint)  # a model of the grid layout (pipeline.voices) composes there
+    grid_model = grid_model_path(checkpoint)  # a model of the grid layout (pipeline.data.voices) composes there
     if grid_model is not None:
         return generate_grid_files(out_dir, opts, grid_model, log)
     loaded = load_sampler(checkpoint, opts, log)
@@ -481,7 +481,7 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     groups = list(stats.get("instruments") or ["piano"])
     rows = len(groups)
     tracks_of = programs_for(stats, rows)
-    common = stats.get("key") == "common"  # the model composes in one key (`pipeline.keys`)
+    common = stats.get("key") == "common"  # the model composes in one key (`pipeline.data.keys`)
     prompt_move = 0  # semitones the given notes were moved into the common key
     if rows > 1:
         given = _given(opts, groups)
@@ -520,7 +520,7 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
     for notice in notices:
         log(notice)
     if opts.audio:
-        from pipeline.audio import missing_tools
+        from pipeline.render.audio import missing_tools
 
         notice = missing_tools(opts.audio)
         if notice:
@@ -547,7 +547,7 @@ def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str |
 
 def _given(opts: GenerateOptions, groups: list[str]) -> Given:
     """What a multi-row piece starts from: the kept parts of the prompt, or its start to continue."""
-    from pipeline.multirow import Given, kept_rows, prompt_rows
+    from pipeline.compose.rows import Given, kept_rows, prompt_rows
 
     if opts.keep:
         return Given(kept_rows(opts.prompt, groups, opts.keep))
@@ -574,7 +574,7 @@ def _array_tracks(x: np.ndarray, encoding: Any, grid: int | None, keep: np.ndarr
 def _out_of_common_key(batches: Iterator[list[Track]], stats: dict[str, Any], pitch_range: tuple[int, int],
                        seed: int, move: int | None) -> Iterator[list[Track]]:
     """Pieces composed in the common key, each moved to a key of the data: back by `move` where the notes
-    were given (a prompt, kept parts), else by `pipeline.keys.draw_shift`, an octave the other way where
+    were given (a prompt, kept parts), else by `pipeline.data.keys.draw_shift`, an octave the other way where
     that keeps the piece inside the train split's range."""
     rng = np.random.default_rng([seed, 12])
     low, high = pitch_range
@@ -594,7 +594,7 @@ def _out_of_common_key(batches: Iterator[list[Track]], stats: dict[str, Any], pi
 def on_grid(row: RowNotes, grid: int | None) -> RowNotes:
     """A generated row as it is written: onsets and durations in whole ticks (on `grid`, if given), no note
     shorter than MIN_DURATION_TICKS, none twice on one pitch and tick (`to_ticks`)."""
-    from pipeline.multirow import RowNotes
+    from pipeline.compose.rows import RowNotes
 
     t = to_ticks(row.pitch, row.onset, row.duration, grid)
     return RowNotes.of(t.pitch, t.onset / TICKS_PER_QUARTER, t.duration / TICKS_PER_QUARTER)
@@ -627,7 +627,7 @@ def _device(name: str) -> torch.device:
 def _write_piece(folder: Path, stem: str, tracks: Track, opts: GenerateOptions, notices: list[str],
                  log: Callable[[str], None]) -> list[str]:
     """Write one piece's MIDI (and audio, piano roll) into `folder`; returns the file names."""
-    from pipeline import audio
+    from pipeline.render import audio
 
     midi.write_midi(folder / f"{stem}.mid", tracks, tempo=opts.tempo, ticks_per_quarter=TICKS_PER_QUARTER)
     names = [f"{stem}.mid"]
@@ -639,7 +639,7 @@ def _write_piece(folder: Path, stem: str, tracks: Track, opts: GenerateOptions, 
             notices.append(f"notice: no audio for {stem}: {err}")
             log(notices[-1])
     if opts.plot:
-        from pipeline.plots import write_piano_roll
+        from pipeline.render.plots import write_piano_roll
 
         names.append(write_piano_roll(folder / f"{stem}.png", tracks, title=stem).name)
     return names

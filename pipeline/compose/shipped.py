@@ -1,7 +1,7 @@
 """Shipped models: trained weights that come with the package, so `dmc generate` composes right after install.
 
 A shipped model is a folder `pipeline/weights/NAME/` of two files:
-- `model.pt`: the checkpoint `pipeline.model.load_trained` reads (config, EMA weights, stats, diffusion,
+- `model.pt`: the checkpoint `pipeline.model.unet.load_trained` reads (config, EMA weights, stats, diffusion,
   step), with every floating-point weight stored as bfloat16, which halves the package; they load back
   into the float32 model unchanged.
 - `card.json`: what the model is and where it came from: the params of its run (as dvc.lock recorded
@@ -10,7 +10,7 @@ A shipped model is a folder `pipeline/weights/NAME/` of two files:
 
 Loading a shipped model checks, in order: the card's format, the sha256 of each file the card lists, the
 checkpoint itself (`weights_only=True`, and the checksum of its contents every dmc checkpoint carries,
-`pipeline.checkpoints`), then the probe: the network's output on a fixed input, recorded
+`pipeline.model.checkpoints`), then the probe: the network's output on a fixed input, recorded
 at export, must come out again. A model the code no longer reads the same way (a renamed config field, a
 layer that computes something else) fails one of these with one line instead of composing noise.
 
@@ -33,7 +33,7 @@ import torch
 
 from pipeline.errors import DmcError
 
-WEIGHTS = Path(__file__).resolve().parent / "weights"
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT = "bach"  # what `dmc generate` uses when the checkout has no trained model
 CARD = "card.json"
 WEIGHTS_FILE = "model.pt"
@@ -114,7 +114,7 @@ def _probe_error(values: list[float], reference: list[float]) -> float:
 
 def check_shipped(folder: str | Path) -> dict[str, Any]:
     """Verify a shipped-model folder end to end (card, hashes, checkpoint, probe); returns its card."""
-    from pipeline.model import load_trained
+    from pipeline.model.unet import load_trained
 
     folder = Path(folder)
     card = read_card(folder)
@@ -148,7 +148,7 @@ def resolve_model(choice: str | Path | None = None, start: str | Path | None = N
     path, either to a checkpoint or to a shipped-model folder (as `export-model` writes). Shipped models
     are verified (`check_shipped`) before they are handed out.
     """
-    from pipeline.sampling import find_model
+    from pipeline.compose.sampling import find_model
 
     if choice is None:
         local = find_model(start)
@@ -196,7 +196,7 @@ def _one_line(name: str, card: dict[str, Any]) -> str:
 def list_models(start: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per model `dmc generate` can use: the checkout's trained model (when there is one), then
     each shipped model. `default` marks the one used without --model."""
-    from pipeline.sampling import find_model
+    from pipeline.compose.sampling import find_model
 
     rows = []
     local = find_model(start)
@@ -225,13 +225,13 @@ def list_models(start: str | Path | None = None) -> list[dict[str, Any]]:
 def _local_row(path: Path) -> dict[str, Any]:
     """The checkout's model: steps and preset from the checkpoint; dataset and oa_mean from dvc.lock and
     metrics/evaluate.json, only when dvc.lock ties them to this very file."""
-    from pipeline.model import PRESETS, UNetConfig
+    from pipeline.model.unet import PRESETS, UNetConfig
 
     root = path.parent.parent
     row: dict[str, Any] = {"name": str(path), "dataset": "?", "preset": "?", "steps": "?", "oa_mean": None,
                            "source": "trained in this checkout"}
-    from pipeline.checkpoints import read_checkpoint
-    from pipeline.model import MODEL_ADVICE
+    from pipeline.model.checkpoints import read_checkpoint
+    from pipeline.model.unet import MODEL_ADVICE
 
     try:
         ckpt = read_checkpoint(path, MODEL_ADVICE)
@@ -454,9 +454,9 @@ def export_model(name: str, root: str | Path = ".", checkpoint: str | Path | Non
     run in checkout ROOT: its models/model.pt (or `checkpoint`), dvc.lock and metrics. The weights are
     stored as `dtype` (bfloat16 halves the file; the card records how far that moves the output). Atomic:
     an error leaves any previous folder of that name as it was."""
-    from pipeline.checkpoints import read_checkpoint, write_checkpoint
     from pipeline.files import atomic_path
-    from pipeline.model import MODEL_ADVICE, UNet, UNetConfig, load_trained
+    from pipeline.model.checkpoints import read_checkpoint, write_checkpoint
+    from pipeline.model.unet import MODEL_ADVICE, UNet, UNetConfig, load_trained
 
     if not NAME.fullmatch(name):
         raise DmcError(f"model name {name!r}: use lowercase letters, digits, - and _")

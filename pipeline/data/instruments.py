@@ -1,7 +1,7 @@
 """Multi-instrument mode: instrument groups, one main track per group, and time-aligned segment rows.
 
 The param `instruments` lists groups; each group is one row of the model's height axis (H = number of
-groups). `[piano]` alone is the original single-row mode, handled by `pipeline.segments` unchanged
+groups). `[piano]` alone is the original single-row mode, handled by `pipeline.data.segments` unchanged
 (its track set is `prepare.programs`); any other list takes the path described here.
 
 Groups (`GROUPS`): the General MIDI families (piano 0-7, chromatic 8-15, organ 16-23, guitar, bass,
@@ -38,7 +38,7 @@ import numpy as np
 import symusic
 
 from pipeline.errors import DmcError
-from pipeline.midi import Notes, RejectedFile, _clean, _midi_bytes, frequency
+from pipeline.data.midi import Notes, RejectedFile, _clean, _midi_bytes, frequency
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def group_of(groups: Sequence[Group], program: int, is_drum: bool, name: str) ->
 
 def extract_rows(path: str | Path, groups: Sequence[Group]) -> list[Notes | None]:
     """Each group's main track of one MIDI file (None where the file has none), following the note
-    contract of `pipeline.midi` (cleaning, beats from the file's ticks-per-quarter, delta within the track).
+    contract of `pipeline.data.midi` (cleaning, beats from the file's ticks-per-quarter, delta within the track).
 
     Raises RejectedFile for a file that cannot be read or has no track in any group.
     """

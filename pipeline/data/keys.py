@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from pipeline.encoding import Encoding
+    from pipeline.data.encoding import Encoding
 
 WHITE = np.isin(np.arange(12), (0, 2, 4, 5, 7, 9, 11))  # the C major scale's pitch classes
 SHIFTS = np.arange(-6, 6)  # candidate moves, semitones

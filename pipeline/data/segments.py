@@ -12,7 +12,7 @@ On disk (`data/prepared/`):
 - rejects.parquet: `file`, `code` (a short category) and `reason` for every file that gave no segment.
 
 Multi-instrument mode (`instruments` other than `[piano]`): the H rows of a segment are each group's main
-track over one shared span of beats, cut as `pipeline.instruments` describes (rows padded at the end; the
+track over one shared span of beats, cut as `pipeline.data.instruments` describes (rows padded at the end; the
 first delta of a row counts from the span's start). segments.parquet then has one more column, `mask`
 (list<uint8> of H*seq_len, 1 = a real note; padded entries hold 0 in every feature and in `pitch`), and
 stats.json has `row_programs` (the GM program to write per row) and `min_instruments`. The min/max
@@ -36,10 +36,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.encoding import FEATURES, ORIGINAL, Encoding, EncodingFit
+from pipeline.data.encoding import FEATURES, ORIGINAL, Encoding, EncodingFit
 from pipeline.errors import DmcError, ignore_interrupts
 from pipeline.files import atomic_path
-from pipeline.instruments import (
+from pipeline.data.instruments import (
     RowWindows,
     extract_rows,
     file_windows,
@@ -47,7 +47,7 @@ from pipeline.instruments import (
     is_single_piano,
     row_programs,
 )
-from pipeline.midi import DEFAULT_PROGRAMS, Notes, RejectedFile, extract_notes, frequency, pitch_of
+from pipeline.data.midi import DEFAULT_PROGRAMS, Notes, RejectedFile, extract_notes, frequency, pitch_of
 
 SPLITS = ("train", "val", "test")
 SEGMENTS_FILE = "segments.parquet"
@@ -97,7 +97,7 @@ class PrepareConfig:
 
     @property
     def multi(self) -> bool:
-        """Multi-instrument mode: rows from `pipeline.instruments`, with a mask."""
+        """Multi-instrument mode: rows from `pipeline.data.instruments`, with a mask."""
         return not is_single_piano(self.instruments)
 
 
@@ -237,7 +237,7 @@ def _extract(path: Path, programs: Sequence[int]) -> Notes | RejectedFile:
 
 
 def cut_rows(paths: Sequence[Path], config: PrepareConfig, hops: Sequence[int] | None = None) -> Windows:
-    """Multi-instrument mode: each file's group rows cut into time-aligned windows (`pipeline.instruments`);
+    """Multi-instrument mode: each file's group rows cut into time-aligned windows (`pipeline.data.instruments`);
     a file that gives no window gets its RejectedFile in `rejects`. Never raises."""
     groups = groups_of(config.instruments)
     h, w = len(groups), config.seq_len

@@ -6,7 +6,7 @@
   only: a model should beat it on anything that spans more than two notes.
 
 Both work on the model's own representation, `[N, 3 features, H rows, W notes]` segments, so what
-they produce decodes with `pipeline.segments.segment_to_notes` exactly like real segments. In
+they produce decodes with `pipeline.data.segments.segment_to_notes` exactly like real segments. In
 multi-instrument mode a mask (`[N, H, W]`, 1 = a real note, padding a suffix of each row) goes with the
 segments: only real notes are shuffled or counted, and Markov rows take the lengths of the real draw.
 """
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.encoding import Encoding
-from pipeline.metrics import QUANTUM
-from pipeline.midi import frequency, pitch_of
+from pipeline.data.encoding import Encoding
+from pipeline.data.midi import frequency, pitch_of
+from pipeline.evaluate.metrics import QUANTUM
 
 
 def shuffle_segments(x: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None) -> np.ndarray:

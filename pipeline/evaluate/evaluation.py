@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import metrics
-from pipeline.baselines import baseline_sets, choose, masked_baseline_sets
-from pipeline.encoding import Encoding
+from pipeline.data.encoding import Encoding
+from pipeline.data.midi import pitch_of
+from pipeline.data.segments import load_mask, load_split, load_stats
 from pipeline.errors import DmcError
-from pipeline.midi import pitch_of
-from pipeline.segments import load_mask, load_split, load_stats
+from pipeline.evaluate import metrics
+from pipeline.evaluate.baselines import baseline_sets, choose, masked_baseline_sets
 
 SETS = ("generated", "markov", "shuffle", "real")  # `real`: train segments, the real-vs-real ceiling
 

@@ -2,16 +2,17 @@
 
 For every test file of a multi-row dataset (the chorales as `bach-satb`), the kept parts (default: the
 first row, the soprano) are taken whole from the file and the model writes the other rows
-(`pipeline.multirow`), as `dmc generate --prompt FILE --keep soprano` does. Three sets are measured:
+(`pipeline.compose.rows`), as `dmc generate --prompt FILE --keep soprano` does. Three sets are measured:
 - `model`: the model's harmonizations;
 - `markov`: the same kept parts, each other voice drawn from its own first-order Markov chain fitted on the
   train split's notes of that voice. It never looks at the melody: the bar any harmonizer must clear;
 - `bach`: the test files as written.
 
 Per generated voice, against the real voices of the test files: OA (the mean over Yang & Lerch's
-features) and framewise consistency and variance (`pipeline.metrics`); `bach` there is the train files'
-voices, the real-vs-real ceiling. Per piece, all voices together: the consonant fraction of vertical
-intervals and parallel fifths and octaves per 100 notes (`pipeline.voice_leading`), averaged over pieces.
+features) and framewise consistency and variance (`pipeline.evaluate.metrics`);
+`bach` there is the train files' voices, the real-vs-real ceiling. Per piece, all voices together: the consonant fraction of vertical
+intervals and parallel fifths and octaves per 100 notes (`pipeline.evaluate.voice_leading`),
+averaged over pieces.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.baselines import MarkovChain
+from pipeline.compose.rows import NO_NOTES, Given, RowNotes, check_keep, generate_rows, read_rows
+from pipeline.compose.sampling import on_grid
+from pipeline.data.segments import SEGMENTS_FILE
 from pipeline.errors import DmcError
-from pipeline.metrics import QUANTUM, Piece, evaluate_sets, flat_metrics, from_zero
-from pipeline.multirow import NO_NOTES, Given, RowNotes, check_keep, generate_rows, read_rows
-from pipeline.sampling import on_grid
-from pipeline.segments import SEGMENTS_FILE
-from pipeline.voice_leading import voice_leading
+from pipeline.evaluate.baselines import MarkovChain
+from pipeline.evaluate.metrics import QUANTUM, Piece, evaluate_sets, flat_metrics, from_zero
+from pipeline.evaluate.voice_leading import voice_leading
 
 SETS = ("model", "markov", "bach")
 VOICE_COLUMNS = ("oa_mean", "framewise.pitch.consistency", "framewise.pitch.variance",
@@ -65,7 +66,7 @@ class HarmonyReport:
 
 def split_files(prepared_dir: str | Path, split: str) -> list[str]:
     """The files (relative to the dataset's root) that gave segments of `split`, in sorted order."""
-    from pipeline.voice_training import FILES_FILE
+    from pipeline.model.voice_training import FILES_FILE
 
     grid_files = Path(prepared_dir) / FILES_FILE  # the grid layout's prepare lists its files' splits
     if grid_files.is_file():
@@ -121,10 +122,10 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
                      n_unconditional: int = 16, resample: int = 1) -> HarmonyReport:
     """Harmonize every test file's kept parts with the model and with Markov voices; measure all three.
     `grid` (ticks) puts the generated voices on a rhythm grid, as `dmc generate --quantize` does.
-    `grid_model` (a `pipeline.harmonize.GridModel`) harmonizes instead of the note-layout model.
+    `grid_model` (a `pipeline.compose.harmonize.GridModel`) harmonizes instead of the note-layout model.
     `n_unconditional` pieces composed from scratch (one window each) give `unconditional.*`. `resample`:
-    RePaint's repeats per step for a grid model (`pipeline.harmonize.denoise`)."""
-    from pipeline import harmonize
+    RePaint's repeats per step for a grid model (`pipeline.compose.harmonize.denoise`)."""
+    from pipeline.compose import harmonize
     groups = list(stats["instruments"])
     if len(groups) < 2:
         raise DmcError(f"evaluate-harmony: the model has one row ({groups[0]}); it needs several instrument "
@@ -214,12 +215,19 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
     """`dmc evaluate-harmony`: load the model, harmonize the test files, write the metrics to `out` (JSON)
     and, with `samples_dir`, each harmonization as MIDI and a piano roll named after its test file.
     Returns the report and the model's instrument groups."""
-    from pipeline import midi
-    from pipeline.datasets import read_manifest
+    from pipeline.compose.harmonize import grid_model_path, load_grid_model
+    from pipeline.compose.sampling import (
+        LoadedModel,
+        Sampler,
+        grid_ticks,
+        load_sampler,
+        programs_for,
+        row_tracks,
+    )
+    from pipeline.data import midi
+    from pipeline.data.datasets import read_manifest
     from pipeline.files import atomic_path, write_json
-    from pipeline.harmonize import grid_model_path, load_grid_model
-    from pipeline.plots import write_piano_roll
-    from pipeline.sampling import LoadedModel, Sampler, grid_ticks, load_sampler, programs_for, row_tracks
+    from pipeline.render.plots import write_piano_roll
 
     _, root, _ = read_manifest(Path(manifest))
     if not root.is_absolute():  # the download stage writes it relative to the project: above data/

@@ -29,9 +29,9 @@ import muspy
 import numpy as np
 from scipy.spatial.distance import cdist, pdist
 
-from pipeline.encoding import Encoding
-from pipeline.midi import RejectedFile, extract_notes
-from pipeline.segments import segment_to_notes
+from pipeline.data.encoding import Encoding
+from pipeline.data.midi import RejectedFile, extract_notes
+from pipeline.data.segments import segment_to_notes
 
 RESOLUTION = 24  # ticks per beat for MusPy: divisible by 3 and 8, so triplets and 32nds are exact
 BEATS_PER_BAR = 4
@@ -105,9 +105,9 @@ def segment_rows(x: np.ndarray, encoding: Encoding, mask: np.ndarray) -> list[li
 
 def read_rows(folder: str | Path, groups: Sequence[str]) -> tuple[list[list[Piece]], list[str]]:
     """Multi-instrument samples: every *.mid in `folder` (sorted) as one piece per instrument group
-    (`pipeline.instruments.extract_rows`; an absent group gives an empty piece), and the names of files
+    (`pipeline.data.instruments.extract_rows`; an absent group gives an empty piece), and the names of files
     with no usable track. The rows of a file keep their places in time: its first note is at beat 0."""
-    from pipeline.instruments import extract_rows, groups_of
+    from pipeline.data.instruments import extract_rows, groups_of
 
     chosen = groups_of(groups)
     rows, rejected = [], []
@@ -142,7 +142,7 @@ def mix(rows: Sequence[Piece]) -> Piece:
 def read_pieces(folder: str | Path) -> tuple[list[Piece], list[str]]:
     """Every *.mid in `folder` (sorted) as a piece starting at beat 0, and the names of unusable files.
 
-    The notes are those `pipeline.midi.extract_notes` takes from the file's main track, whatever its
+    The notes are those `pipeline.data.midi.extract_notes` takes from the file's main track, whatever its
     program (generated files carry the program of the instrument they were sampled for). A file it
     rejects (no notes, say) is kept as an empty piece, so a bad sample counts against its set.
     """

@@ -6,7 +6,7 @@ models/checkpoints/last.pt, a shipped model's model.pt) therefore holds, under D
 everything else in it: each tensor's name, dtype, shape and bytes, and each other value's repr.
 `read_checkpoint` recomputes it after loading (`weights_only=True`) and refuses a file whose digest
 differs, or that has none, in one line that says what to do. A shipped model is checked twice: its
-card's sha256 of the whole file (`pipeline.pretrained.read_card`), then this digest when it loads.
+card's sha256 of the whole file (`pipeline.compose.shipped.read_card`), then this digest when it loads.
 """
 
 from __future__ import annotations

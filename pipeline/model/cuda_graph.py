@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pipeline.diffusion import GaussianDiffusion
+from pipeline.model.diffusion import GaussianDiffusion
 
 
 class StaticStep:

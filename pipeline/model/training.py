@@ -34,13 +34,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from pipeline import keys
-from pipeline.checkpoints import read_checkpoint, write_checkpoint
-from pipeline.diffusion import GaussianDiffusion
-from pipeline.encoding import Encoding
+from pipeline.data import keys
+from pipeline.data.encoding import Encoding
 from pipeline.errors import DmcError, Interrupted
 from pipeline.files import atomic_path, remove_stale_temps, write_json
-from pipeline.model import UNet, UNetConfig, count, default_device, get_config
+from pipeline.model.checkpoints import read_checkpoint, write_checkpoint
+from pipeline.model.diffusion import GaussianDiffusion
+from pipeline.model.unet import UNet, UNetConfig, count, default_device, get_config
 
 VAL_BATCHES = 8   # validation looks at most this many batches, so it costs a few steps' time
 LOG_EVERY = 10    # steps between loss read-backs (each one waits for the GPU)
@@ -127,7 +127,7 @@ class TrainData:
 def load_data(prepared_dir: str | Path, seq_len: int | None = None, key: str = "none") -> TrainData:
     """The train and val splits of a prepared folder; one-line errors for missing or unusable data.
     `key: common` moves every window to one key (`pipeline.keys`) and records the moves in the stats."""
-    from pipeline.segments import load_mask, load_pitches, load_split, load_stats
+    from pipeline.data.segments import load_mask, load_pitches, load_split, load_stats
 
     stats = load_stats(prepared_dir)
     if seq_len is not None and stats["seq_len"] != seq_len:
@@ -549,7 +549,7 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     local = settings.batch_size // rank.world
     graphed = None
     if settings.graph:
-        from pipeline.cuda_graph import CudaGraphStep
+        from pipeline.model.cuda_graph import CudaGraphStep
 
         example = train_x[:local].to(device)
         graphed = CudaGraphStep(net, model, ema, opt, diffusion, settings.grad_clip, autocast, example,

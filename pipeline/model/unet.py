@@ -361,7 +361,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
 
     The file's checksum is verified first (`pipeline.checkpoints`): damaged weights are refused, not
     sampled from."""
-    from pipeline.checkpoints import read_checkpoint
+    from pipeline.model.checkpoints import read_checkpoint
 
     path = Path(path)
     if not path.is_file():

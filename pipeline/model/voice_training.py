@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import voices
+from pipeline.compose.rows import RowNotes, read_rows
+from pipeline.data import voices
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path
-from pipeline.multirow import RowNotes, read_rows
 
 GRID_FILE = "grid.npz"
 FILES_FILE = "grid_files.json"  # each kept file's split, for evaluate-harmony
@@ -40,7 +40,7 @@ LAYOUTS = ("notes", "grid")
 
 def detect_grid(files: Sequence[Sequence[RowNotes | None]]) -> float:
     """The coarsest candidate grid (beats) that GRID_SHARE of all onsets and durations lie on."""
-    from pipeline.encoding import GRID_SHARE, GRIDS
+    from pipeline.data.encoding import GRID_SHARE, GRIDS
 
     times = np.concatenate([t for rows in files for r in rows if r is not None for t in (r.onset, r.duration)]
                            or [np.zeros(0)])
@@ -116,7 +116,7 @@ def write_grid_prepared(out_dir: str | Path, dataset: str, root: str | Path, fil
                         groups: Sequence[str], width: int, hop: int = 0,
                         split: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, Any]:
     """Prepare the grid layout into `out_dir` atomically (module docstring); returns the summary."""
-    from pipeline.segments import SPLITS, split_of
+    from pipeline.data.segments import SPLITS, split_of
 
     t0 = time.perf_counter()
     hop = hop or width
@@ -192,7 +192,7 @@ def load_grid_data(prepared_dir: str | Path) -> GridData:
 
 def grid_config(preset: str) -> Any:
     """The U-Net of the grid layout: the preset's, with CHANNELS inputs, non-causal."""
-    from pipeline.model import get_config
+    from pipeline.model.unet import get_config
 
     return dataclasses.replace(get_config(preset, causal=False), features=voices.CHANNELS)
 
@@ -201,7 +201,7 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
                device: str = "cpu") -> dict[str, Any]:
     """Train the grid U-Net for `settings.steps` (a `pipeline.training.TrainSettings`) and write the EMA
     model to `out`, in the checkpoint format `pipeline.model.load_trained` reads. Returns its metrics."""
-    from pipeline.training import TrainData, batch_indices, build, optimize, save_model, step_seed
+    from pipeline.model.training import TrainData, batch_indices, build, optimize, save_model, step_seed
 
     config = grid_config(settings.preset)
     width = int(data.stats["seq_len"])
@@ -230,7 +230,7 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     seconds = time.perf_counter() - t0
     val_loss = None
     if data.val is not None and len(data.val):
-        from pipeline.training import validation_loss
+        from pipeline.model.training import validation_loss
 
         val = torch.from_numpy(data.val.batch(np.arange(len(data.val)), pitches)).to(dev)
         val_loss = validation_loss(ema.model, diffusion, val, settings.batch_size, settings.seed,
@@ -253,10 +253,10 @@ def export_grid_model(name: str, checkpoint: str | Path, params: dict[str, Any],
     `pipeline.pretrained.export_model` writes one; `evaluation` is its `dmc evaluate-harmony` JSON. Atomic."""
     import datetime
 
-    from pipeline import pretrained
-    from pipeline.checkpoints import write_checkpoint
+    from pipeline.compose import shipped as pretrained
     from pipeline.files import file_digest
-    from pipeline.model import UNet, UNetConfig
+    from pipeline.model.checkpoints import write_checkpoint
+    from pipeline.model.unet import UNet, UNetConfig
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if not ckpt.get("stats", {}).get("layout") == "grid":
@@ -267,7 +267,7 @@ def export_grid_model(name: str, checkpoint: str | Path, params: dict[str, Any],
     full.load_state_dict(ckpt["ema"])
     shipped.load_state_dict(ema)
     output = pretrained.probe(shipped)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     retrain = pretrained.retrain_command(params).replace("dvc exp run", "dvc exp run train", 1)
     card = {
         "format": pretrained.CARD_FORMAT, "name": name, "note": note, "layout": "grid",

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import mlflow_views, tracking
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path
+from pipeline.record import mlflow_views, tracking
 
 BASELINES = ("markov", "real")
 # Sets evaluate reports besides `generated`; their numbers appear only beside the generated ones.

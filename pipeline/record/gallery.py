@@ -14,8 +14,8 @@ import io
 import wave
 from pathlib import Path
 
-from pipeline import audio
 from pipeline.errors import DmcError
+from pipeline.render import audio
 
 # Shown once, above the pieces; the script hides it where downloads work (a page opened from disk).
 VIEWER_NOTE = ("Inside <code>mlflow ui</code> the viewer blocks downloads: the MIDI files are "

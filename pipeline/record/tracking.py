@@ -11,7 +11,7 @@ MLflow turns a relative artifact location into an absolute one when it creates t
 every run records its own absolute URI), so a moved clone's store points at the old place.
 
 The experiment is tagged as a model-training experiment and carries two saved views of the runs table
-(pipeline.mlflow_views): `dmc-runs`, the executions, and `dmc-compare`, a comparison that `dmc ui` and
+(pipeline.record.mlflow_views): `dmc-runs`, the executions, and `dmc-compare`, a comparison that `dmc ui` and
 `dmc compare` point at the newest execution of each dataset (`write_compare_view`).
 
 Grouping: the parent is found by a key, a hash of params.yaml, the code the pipeline runs and the DVC
@@ -24,7 +24,8 @@ their DVC hash as digest, `models/*.pt` outputs become a logged PyTorch model (i
 shipped weights not) that the parent links too, and the remaining outputs become artifacts. A child holds
 its stage's numbers under their full names; the parent holds a few of them under short names
 (`PARENT_METRICS`: `oa` is `evaluate.generated.oa_mean`), rounded for the table, besides the loss curves
-and each stage's wall time. The sample stage also puts an HTML gallery (pipeline.gallery) on the parent.
+and each stage's wall time. The sample stage also puts an HTML gallery
+(pipeline.record.gallery) on the parent.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pipeline import mlflow_views
 from pipeline.errors import DmcError
 from pipeline.files import file_digest, process_running
+from pipeline.record import mlflow_views
 
 EXPERIMENT = "dmc"
 STAGE_ORDER = ("download", "prepare", "train", "sample", "evaluate")
@@ -564,7 +565,7 @@ def _log_outputs(client: Any, mlflow: Any, uri: str, ctx: _Context, parent_id: s
         else:
             client.log_artifact(child_id, str(path), str(Path(rel).parent) if "/" in rel else None)
     if ctx.stage == "sample" and (wd / "samples").is_dir():
-        from pipeline.gallery import write_gallery
+        from pipeline.record.gallery import write_gallery
 
         with tempfile.TemporaryDirectory() as tmp:
             title = f"dmc samples: {ctx.run_name} ({ctx.tags.get('dataset', '')})"
@@ -607,7 +608,7 @@ def _log_model(mlflow: Any, uri: str, ctx: _Context, run_id: str, path: Path) ->
     """
     import mlflow.pytorch
 
-    from pipeline.model import load_trained
+    from pipeline.model.unet import load_trained
 
     model, _, _ = load_trained(path, "cpu")
     versions = package_versions()

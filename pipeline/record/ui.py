@@ -4,7 +4,7 @@ It serves `mlflow.db` and `mlartifacts/` at the repository root (the store every
 `mlflow server` on 127.0.0.1, points the saved comparison at the newest execution of each dataset, and
 prints two links: the runs table and that comparison. Both carry `workflowType=machine_learning`, which
 is what makes MLflow 3 show its model-training pages; the bare address opens in whichever layout the
-browser chose last (GenAI on a fresh one; see pipeline.mlflow_views).
+browser chose last (GenAI on a fresh one; see pipeline.record.mlflow_views).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import mlflow_views, tracking
 from pipeline.errors import DmcError
+from pipeline.record import mlflow_views, tracking
 
 HOST = "127.0.0.1"
 PORT = 5000

@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.errors import DmcError
 
-# name -> module under pipeline.datasets
+# name -> module under pipeline.data.datasets
 _MODULES = {
     "bach": "bach",
     "bach-satb": "bach_satb",
@@ -55,7 +55,7 @@ def names() -> list[str]:
 def get(name: str) -> Dataset:
     if name not in _MODULES:
         raise DmcError(f"unknown dataset '{name}'; choose one of {', '.join(_MODULES)}")
-    return importlib.import_module(f"pipeline.datasets.{_MODULES[name]}").DATASET
+    return importlib.import_module(f"pipeline.data.datasets.{_MODULES[name]}").DATASET
 
 
 # -- the manifest: what the download stage hands to prepare -------------------------------------------

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import Dataset
-from pipeline.datasets.corpus import corpus_scores, materialize
+from pipeline.data.datasets import Dataset
+from pipeline.data.datasets.corpus import corpus_scores, materialize
 
 
 def fetch(dest: Path, params: dict[str, Any], limit: int | None = None) -> Path:

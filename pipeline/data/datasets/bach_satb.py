@@ -1,7 +1,7 @@
 """`bach-satb`: the Bach chorales as four-voice MIDI, one named track per part (Soprano, Alto, Tenor, Bass).
 
 The multi-instrument mode's embedded data: with `instruments: [soprano, alto, tenor, bass]` each voice
-is one model row (see `pipeline.instruments`, which finds voices by track name). Every part becomes a
+is one model row (see `pipeline.data.instruments`, which finds voices by track name). Every part becomes a
 program-0 track named after the part, so a few chorales also bring instrument parts (Trumpet 1, Oboe,
 Continuo...) that the voice groups leave out. The default `bach` dataset (all voices merged) is
 unchanged. Source and licence as `bach`: music21's corpus, BSD-3-Clause encodings, public-domain music.
@@ -12,15 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import Dataset
-from pipeline.datasets.corpus import corpus_scores, materialize, stream_notes
+from pipeline.data.datasets import Dataset
+from pipeline.data.datasets.corpus import corpus_scores, materialize, stream_notes
 
 
 def score_to_voice_midi(source: Path, dest: Path) -> bool:
     """Write one score as a MIDI file with a track per part, named after it; False when it has no notes."""
     from music21 import converter
 
-    from pipeline.midi import TrackNotes, write_midi
+    from pipeline.data.midi import TrackNotes, write_midi
 
     score = converter.parse(source).stripTies()
     tracks = []

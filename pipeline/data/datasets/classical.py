@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import Dataset
+from pipeline.data.datasets import Dataset
 
 _FORMAT0 = re.compile(r"_format0(\.midi?)$", re.IGNORECASE)
 SITE_RULES = {
@@ -33,7 +33,7 @@ def standard_of(link: str) -> str | None:
 
 
 def fetch(dest: Path, params: dict[str, Any]) -> Path:
-    from pipeline.download import Site, crawl
+    from pipeline.data.download import Site, crawl
 
     crawl("classical", dest, params, Site(**SITE_RULES, name=_name, fallback=standard_of))
     return dest

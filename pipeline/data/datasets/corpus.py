@@ -37,7 +37,7 @@ def score_to_midi(source: Path, dest: Path) -> bool:
     """Write one score as a program-0 MIDI file at `dest`; False when the score holds no notes."""
     from music21 import converter
 
-    from pipeline.midi import TrackNotes, write_midi
+    from pipeline.data.midi import TrackNotes, write_midi
 
     pitch, onset, duration = stream_notes(converter.parse(source).stripTies())
     if not pitch:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import Dataset
+from pipeline.data.datasets import Dataset
 
 SITE_RULES = {
     "seeds": ("site/midi-collection.html",),
@@ -20,7 +20,7 @@ SITE_RULES = {
 
 
 def fetch(dest: Path, params: dict[str, Any]) -> Path:
-    from pipeline.download import Site, crawl
+    from pipeline.data.download import Site, crawl
 
     crawl("final-fantasy", dest, params, Site(**SITE_RULES))
     return dest

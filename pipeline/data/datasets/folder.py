@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import MIDI_SUFFIXES, Dataset
+from pipeline.data.datasets import MIDI_SUFFIXES, Dataset
 from pipeline.errors import DmcError
 
 

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import Dataset
+from pipeline.data.datasets import Dataset
 
 
 def _name(link: str) -> str:
@@ -22,7 +22,7 @@ def _name(link: str) -> str:
 
 
 def fetch(dest: Path, params: dict[str, Any]) -> Path:
-    from pipeline.download import Site, crawl
+    from pipeline.data.download import Site, crawl
 
     ids = range(1, params["download"]["freemidi_ids"] + 1)
     crawl("freemidi", dest, params, Site(seeds=(), probes=tuple(f"download3-{i}" for i in ids), follow=(),

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets import Dataset
+from pipeline.data.datasets import Dataset
 
 URL = "http://hog.ee.columbia.edu/craffel/lmd/lmd_full.tar.gz"
 
 
 def fetch(dest: Path, params: dict[str, Any]) -> Path:
-    from pipeline.download import Checksum, fetch_archive
+    from pipeline.data.download import Checksum, fetch_archive
 
     published = Checksum("md5", "2536ce3fd2cede53ddaa264f731859ab", size=1_768_163_879)
     return fetch_archive("lakh", dest, params, published)

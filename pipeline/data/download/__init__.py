@@ -9,10 +9,10 @@ Both archives and crawls end by writing `.complete.json` into the dataset folder
 matching makes no request at all.
 """
 
-from pipeline.download.archives import Checksum, download_verified, extract_archive, fetch_archive
-from pipeline.download.crawl import CRAWL_LOG, CrawlReport, Site, crawl, local_path, page_links
-from pipeline.download.http import FOLDER_HINT, USER_AGENT, Client, Settings, Unreachable
-from pipeline.download.local import COMPLETE, describe_datasets, local_state
+from pipeline.data.download.archives import Checksum, download_verified, extract_archive, fetch_archive
+from pipeline.data.download.crawl import CRAWL_LOG, CrawlReport, Site, crawl, local_path, page_links
+from pipeline.data.download.http import FOLDER_HINT, USER_AGENT, Client, Settings, Unreachable
+from pipeline.data.download.local import COMPLETE, describe_datasets, local_state
 
 __all__ = ["COMPLETE", "CRAWL_LOG", "FOLDER_HINT", "USER_AGENT", "Checksum", "Client", "CrawlReport",
            "Settings", "Site", "Unreachable", "crawl", "describe_datasets", "download_verified",

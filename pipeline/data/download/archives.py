@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from tqdm import tqdm
 
-from pipeline.download.http import (
+from pipeline.data.download.http import (
     CHUNK,
     Client,
     Settings,
@@ -32,7 +32,7 @@ from pipeline.download.http import (
     refused_error,
     unreachable_error,
 )
-from pipeline.download.local import COMPLETE, read_marker
+from pipeline.data.download.local import COMPLETE, read_marker
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path, write_json
 

@@ -25,7 +25,7 @@ from urllib.robotparser import RobotFileParser
 
 from tqdm import tqdm
 
-from pipeline.download.http import (
+from pipeline.data.download.http import (
     FOLDER_HINT,
     Client,
     Settings,
@@ -34,7 +34,7 @@ from pipeline.download.http import (
     site_key,
     unreachable_error,
 )
-from pipeline.download.local import COMPLETE, read_marker
+from pipeline.data.download.local import COMPLETE, read_marker
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path, write_json
 

@@ -30,8 +30,8 @@ def local_state(dest: Path) -> str:
 
 def describe_datasets(params: dict[str, Any]) -> str:
     """A table of every dataset: name, whether it is present under raw_dir, size, licence, source."""
-    from pipeline import datasets
-    from pipeline.datasets import midi_files
+    from pipeline.data import datasets
+    from pipeline.data.datasets import midi_files
 
     raw = Path(params["raw_dir"])
     rows = [("NAME", "LOCAL", "SIZE", "LICENCE")]

@@ -1,0 +1,1 @@
+"""Measuring generated pieces: metrics, baselines, harmony and voice leading (the evaluate stage)."""

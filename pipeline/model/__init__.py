@@ -1,0 +1,1 @@
+"""The network and its training: the U-Net, the diffusion process, checkpoints (the train stage)."""

@@ -1,0 +1,1 @@
+"""Pieces as audio and pictures, used by compose and record alike."""
