@@ -25,7 +25,8 @@ def one(n: int, batch_size: int, model: str, sampler: str, steps: int, device: s
     and the process's peak RSS."""
     import torch
 
-    from pipeline.compose.sampling import GenerateOptions, generate_files
+    from pipeline.compose.generate import generate_files
+    from pipeline.compose.options import GenerateOptions
     from pipeline.threads import configure_threads, limit_threads
 
     if threads:

@@ -39,7 +39,7 @@ def tunes() -> dict[str, tuple[list[int], list[float]]]:
 
 
 def row_of(pitch: list[int], beats: list[float]):
-    from pipeline.compose.rows import RowNotes
+    from pipeline.data.rows import RowNotes
 
     onset = np.concatenate([[0.0], np.cumsum(beats)[:-1]])
     return RowNotes.of(pitch, onset, beats)
@@ -58,8 +58,8 @@ def main() -> None:
     import torch
 
     from pipeline.compose.harmonize import grid_model_path, harmonize, load_grid_model
-    from pipeline.compose.rows import read_rows
-    from pipeline.compose.sampling import Sampler
+    from pipeline.data.rows import read_rows
+    from pipeline.compose.sampler import Sampler
     from pipeline.evaluate.voice_leading import voice_leading
 
     torch.set_num_threads(args.threads)

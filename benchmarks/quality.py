@@ -163,7 +163,8 @@ def prepared_for(params: dict[str, Any]) -> Path:
 
 def sample_and_score(params: dict[str, Any], prepared: Path, model: Path, samples: Path,
                      pieces: int, device: str | None) -> tuple[dict[str, float], float]:
-    from pipeline.compose.sampling import GenerateOptions, generate_files
+    from pipeline.compose.generate import generate_files
+    from pipeline.compose.options import GenerateOptions
     from pipeline.evaluate.evaluation import evaluate_samples
 
     opts = GenerateOptions.from_params(params, n=pieces, batch_size=min(pieces, 64), audio="", plot=False,

@@ -33,9 +33,9 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_model(args: argparse.Namespace) -> None:
-    from pipeline.model import unet as model
+    from pipeline.model import unet
 
-    print(model.summary(args.preset))
+    print(unet.summary(args.preset))
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -71,18 +71,18 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from pipeline.compose import sampling
+    from pipeline.compose.generate import generate_files
+    from pipeline.compose.options import GenerateOptions
 
     sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta),
                                  ("guard", args.guard), ("chord_snap", args.chord_snap),
                                  ("quantize", args.quantize)) if v is not None}
-    opts = sampling.GenerateOptions(
+    opts = GenerateOptions(
         **sampler, n=args.n, length=args.length, batch_size=args.batch_size, seed=args.seed,
         tempo=args.tempo, audio=args.audio, plot=args.plot, prompt=args.prompt,
         prompt_notes=args.prompt_notes, keep=_groups(args.keep), device=args.device,
         progress=False if args.quiet else None)
-    summary = sampling.generate_files(args.out, opts, args.model,
-                                      log=lambda line: print(line, file=sys.stderr))
+    summary = generate_files(args.out, opts, args.model, log=lambda line: print(line, file=sys.stderr))
     midis = sum(name.endswith(".mid") for name in summary["files"])
     print(f"generate: {midis} pieces of {summary['notes_per_piece']} notes in {args.out} "
           f"({summary['sampler']}-{summary['steps']}, {summary['seconds']:.1f} s, "
@@ -124,7 +124,7 @@ def _add_evaluate_harmony(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate_harmony(args: argparse.Namespace) -> None:
     import yaml
 
-    from pipeline.compose import sampling
+    from pipeline.compose.options import GenerateOptions, check_options
     from pipeline.evaluate import harmony
 
     # Only the frame lengths are read, so a params.yaml of another version of dmc serves as well.
@@ -132,9 +132,9 @@ def _run_evaluate_harmony(args: argparse.Namespace) -> None:
         else {}
     if args.limit is not None and args.limit < 2:
         raise DmcError(f"--limit must be at least 2, got {args.limit}")
-    opts = sampling.GenerateOptions(sampler=args.sampler, steps=args.steps, guard=args.guard, seed=args.seed,
-                                    quantize=args.quantize, batch_size=args.batch_size, device=args.device)
-    sampling.check_options(opts)
+    opts = GenerateOptions(sampler=args.sampler, steps=args.steps, guard=args.guard, seed=args.seed,
+                           quantize=args.quantize, batch_size=args.batch_size, device=args.device)
+    check_options(opts)
     report, groups = harmony.harmonize_checkout(
         args.model, opts, args.prepared, args.manifest, _groups(args.keep), args.limit, args.out,
         args.samples, evaluate.get("frame_beats", 16.0), evaluate.get("hop_beats", 8.0),
@@ -170,12 +170,13 @@ def _add_harmonize(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_harmonize(args: argparse.Namespace) -> None:
-    from pipeline.compose import harmonize, sampling
+    from pipeline.compose import harmonize
+    from pipeline.compose.options import GenerateOptions, check_options
 
-    opts = sampling.GenerateOptions(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                    tempo=args.tempo, audio=args.audio, plot=args.plot, device=args.device,
-                                    prompt=args.melody, keep=_groups(args.keep))
-    sampling.check_options(opts)
+    opts = GenerateOptions(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                           tempo=args.tempo, audio=args.audio, plot=args.plot, device=args.device,
+                           prompt=args.melody, keep=_groups(args.keep))
+    check_options(opts)
     model = harmonize.grid_model_path(args.model)
     if model is None:
         raise DmcError(f"--model {args.model}: a model of the note layout; harmonize needs a grid-layout "
@@ -197,12 +198,12 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> None:
-    from pipeline.compose import shipped as pretrained
+    from pipeline.compose import shipped
 
     if args.name:
-        print(pretrained.describe_model(args.name))
+        print(shipped.describe_model(args.name))
     else:
-        print(pretrained.format_models(pretrained.list_models()))
+        print(shipped.format_models(shipped.list_models()))
 
 
 def _add_export_model(sub: argparse._SubParsersAction) -> None:
@@ -219,12 +220,12 @@ def _add_export_model(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export_model(args: argparse.Namespace) -> None:
-    from pipeline.compose import shipped as pretrained
+    from pipeline.compose import shipped
 
-    folder = pretrained.export_model(args.name, args.root, args.checkpoint, args.dest, args.note, args.dtype)
+    folder = shipped.export_model(args.name, args.root, args.checkpoint, args.dest, args.note, args.dtype)
     print(f"export-model: wrote {folder}")
-    print(pretrained.describe_model(args.name) if folder.parent.resolve() == pretrained.WEIGHTS
-          else f"retrain: {pretrained.read_card(folder)['retrain']}")
+    print(shipped.describe_model(args.name) if folder.parent.resolve() == shipped.WEIGHTS
+          else f"retrain: {shipped.read_card(folder)['retrain']}")
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:

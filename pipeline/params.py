@@ -87,8 +87,9 @@ def _seq_len(v: Any) -> str | None:
     return f"must be a multiple of 8 (the U-Net pools three times), got {v}"
 
 
-# pipeline.compose.sampling.TICKS_PER_QUARTER, the resolution samples are written at (not imported:
-# that pulls in torch, and the validate stage checks params without it). tests/test_params.py pins the two as equal.
+# pipeline.compose.decode.TICKS_PER_QUARTER, the resolution samples are written at (not imported: that
+# pulls in torch, and the validate stage checks params without it). tests/test_params.py pins the two as
+# equal.
 SAMPLE_TICKS_PER_QUARTER = 480
 
 

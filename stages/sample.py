@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.compose.sampling import MODEL_PATH, GenerateOptions, generate_files
+from pipeline.compose.generate import generate_files
+from pipeline.compose.options import GenerateOptions
+from pipeline.compose.shipped import MODEL_PATH
 from pipeline.files import atomic_path, write_json
 from pipeline.params import load_params
 from stages import run

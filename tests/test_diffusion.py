@@ -160,7 +160,7 @@ def test_dynamic_thresholding_shrinks_an_overshooting_estimate_instead_of_pinnin
 def _one_ddim_step(guard: str, x0: torch.Tensor) -> torch.Tensor:
     """The sample of a one-step DDIM run whose network predicts `x0`: exactly the guarded x_0 estimate
     (the last step goes to ᾱ = 1)."""
-    from pipeline.compose.sampling import Sampler
+    from pipeline.compose.sampler import Sampler
     from pipeline.data.encoding import Encoding
 
     encoding = Encoding(lo=(100.0, 0.25, 0.0), hi=(800.0, 4.0, 4.0), pitch="midi", time="log",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import PREPARED_SPLIT, repo_params
 
-from pipeline.compose import sampling
+from pipeline.compose.decode import decode, frequency_to_pitch
 from pipeline.data.encoding import (
     GRIDS,
     ORIGINAL,
@@ -68,7 +68,7 @@ def test_prepared_segments_decode_to_exactly_the_prepared_notes(spec, prepared_b
     low, high = encoding.bounds
     assert (x.min(axis=(0, 2, 3)) >= low - 1e-5).all() and (x.max(axis=(0, 2, 3)) <= high + 1e-5).all()
     for i in range(0, len(x), 7):
-        (track,) = sampling.decode(x[i], encoding)
+        track = decode(x[i], encoding)
         onset = np.cumsum(raw[i, 2, 0]) - raw[i, 2, 0, 0]
         order = np.lexsort((pitches[i, 0], onset))
         assert track.pitch.tolist() == pitches[i, 0][order].tolist()
@@ -129,8 +129,8 @@ def test_transposing_in_encoded_space_moves_every_note_by_the_same_interval(pitc
     encoding = Encoding.from_stats(load_stats(folder))
     x = torch.from_numpy(load_split(folder, "train")[:16]).double()
     shifted = Transposer(encoding, 3, torch.device("cpu"))(x, torch.Generator().manual_seed(0))
-    before = sampling.frequency_to_pitch(encoding.decode(x.numpy())[:, 0])
-    after = sampling.frequency_to_pitch(encoding.decode(shifted.numpy())[:, 0])
+    before = frequency_to_pitch(encoding.decode(x.numpy())[:, 0])
+    after = frequency_to_pitch(encoding.decode(shifted.numpy())[:, 0])
     moved = (after - before).reshape(len(x), -1)
     assert (moved == moved[:, :1]).all() and (np.abs(moved) <= 3).all() and (moved != 0).any()
     assert torch.equal(shifted[:, 1:], x[:, 1:])  # durations and deltas untouched
@@ -158,7 +158,7 @@ def test_features_param_accepts_original_or_a_mapping():
 
 def _notes_of(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw [N, 3, 1, W] -> MIDI pitch, duration and delta in beats."""
-    return sampling.frequency_to_pitch(raw[:, 0]), raw[:, 1], raw[:, 2]
+    return frequency_to_pitch(raw[:, 0]), raw[:, 1], raw[:, 2]
 
 
 @pytest.mark.parametrize("spec", LATTICE, ids=lambda s: "-".join(map(str, s)))

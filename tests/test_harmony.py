@@ -11,8 +11,8 @@ from conftest import SATB
 from test_sampling import write_checkpoint
 
 from pipeline.cli import main
-from pipeline.compose.rows import RowNotes
 from pipeline.data.instruments import extract_rows, groups_of
+from pipeline.data.rows import RowNotes
 from pipeline.evaluate.voice_leading import SILENT, consonant_fraction, parallels, slices, voice_leading
 
 

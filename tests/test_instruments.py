@@ -14,7 +14,7 @@ import pytest
 import symusic
 from conftest import PREPARED_SPLIT, repo_params
 
-from pipeline.compose import sampling
+from pipeline.compose.write import programs_for
 from pipeline.data import instruments
 from pipeline.data.instruments import GROUPS, extract_rows, file_windows, groups_of, window_spans
 from pipeline.data.midi import Notes, RejectedFile, TrackNotes, frequency, write_midi
@@ -207,20 +207,6 @@ def test_four_voice_prepare_writes_aligned_rows_with_a_mask(satb_prepared, satb_
 # -- decoding, baselines, metrics ---------------------------------------------------------------------
 
 
-def test_decoding_several_rows_keeps_them_aligned_and_ends_them_together():
-    encoding = Encoding(lo=(27.5, 0.0, 0.0), hi=(4186.0, 4.0, 4.0))
-    raw = np.zeros((3, 2, 8))
-    raw[0] = 440.0
-    raw[1] = 1.0
-    raw[2, 0] = [0.5] + [1.0] * 7  # row 0: onsets 0.5, 1.5, ..., 7.5
-    raw[2, 1] = [1.0] + [0.5] * 7  # row 1: onsets 1.0, 1.5, ..., 4.5
-    x = encoding.encode(raw[None], axis=1)[0]
-    top, bottom = sampling.decode(x, encoding)
-    tpq = sampling.TICKS_PER_QUARTER
-    assert top.onset.tolist() == [0, tpq, 2 * tpq, 3 * tpq, 4 * tpq]  # shifted by the shared 0.5, cut at 4.0
-    assert bottom.onset.tolist() == [round(b * tpq) for b in np.arange(0.5, 4.01, 0.5)]
-
-
 def test_masked_baselines_move_and_count_only_real_notes(satb_prepared):
     x, mask = load_split(satb_prepared, "train"), load_mask(satb_prepared, "train")
     real = mask.astype(bool)
@@ -257,12 +243,12 @@ def test_row_programs_take_the_most_common_program_or_the_groups_own():
 
 def test_sampled_rows_are_written_with_their_programs_and_drums_on_the_drum_channel(tmp_path):
     stats = {"instruments": ["piano", "drums"], "row_programs": [1, 0]}
-    assert sampling.programs_for(stats, 2) == [(1, False, "piano"), (0, True, "drums")]
+    assert programs_for(stats, 2) == [(1, False, "piano"), (0, True, "drums")]
     single = {"instruments": ["piano"], "programs": list(range(16))}  # prepare.programs, not per row
-    assert sampling.programs_for(single, 1) == [(0, False, "piano")]
+    assert programs_for(single, 1) == [(0, False, "piano")]
     path = tmp_path / "band.mid"
     write_midi(path, [track(4, 60, program=p, name=n, is_drum=d)
-                      for p, d, n in sampling.programs_for(stats, 2)])
+                      for p, d, n in programs_for(stats, 2)])
     score = symusic.Score(str(path))
     assert [(t.name, t.program, t.is_drum) for t in score.tracks] == [("piano", 1, False), ("drums", 0, True)]
     piano, drums = extract_rows(path, groups_of(["piano", "drums"]))

@@ -6,7 +6,7 @@ import pytest
 from conftest import PREPARED_SPLIT
 from test_sampling import PIANO_MIDI, lattice_stats, quiet, read_notes, write_checkpoint
 
-from pipeline.compose import sampling
+from pipeline.compose.generate import generate_files
 from pipeline.data import keys, midi
 from pipeline.data.encoding import Encoding
 from pipeline.data.segments import PrepareConfig, load_pitches, load_split, write_prepared
@@ -53,7 +53,7 @@ def test_a_prompt_is_moved_into_the_common_key_and_back_exactly(tmp_path):
     notes = midi.extract_notes(PIANO_MIDI)
     stats = {**lattice_stats(notes), "key": "common", "key_shifts": [0] * 6 + [1] + [0] * 5}
     checkpoint = write_checkpoint(tmp_path / "model.pt", stats)
-    summary = sampling.generate_files(tmp_path / "out", quiet(n=2, steps=3, length=64, prompt=PIANO_MIDI,
+    summary = generate_files(tmp_path / "out", quiet(n=2, steps=3, length=64, prompt=PIANO_MIDI,
                                                               prompt_notes=12), checkpoint)
     start = notes.onset[0]
     for name in summary["files"]:

@@ -13,12 +13,15 @@ from conftest import SATB
 from test_sampling import write_checkpoint
 
 from pipeline.cli import main
-from pipeline.compose import rows as multirow
-from pipeline.compose.rows import RowNotes
-from pipeline.compose.sampling import TICKS_PER_QUARTER, GenerateOptions, Sampler, generate_files
+from pipeline.compose import rows as row_path
+from pipeline.compose.decode import TICKS_PER_QUARTER
+from pipeline.compose.generate import generate_files
+from pipeline.compose.options import GenerateOptions
+from pipeline.compose.sampler import Sampler
 from pipeline.data import midi
 from pipeline.data.encoding import Encoding
 from pipeline.data.instruments import extract_rows, groups_of
+from pipeline.data.rows import RowNotes
 from pipeline.data.segments import load_stats
 from pipeline.errors import DmcError
 from pipeline.model.unet import load_trained
@@ -89,8 +92,8 @@ def test_a_one_track_melody_is_the_kept_part_whatever_its_track_is_called(satb_p
 
 def test_a_long_multi_row_piece_has_the_asked_length_and_its_rows_stay_aligned(model):
     net, diffusion, sampler, encoding, _ = model
-    (batch,) = list(multirow.generate_rows(net, diffusion, sampler, encoding, 3, 4, 32, 100, batch_size=3))
-    (again,) = list(multirow.generate_rows(net, diffusion, sampler, encoding, 3, 4, 32, 100, batch_size=3))
+    (batch,) = list(row_path.generate_rows(net, diffusion, sampler, encoding, 3, 4, 32, 100, batch_size=3))
+    (again,) = list(row_path.generate_rows(net, diffusion, sampler, encoding, 3, 4, 32, 100, batch_size=3))
     assert len(batch) == 3
     for piece, same in zip(batch, again, strict=True):
         counts = [len(r) for r in piece]
@@ -118,7 +121,7 @@ def test_regular_rows_stay_regular_across_the_seams(model):
 
     sampler = Sampler("ddim", 4, guard="clip")
     diffusion = sampler.diffusion(diffusion.config, encoding)
-    (batch,) = list(multirow.generate_rows(regular, diffusion, sampler, encoding, 2, 4, 32, 150,
+    (batch,) = list(row_path.generate_rows(regular, diffusion, sampler, encoding, 2, 4, 32, 150,
                                            batch_size=2))
     for piece in batch:
         counts = [len(r) for r in piece]  # 150 notes in the busiest rows, 75 beats (to a rounding at the end)
@@ -140,8 +143,35 @@ def test_a_model_whose_windows_never_advance_in_time_is_stopped_with_a_one_line_
         return diffusion.output_for(target.expand_as(x), x, t)
 
     with pytest.raises(DmcError, match=r"after \d+ windows a piece is still unfinished") as err:
-        list(multirow.generate_rows(stuck, diffusion, sampler, encoding, 1, 4, 32, 100))
+        list(row_path.generate_rows(stuck, diffusion, sampler, encoding, 1, 4, 32, 100))
     assert "\n" not in str(err.value)
+
+
+class FixedWindow:
+    """A diffusion process whose every window comes out as `x` [C, H, W]: the generation path's decoding
+    and alignment of a window, without a network."""
+
+    timesteps = 1
+
+    def __init__(self, x: np.ndarray):
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+
+    def denoise_steps(self, model, x, *args):
+        yield self.x.expand(x.shape).clone()
+
+
+def test_a_windows_rows_share_one_origin_and_end_where_the_first_row_ends():
+    encoding = Encoding(lo=(27.5, 0.0, 0.0), hi=(4186.0, 4.0, 4.0))
+    raw = np.zeros((3, 2, 8))
+    raw[0] = 440.0
+    raw[1] = 1.0
+    raw[2, 0] = [0.5] + [1.0] * 7  # row 0: onsets 0.5, 1.5, ..., 7.5
+    raw[2, 1] = [1.0] + [0.5] * 7  # row 1: onsets 1.0, 1.5, ..., 4.5
+    x = encoding.encode(raw[None], axis=1)[0]
+    ((top, bottom),), = row_path.generate_rows(None, FixedWindow(x), Sampler("ddim", 1), encoding, 1, 2, 8, 8)
+    assert top.onset.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # shifted by the shared 0.5, cut at 4.0
+    assert bottom.onset.tolist() == np.arange(0.5, 4.01, 0.5).tolist()
+    assert (top.pitch == 69).all() and (bottom.duration == 1.0).all()
 
 
 def test_a_window_re_reads_every_rows_notes_on_one_time_axis(satb_project, chorale):
@@ -149,12 +179,12 @@ def test_a_window_re_reads_every_rows_notes_on_one_time_axis(satb_project, chora
     positions after them decode back onto the same beats, in every row."""
     encoding = Encoding.from_stats(load_stats(satb_project / "data" / "prepared"))
     rows = [RowNotes.of(r.pitch, r.onset, r.duration) for r in written_rows(chorale)]
-    start = multirow.window_start([r.where(r.onset <= 20.0) for r in rows], 16, 0.0)
+    start = row_path.window_start([r.where(r.onset <= 20.0) for r in rows], 16, 0.0)
     window = [r.where(r.onset >= start).where(np.arange((r.onset >= start).sum()) < 32) for r in rows]
-    known, mask = multirow.encode_given(window, start, 32, encoding)
+    known, mask = row_path.encode_given(window, start, 32, encoding)
     assert mask.sum(1).tolist() == [len(w) for w in window]
     head = [w.where(np.arange(len(w)) < 10) for w in window]  # the first 10 notes given, the rest decoded
-    decoded = multirow.decode_new(known, head, start, encoding)
+    decoded = row_path.decode_new(known, head, start, encoding)
     for w, new in zip(window, decoded, strict=True):
         k = len(w) - 10
         assert np.allclose(new.onset[:k], w.onset[10:], atol=1e-3)
@@ -177,7 +207,7 @@ def test_a_prompt_continues_every_row_from_its_first_notes(satb_project, chorale
 
 def test_many_pieces_are_drawn_and_written_a_batch_at_a_time(satb_project, tmp_path, monkeypatch):
     seen = []
-    real = multirow.generate_rows
+    real = row_path.generate_rows
 
     def spy(*args, **kwargs):
         for batch in real(*args, **kwargs):
@@ -185,7 +215,7 @@ def test_many_pieces_are_drawn_and_written_a_batch_at_a_time(satb_project, tmp_p
             assert len(list(tmp_path.glob("sample_*.mid"))) == 0  # files arrive only at the end
             yield batch
 
-    monkeypatch.setattr("pipeline.compose.rows.generate_rows", spy)
+    monkeypatch.setattr("pipeline.compose.generate.generate_rows", spy)
     summary = generate_files(tmp_path, options(n=5, batch_size=2, length=32),
                              satb_project / "models" / "model.pt")
     assert seen == [2, 2, 1] and len(list(tmp_path.glob("sample_*.mid"))) == 5

@@ -68,12 +68,12 @@ def test_the_quality_levers_accept_their_documented_values(key, value):
 
 def test_the_params_grid_check_agrees_with_sampling_parse_quantize():
     from pipeline import params
-    from pipeline.compose import sampling
+    from pipeline.compose import decode, options
 
-    assert params.SAMPLE_TICKS_PER_QUARTER == sampling.TICKS_PER_QUARTER
+    assert params.SAMPLE_TICKS_PER_QUARTER == decode.TICKS_PER_QUARTER
     for grid in ["", " ", "1/16", "1/12", "3/8", "1", "1/7", "1/1024", "x", "0", "-1/4", "1/0", " 1/8 "]:
         try:
-            sampling.parse_quantize(grid)
+            options.parse_quantize(grid)
             accepted = True
         except DmcError:
             accepted = False

@@ -1,5 +1,4 @@
-"""Sampling: decoding, determinism, continuation, long pieces, audio and plots
-(pipeline/compose/sampling.py)."""
+"""Generation: decoding, determinism, continuation, long pieces, audio and plots (pipeline/compose/)."""
 
 from __future__ import annotations
 
@@ -12,10 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.compose import sampling
-from pipeline.compose.sampling import TICKS_PER_QUARTER, GenerateOptions, Sampler
+from pipeline.compose import decode, rows
+from pipeline.compose.decode import TICKS_PER_QUARTER
+from pipeline.compose.generate import generate_files
+from pipeline.compose.options import GenerateOptions, parse_quantize
+from pipeline.compose.sampler import Sampler
 from pipeline.data import midi
 from pipeline.data.encoding import Encoding
+from pipeline.data.rows import read_rows
 from pipeline.errors import DmcError
 from pipeline.model.checkpoints import write_checkpoint as save_checked
 from pipeline.model.diffusion import GaussianDiffusion
@@ -81,21 +84,21 @@ def read_notes(path: Path) -> list[tuple[int, int, int]]:
 
 def test_frequency_maps_to_the_nearest_pitch_in_log_frequency_not_in_hz():
     # 453 Hz is 13.0 Hz above A4 and 13.2 Hz below A#4, but 0.502 semitones above A4.
-    assert sampling.frequency_to_pitch(np.array([453.0]))[0] == 70
-    assert sampling.frequency_to_pitch(np.array([440.0, 261.6256, 27.5])).tolist() == [69, 60, 21]
+    assert decode.frequency_to_pitch(np.array([453.0]))[0] == 70
+    assert decode.frequency_to_pitch(np.array([440.0, 261.6256, 27.5])).tolist() == [69, 60, 21]
 
 
 def test_out_of_range_and_invalid_frequencies_clip_to_midi_pitches():
-    pitch = sampling.frequency_to_pitch(np.array([1e7, 0.0, -5.0, np.nan, np.inf, 1e-9]))
+    pitch = decode.frequency_to_pitch(np.array([1e7, 0.0, -5.0, np.nan, np.inf, 1e-9]))
     assert pitch.tolist() == [127, 0, 0, 0, 127, 0]
 
 
 def test_decoding_real_notes_gives_back_the_same_notes():
     notes = midi.extract_notes(PIANO_MIDI)
     encoding = Encoding.from_stats(notes_stats(notes))
-    x = sampling.encode_notes(notes.pitch, notes.duration, notes.delta, encoding)
+    x = decode.encode_notes(notes.pitch, notes.duration, notes.delta, encoding)
     assert x.min() >= 0 and x.max() <= 1
-    (track,) = sampling.decode(x[:, None, :], encoding)
+    track = decode.decode(x[:, None, :], encoding)
     onset = np.rint((notes.onset - notes.onset[0]) * TICKS_PER_QUARTER)
     assert track.pitch.tolist() == notes.pitch.tolist()
     assert np.abs(track.onset - onset).max() <= 1
@@ -105,8 +108,8 @@ def test_decoding_real_notes_gives_back_the_same_notes():
 def test_decoded_notes_survive_writing_and_reading_midi(tmp_path):
     notes = midi.extract_notes(PIANO_MIDI)
     encoding = Encoding.from_stats(notes_stats(notes))
-    x = sampling.encode_notes(notes.pitch, notes.duration, notes.delta, encoding)
-    (track,) = sampling.decode(x[:, None, :], encoding)
+    x = decode.encode_notes(notes.pitch, notes.duration, notes.delta, encoding)
+    track = decode.decode(x[:, None, :], encoding)
     midi.write_midi(tmp_path / "a.mid", [midi.TrackNotes(track.pitch, track.onset / TICKS_PER_QUARTER,
                                                          track.duration / TICKS_PER_QUARTER)])
     assert read_notes(tmp_path / "a.mid") == list(zip(track.pitch.tolist(), track.onset.tolist(),
@@ -116,25 +119,25 @@ def test_decoded_notes_survive_writing_and_reading_midi(tmp_path):
 def test_wild_model_output_decodes_to_valid_notes_without_crashing():
     encoding = Encoding(lo=[30.0, 0.25, 0.0], hi=[2000.0, 4.0, 2.0])
     x = np.array([[[-3.0, 0.5, 7.0, np.nan]], [[-1.0, 0.0, np.nan, 2.0]], [[np.nan, -2.0, 0.0, 9.0]]])
-    (track,) = sampling.decode(x, encoding)
+    track = decode.decode(x, encoding)
     assert len(track.pitch) >= 1
     assert track.pitch.min() >= 0 and track.pitch.max() <= 127
-    assert track.duration.min() >= sampling.MIN_DURATION_TICKS
+    assert track.duration.min() >= decode.MIN_DURATION_TICKS
     assert (np.diff(track.onset) >= 0).all() and track.onset[0] == 0
 
 
 def test_notes_on_the_same_pitch_and_tick_keep_the_first_in_sequence_order():
-    track = sampling.decode_row(np.full(3, 440.0), np.array([1.0, 3.0, 2.0]), np.array([0.0, 0.0, 1.0]))
+    track = decode.decode_row(np.full(3, 440.0), np.array([1.0, 3.0, 2.0]), np.array([0.0, 0.0, 1.0]))
     assert track.pitch.tolist() == [69, 69]
     assert track.onset.tolist() == [0, TICKS_PER_QUARTER]
     assert track.duration.tolist() == [TICKS_PER_QUARTER, 2 * TICKS_PER_QUARTER]
 
 
 def test_quantize_snaps_onsets_and_durations_to_the_grid():
-    grid = sampling.parse_quantize("1/16")
+    grid = parse_quantize("1/16")
     assert grid == TICKS_PER_QUARTER // 4
-    track = sampling.decode_row(np.full(4, 440.0) * [1, 2, 4, 8], np.array([0.01, 0.3, 0.6, 1.1]),
-                                np.array([0.0, 0.13, 0.4, 0.3]), grid)
+    track = decode.decode_row(np.full(4, 440.0) * [1, 2, 4, 8], np.array([0.01, 0.3, 0.6, 1.1]),
+                              np.array([0.0, 0.13, 0.4, 0.3]), grid)
     assert (track.onset % grid == 0).all() and (track.duration % grid == 0).all()
     assert track.onset.tolist() == [0, 120, 240, 360]
     assert track.duration.tolist() == [120, 120, 240, 480]
@@ -143,7 +146,7 @@ def test_quantize_snaps_onsets_and_durations_to_the_grid():
 @pytest.mark.parametrize("grid", ["1/7", "sixteenth", "0", "-1/8", "1/0"])
 def test_quantize_rejects_grids_that_are_not_whole_ticks(grid):
     with pytest.raises(DmcError, match="--quantize"):
-        sampling.parse_quantize(grid)
+        parse_quantize(grid)
 
 
 # -- sampling -------------------------------------------------------------------------------------------
@@ -155,7 +158,7 @@ def test_the_same_seed_writes_byte_identical_midi_files(checkpoint, tmp_path):
         runs = [tmp_path / f"{sampler}-{i}" for i in range(3)]
         for out, seed in zip(runs, (7, 7, 8), strict=True):
             opts = quiet(n=n, batch_size=2, seed=seed, sampler=sampler, steps=3, eta=eta)
-            sampling.generate_files(out, opts, checkpoint)
+            generate_files(out, opts, checkpoint)
         names = sorted(p.name for p in runs[0].iterdir())
         assert len(names) == n
         for name in names:
@@ -166,57 +169,65 @@ def test_the_same_seed_writes_byte_identical_midi_files(checkpoint, tmp_path):
 def test_ddpm_visits_every_timestep_and_ddim_only_the_asked_steps(checkpoint):
     from pipeline.model.unet import load_trained
 
-    model, _, kwargs = load_trained(checkpoint, "cpu")
+    model, stats, kwargs = load_trained(checkpoint, "cpu")
     calls = []
 
     def counting(x, t):
         calls.append(int(t[0]))
         return model(x, t)
 
-    diffusion = GaussianDiffusion(**kwargs)
+    diffusion, encoding = GaussianDiffusion(**kwargs), Encoding.from_stats(stats)
     cases = ((Sampler("ddpm"), TIMESTEPS), (Sampler("ddim", 4), 4), (Sampler("ddim", 99), TIMESTEPS))
     for sampler, expected in cases:
         calls.clear()
-        x = sampling.generate(counting, diffusion, 2, 1, SEQ_LEN, SEQ_LEN, sampler, progress=False)
-        assert x.shape == (2, 3, 1, SEQ_LEN) and np.isfinite(x).all()
+        (pieces,) = rows.generate_rows(counting, diffusion, sampler, encoding, 2, 1, SEQ_LEN, SEQ_LEN,
+                                       progress=False)
+        assert [len(row) for (row,) in pieces] == [SEQ_LEN, SEQ_LEN]
         assert len(calls) == expected and calls[0] == TIMESTEPS - 1 and calls == sorted(calls, reverse=True)
+
+
+def one_row(model, diffusion, encoding, n, length, seed=0, batch_size=8):
+    """`n` one-row pieces of `length` notes, as lists of batches."""
+    return list(rows.generate_rows(model, diffusion, Sampler("ddim", 3), encoding, n, 1, SEQ_LEN, length,
+                                   batch_size=batch_size, seed=seed, progress=False))
 
 
 def test_long_pieces_have_the_asked_length_and_continue_the_first_window(checkpoint):
     from pipeline.model.unet import load_trained
 
-    model, _, kwargs = load_trained(checkpoint, "cpu")
-    diffusion = GaussianDiffusion(**kwargs)
+    model, stats, kwargs = load_trained(checkpoint, "cpu")
+    diffusion, encoding = GaussianDiffusion(**kwargs), Encoding.from_stats(stats)
     length = 2 * SEQ_LEN + 5
-    ddim = Sampler("ddim", 3)
-    long = sampling.generate(model, diffusion, 1, 1, SEQ_LEN, length, ddim, seed=3, progress=False)
-    short = sampling.generate(model, diffusion, 1, 1, SEQ_LEN, SEQ_LEN, ddim, seed=3, progress=False)
-    assert long.shape == (1, 3, 1, length)
-    np.testing.assert_array_equal(long[..., :SEQ_LEN], short)
-    assert sampling.window_starts(length, SEQ_LEN, SEQ_LEN // 2) == [0, 32, 48, 64]
+    ((long,),), = one_row(model, diffusion, encoding, 1, length, seed=3)
+    ((short,),), = one_row(model, diffusion, encoding, 1, SEQ_LEN, seed=3)
+    assert len(long) == length
+    for got, want in zip((long.pitch, long.onset, long.duration), (short.pitch, short.onset, short.duration),
+                         strict=True):
+        np.testing.assert_array_equal(got[:SEQ_LEN], want)
 
 
-def test_pieces_come_a_batch_at_a_time_and_equal_one_call_for_all(checkpoint):
+def test_pieces_come_a_batch_at_a_time_and_the_same_seed_gives_the_same_notes(checkpoint):
     from pipeline.model.unet import load_trained
 
-    model, _, kwargs = load_trained(checkpoint, "cpu")
-    diffusion, ddim = GaussianDiffusion(**kwargs), Sampler("ddim", 3)
-    batches = list(sampling.generate_batches(model, diffusion, 5, 1, SEQ_LEN, SEQ_LEN, ddim, batch_size=2,
-                                             progress=False))
+    model, stats, kwargs = load_trained(checkpoint, "cpu")
+    diffusion, encoding = GaussianDiffusion(**kwargs), Encoding.from_stats(stats)
+    batches = one_row(model, diffusion, encoding, 5, SEQ_LEN, batch_size=2)
     assert [len(b) for b in batches] == [2, 2, 1]
-    whole = sampling.generate(model, diffusion, 5, 1, SEQ_LEN, SEQ_LEN, ddim, batch_size=2, progress=False)
-    np.testing.assert_array_equal(np.concatenate(batches), whole)
+    again = one_row(model, diffusion, encoding, 5, SEQ_LEN, batch_size=2)
+    for (row,), (same,) in zip(sum(batches, []), sum(again, []), strict=True):
+        np.testing.assert_array_equal(row.onset, same.onset)
+        np.testing.assert_array_equal(row.pitch, same.pitch)
 
 
 def test_long_piece_files_hold_more_notes_than_one_window(checkpoint, tmp_path):
-    sampling.generate_files(tmp_path, quiet(n=1, length=3 * SEQ_LEN, steps=3), checkpoint)
+    generate_files(tmp_path, quiet(n=1, length=3 * SEQ_LEN, steps=3), checkpoint)
     # A few decoded notes may merge (same pitch and tick), so count loosely above one window.
     assert len(read_notes(tmp_path / "sample_000.mid")) > SEQ_LEN
 
 
 def test_continuation_begins_with_the_prompts_notes(checkpoint, tmp_path):
     k = 12
-    summary = sampling.generate_files(tmp_path, quiet(n=2, steps=4, prompt=PIANO_MIDI, prompt_notes=k,
+    summary = generate_files(tmp_path, quiet(n=2, steps=4, prompt=PIANO_MIDI, prompt_notes=k,
                                                       length=2 * SEQ_LEN), checkpoint)
     assert summary["files"] == ["sample_000.mid", "sample_001.mid"]
     notes = midi.extract_notes(PIANO_MIDI)
@@ -236,7 +247,7 @@ def test_continuation_begins_with_the_prompts_notes(checkpoint, tmp_path):
 
 def test_prompt_with_no_usable_track_is_refused(tmp_path):
     with pytest.raises(DmcError, match="--prompt"):
-        sampling.read_prompt(MUSIC21 / "omr" / "k525short.mid", Encoding([0, 0, 0], [1, 1, 1]), 8)
+        read_rows(MUSIC21 / "omr" / "k525short.mid", ["piano"])
 
 
 # -- audio and plots ------------------------------------------------------------------------------------
@@ -254,7 +265,7 @@ def test_audio_is_rendered_as_wav_and_ogg(tmp_path):
 
 @pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth is not installed")
 def test_generated_pieces_come_with_audio_and_piano_rolls(checkpoint, tmp_path):
-    summary = sampling.generate_files(tmp_path, quiet(n=2, steps=2, audio="wav", plot=True), checkpoint)
+    summary = generate_files(tmp_path, quiet(n=2, steps=2, audio="wav", plot=True), checkpoint)
     assert sorted(summary["files"]) == sorted(p.name for p in tmp_path.iterdir())
     for i in range(2):
         assert (tmp_path / f"sample_00{i}.wav").read_bytes()[:4] == b"RIFF"
@@ -264,7 +275,7 @@ def test_generated_pieces_come_with_audio_and_piano_rolls(checkpoint, tmp_path):
 def test_missing_fluidsynth_gives_a_one_line_notice_and_still_writes_midi(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     lines = []
-    summary = sampling.generate_files(tmp_path / "out", quiet(n=1, steps=2, audio="ogg"), checkpoint,
+    summary = generate_files(tmp_path / "out", quiet(n=1, steps=2, audio="ogg"), checkpoint,
                                       log=lines.append)
     assert summary["files"] == ["sample_000.mid"]
     assert len(lines) == 1 and "apt-get install fluidsynth fluid-soundfont-gm" in lines[0]
@@ -299,7 +310,7 @@ def test_a_lattice_coded_self_conditioned_model_writes_notes_on_the_lattice(tmp_
     assert on_grid[:12].all()
     stats = lattice_stats(notes)
     checkpoint = write_checkpoint(tmp_path / "model.pt", stats, self_condition=True)
-    summary = sampling.generate_files(tmp_path / "out", quiet(n=2, steps=4, length=2 * SEQ_LEN,
+    summary = generate_files(tmp_path / "out", quiet(n=2, steps=4, length=2 * SEQ_LEN,
                                                               prompt=PIANO_MIDI, prompt_notes=12), checkpoint)
     low, high = (int(midi.pitch_of(stats["normalization"]["frequency"][k])) for k in ("min", "max"))
     grid = TICKS_PER_QUARTER // 4

@@ -1,6 +1,7 @@
 """The grid layout (pipeline/data/voices.py), its prepare (pipeline/model/voice_training.py) and
 harmonizing with it (pipeline/compose/harmonize.py): on the chorales of `satb_project` (conftest.py)
-and a randomly initialised grid U-Net of a short window and a 20-step schedule, so every test takes seconds."""
+and a randomly initialised grid U-Net of a short window and a 20-step schedule, so every test takes
+seconds."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from conftest import SATB
 
 from pipeline.cli import main
 from pipeline.compose.harmonize import compose, harmonize, load_grid_model
-from pipeline.compose.rows import RowNotes, read_rows
-from pipeline.compose.sampling import Sampler
+from pipeline.compose.sampler import Sampler
 from pipeline.data import voices
 from pipeline.data.midi import TrackNotes, write_midi
+from pipeline.data.rows import RowNotes, read_rows
 from pipeline.errors import DmcError
 from pipeline.model.checkpoints import write_checkpoint
 from pipeline.model.unet import UNet

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.compose.rows import RowNotes
+from pipeline.data.rows import RowNotes
 from pipeline.data import voices
 from pipeline.errors import DmcError
 
@@ -249,7 +249,7 @@ def melody_rows(path: str | Path, groups: Sequence[str], keep: Sequence[str]) ->
     """The kept rows of a prompt file (`pipeline.multirow.kept_rows`: a one-track file is the melody)."""
     import symusic
 
-    from pipeline.compose.rows import kept_rows
+    from pipeline.compose.prompts import kept_rows
 
     try:
         notes = sum(t.note_num() for t in symusic.Score(str(path)).tracks)
@@ -270,7 +270,7 @@ def write_pieces(out_dir: str | Path, stems: Sequence[str], pieces: Sequence[lis
     import shutil
     import tempfile
 
-    from pipeline.compose.sampling import _write_piece, programs_for, row_tracks
+    from pipeline.compose.write import programs_for, row_tracks, write_piece as _write_piece
 
     notices: list[str] = []
     if opts.audio:
@@ -311,7 +311,7 @@ def harmonize_files(melody: str | Path, out_dir: str | Path, opts: Any, model_pa
     into `out_dir` as MELODY_000.mid, ... Returns a summary (files, seconds, consonance of each)."""
     import time
 
-    from pipeline.compose.sampling import Sampler
+    from pipeline.compose.sampler import Sampler
     from pipeline.evaluate.voice_leading import voice_leading
 
     model = load_grid_model(model_path, Sampler(opts.sampler, opts.steps, opts.eta, opts.guard),
@@ -337,8 +337,8 @@ def generate_grid_files(out_dir: str | Path, opts: Any, model_path: Path, log: A
     `--length` grid steps (default: one window) from scratch. Writes sample_000.mid, ..."""
     import time
 
-    from pipeline.compose.rows import check_keep
-    from pipeline.compose.sampling import Sampler
+    from pipeline.compose.prompts import check_keep
+    from pipeline.compose.sampler import Sampler
 
     model = load_grid_model(model_path, Sampler(opts.sampler, opts.steps, opts.eta, opts.guard),
                             opts.device or "cpu")

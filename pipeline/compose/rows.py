@@ -1,6 +1,7 @@
-"""Multi-row generation: rows aligned in time, kept rows (harmonize, accompany) and pieces of any length.
+"""Generation for any number of rows: rows aligned in time, kept rows (harmonize, accompany), prompts to
+continue, and pieces of any length. A one-row model is the case H = 1 of the same path.
 
-A multi-row model's window is the prepare stage's (`pipeline.data.instruments`): all rows cover one span of
+A model's window is the prepare stage's (`pipeline.data.instruments`): all rows cover one span of
 beats that starts on a note onset, each row holds its notes of the span from position 0 with the first
 delta counted from the span's start, and the busiest row is full. Generation works in that frame, one
 window after another:
@@ -27,126 +28,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.compose.sampling import decoded_features, denoise_window, encode_notes, frequency_to_pitch
-from pipeline.data import midi
+from pipeline.compose.decode import decoded_features, encode_notes, notes_after
+from pipeline.compose.sampler import denoise_window
+from pipeline.data.rows import NO_NOTES, RowNotes
 from pipeline.errors import DmcError
-
-EMPTY = np.zeros(0)
-
-
-@dataclass(frozen=True)
-class RowNotes:
-    """The notes of one row in time order: MIDI pitch, onset and duration in beats."""
-
-    pitch: np.ndarray
-    onset: np.ndarray
-    duration: np.ndarray
-
-    @classmethod
-    def of(cls, pitch: Any, onset: Any, duration: Any) -> RowNotes:
-        return cls(np.asarray(pitch, dtype=np.int64), np.asarray(onset, dtype=np.float64),
-                   np.asarray(duration, dtype=np.float64))
-
-    def __len__(self) -> int:
-        return len(self.pitch)
-
-    def where(self, keep: np.ndarray) -> RowNotes:
-        return RowNotes(self.pitch[keep], self.onset[keep], self.duration[keep])
-
-    def then(self, later: RowNotes) -> RowNotes:
-        """These notes followed by `later` ones (which start no earlier)."""
-        return RowNotes(np.concatenate([self.pitch, later.pitch]), np.concatenate([self.onset, later.onset]),
-                        np.concatenate([self.duration, later.duration]))
-
-    def shifted(self, beats: float) -> RowNotes:
-        return RowNotes(self.pitch, self.onset + beats, self.duration)
-
-
-NO_NOTES = RowNotes.of(EMPTY, EMPTY, EMPTY)
-
-
-# -- reading the given parts of a prompt file -------------------------------------------------------------
-
-
-def read_rows(path: str | Path, groups: Sequence[str], what: str = "--prompt") -> list[RowNotes | None]:
-    """Each instrument group's track of a MIDI file, found as the prepare stage finds it (None: absent).
-    Errors name the file as `what`'s."""
-    from pipeline.data.instruments import extract_rows, groups_of
-
-    path = Path(path)
-    if not path.is_file():
-        raise DmcError(f"{what}: no such file {path}")
-    try:
-        rows = extract_rows(path, groups_of(groups))
-    except DmcError as err:  # RejectedFile: not MIDI, or no track in any group
-        raise DmcError(f"{what}: {path}: {err}") from None
-    return [None if r is None else RowNotes.of(r.pitch, r.onset, r.duration) for r in rows]
-
-
-def check_keep(groups: Sequence[str], keep: Sequence[str]) -> None:
-    """`--keep` must name some, not all, of a multi-row model's instrument groups."""
-    if len(groups) < 2:
-        raise DmcError(f"--keep: the model has one row ({groups[0]}); keeping parts needs a model of several "
-                       "instrument rows (e.g. instruments: [soprano, alto, tenor, bass])")
-    unknown = [k for k in keep if k not in groups]
-    if unknown:
-        raise DmcError(f"--keep: {unknown[0]!r} is not one of the model's instrument groups "
-                       f"({', '.join(groups)})")
-    if len(set(keep)) == len(groups):
-        raise DmcError(f"--keep: every row of the model ({', '.join(groups)}) is kept; nothing is left to "
-                       "generate")
-
-
-def kept_rows(path: str | Path, groups: Sequence[str], keep: Sequence[str]) -> dict[int, RowNotes]:
-    """The rows `keep` names (`--keep soprano,alto`), whole, from the prompt file: row index -> notes.
-
-    A file of one track is a melody: with one group kept, that track is the group's row whatever its name.
-    """
-    check_keep(groups, keep)
-    melody = _only_track(path) if len(set(keep)) == 1 else None
-    if melody is not None:
-        return {groups.index(keep[0]): melody}
-    rows = read_rows(path, groups)
-    missing = [k for k in keep if rows[groups.index(k)] is None]
-    if missing:
-        found = [g for g, r in zip(groups, rows, strict=True) if r is not None]
-        raise DmcError(f"--keep {missing[0]}: {path} has no {missing[0]} track (found: {', '.join(found)})")
-    return {groups.index(k): rows[groups.index(k)] for k in dict.fromkeys(keep)}
-
-
-def _only_track(path: str | Path) -> RowNotes | None:
-    """The notes of a MIDI file that has exactly one track with notes, else None."""
-    import symusic
-
-    path = Path(path)
-    if not path.is_file():
-        raise DmcError(f"--prompt: no such file {path}")
-    try:
-        tracks = sum(t.note_num() > 0 for t in symusic.Score(str(path)).tracks)
-    except Exception:  # not MIDI: read_rows says so in its own words
-        return None
-    if tracks != 1:
-        return None
-    notes = midi.extract_notes(path, programs=range(128))
-    return RowNotes.of(notes.pitch, notes.onset, notes.duration)
-
-
-def prompt_rows(path: str | Path, groups: Sequence[str], n_notes: int) -> tuple[list[RowNotes], float]:
-    """The start of a prompt file to continue, in every row: the notes up to the onset where its busiest
-    row has `n_notes` (a window of that many notes, as prepare cuts one). Returns the rows and that onset."""
-    rows = [NO_NOTES if r is None else r for r in read_rows(path, groups)]
-    origin = min(float(r.onset[0]) for r in rows if len(r))
-    end = min((float(r.onset[n_notes - 1]) for r in rows if len(r) >= n_notes),
-              default=max(float(r.onset[-1]) for r in rows if len(r)))
-    return [r.where(r.onset <= end).shifted(-origin) for r in rows], end - origin
-
 
 # -- one window -------------------------------------------------------------------------------------------
 
@@ -185,15 +76,12 @@ def decode_new(x: np.ndarray, given: Sequence[RowNotes], start: float, encoding:
     out = []
     for h, row in enumerate(given):
         k = len(row)
-        d = np.maximum(delta[h, k:], 0.0)
-        d = np.where(d < chord_snap, 0.0, d)
         last = float(row.onset[-1]) if k else start
-        out.append(RowNotes.of(frequency_to_pitch(frequency[h, k:]), last + np.cumsum(d),
-                               np.maximum(duration[h, k:], 0.0)))
+        out.append(notes_after(frequency[h, k:], duration[h, k:], delta[h, k:], last, chord_snap))
     return out
 
 
-# -- pieces ------------------------------------------------------------------------------------------------
+# -- pieces -----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

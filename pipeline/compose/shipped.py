@@ -34,6 +34,7 @@ import torch
 from pipeline.errors import DmcError
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+MODEL_PATH = Path("models/model.pt")  # the checkout's trained model, where the train stage writes it
 DEFAULT = "bach"  # what `dmc generate` uses when the checkout has no trained model
 CARD = "card.json"
 WEIGHTS_FILE = "model.pt"
@@ -50,6 +51,16 @@ PROBE_TOLERANCE = 1e-3
 SPEED_ONLY = ("urls", "download.concurrency", "download.rate_limit", "download.timeout", "download.retries",
               "download.backoff", "download.freemidi_ids", "prepare.n_jobs", "train.compile",
               "train.val_every", "train.checkpoint_every")
+
+
+def find_model(start: str | Path | None = None) -> Path:
+    """models/model.pt of the project: under the nearest folder above `start` (default: the cwd) that
+    holds dvc.yaml, else under the checkout this package lives in."""
+    here = Path.cwd() if start is None else Path(start)
+    for folder in (here.resolve(), *here.resolve().parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder / MODEL_PATH
+    return Path(__file__).resolve().parents[2] / MODEL_PATH
 
 
 # -- reading and checking a shipped model -------------------------------------------------------------
@@ -148,8 +159,6 @@ def resolve_model(choice: str | Path | None = None, start: str | Path | None = N
     path, either to a checkpoint or to a shipped-model folder (as `export-model` writes). Shipped models
     are verified (`check_shipped`) before they are handed out.
     """
-    from pipeline.compose.sampling import find_model
-
     if choice is None:
         local = find_model(start)
         if local.is_file():
@@ -196,8 +205,6 @@ def _one_line(name: str, card: dict[str, Any]) -> str:
 def list_models(start: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per model `dmc generate` can use: the checkout's trained model (when there is one), then
     each shipped model. `default` marks the one used without --model."""
-    from pipeline.compose.sampling import find_model
-
     rows = []
     local = find_model(start)
     if local.is_file():

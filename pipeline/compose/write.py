@@ -1,4 +1,5 @@
-"""Writing generated pieces into a folder: all of them or none, one writer at a time.
+"""Writing generated pieces: each piece's files (MIDI, audio, piano roll), into a folder all of them or
+none, one writer at a time.
 
 `dmc generate o` first writes every file into `o/.dmc-generate-<pid>-<random>/`. Only when all are there
 do they replace the folder's pieces: the `sample_NNN.*` files of an earlier run, all of them, so the
@@ -17,12 +18,19 @@ import re
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from pipeline.compose.decode import TICKS_PER_QUARTER, to_ticks
+from pipeline.data import midi
+from pipeline.data.rows import RowNotes
 from pipeline.errors import DmcError, Interrupted, write_error
 from pipeline.files import exclusive_lock, process_running, remove_stale_temps
+
+if TYPE_CHECKING:
+    from pipeline.compose.options import GenerateOptions
 
 PIECE = re.compile(r"^sample_\d{3,}\.[A-Za-z0-9]+$")  # sample_000.mid, sample_000.ogg, sample_000.png
 LOCK = ".dmc-generate.lock"
@@ -30,6 +38,8 @@ STAGING = ".dmc-generate-"
 # A dead writer's backup of the old pieces; `_COMPLETE` inside marks that all of them had been moved.
 _BACKUP = re.compile(r"^\.dmc-generate-(?P<pid>\d+)-[a-z0-9_]{8}\.old$")
 _COMPLETE = ".complete"
+
+Track = list[midi.TrackNotes]
 
 
 @contextmanager
@@ -133,3 +143,58 @@ def _recover(out_dir: Path, log: Callable[[str], None]) -> None:
             f"(pid {match['pid']}) had moved aside")
     for litter in remove_stale_temps(out_dir):
         log(f"generate: removed {litter}, left by an interrupted generate")
+
+
+# -- one piece's files -------------------------------------------------------------------------------------
+
+
+def programs_for(stats: dict[str, Any], rows: int) -> list[tuple[int, bool, str]]:
+    """(GM program, is_drum, name) for each model row, from the training data's stats. Tracks are named
+    after their instrument group, which is how `pipeline.data.instruments` finds them again."""
+    names = list(stats.get("instruments") or ["piano"])[:rows]
+    names += [f"row {h}" for h in range(len(names), rows)]
+    # stats["row_programs"] (one GM program per row) is written by multi-instrument prepare; piano is 0.
+    programs = stats.get("row_programs")
+    if not (isinstance(programs, list) and len(programs) >= rows):
+        programs = [0] * rows
+    return [(int(programs[h]), names[h] == "drums", names[h]) for h in range(rows)]
+
+
+def on_grid(row: RowNotes, grid: int | None) -> RowNotes:
+    """A generated row as it is written: onsets and durations in whole ticks (on `grid`, if given), no note
+    shorter than MIN_DURATION_TICKS, none twice on one pitch and tick (`to_ticks`)."""
+    t = to_ticks(row.pitch, row.onset, row.duration, grid)
+    return RowNotes.of(t.pitch, t.onset / TICKS_PER_QUARTER, t.duration / TICKS_PER_QUARTER)
+
+
+def row_tracks(pieces: list[list[RowNotes]], kept: Collection[int], grid: int | None,
+               tracks_of: list[tuple[int, bool, str]]) -> list[Track]:
+    """Multi-row pieces -> tracks. Kept rows are written as they came; generated ones `on_grid`."""
+    out = []
+    for rows in pieces:
+        written = [row if h in kept else on_grid(row, grid) for h, row in enumerate(rows)]
+        out.append([midi.TrackNotes(pitch=r.pitch, onset=r.onset, duration=r.duration, program=program,
+                                    is_drum=drum, name=name)
+                    for r, (program, drum, name) in zip(written, tracks_of, strict=True)])
+    return out
+
+
+def write_piece(folder: Path, stem: str, tracks: Track, opts: GenerateOptions, notices: list[str],
+                 log: Callable[[str], None]) -> list[str]:
+    """Write one piece's MIDI (and audio, piano roll) into `folder`; returns the file names."""
+    from pipeline.render import audio
+
+    midi.write_midi(folder / f"{stem}.mid", tracks, tempo=opts.tempo, ticks_per_quarter=TICKS_PER_QUARTER)
+    names = [f"{stem}.mid"]
+    if opts.audio and audio.can_render():
+        try:
+            names.append(audio.render_audio_file(folder / f"{stem}.mid", folder / f"{stem}.{opts.audio}",
+                                                 opts.audio).name)
+        except RuntimeError as err:  # the MIDI is the product; a failed rendering is only noted
+            notices.append(f"notice: no audio for {stem}: {err}")
+            log(notices[-1])
+    if opts.plot:
+        from pipeline.render.plots import write_piano_roll
+
+        names.append(write_piano_roll(folder / f"{stem}.png", tracks, title=stem).name)
+    return names

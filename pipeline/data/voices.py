@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DmcError
-from pipeline.compose.rows import RowNotes
+from pipeline.data.rows import RowNotes
 
 CHANNELS = 5  # height, cos, sin (the pitch helix), sounding, onset
 REST, ONSET, HELD = 0, 1, 2

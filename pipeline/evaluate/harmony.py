@@ -10,8 +10,8 @@ first row, the soprano) are taken whole from the file and the model writes the o
 
 Per generated voice, against the real voices of the test files: OA (the mean over Yang & Lerch's
 features) and framewise consistency and variance (`pipeline.evaluate.metrics`);
-`bach` there is the train files' voices, the real-vs-real ceiling. Per piece, all voices together: the consonant fraction of vertical
-intervals and parallel fifths and octaves per 100 notes (`pipeline.evaluate.voice_leading`),
+`bach` there is the train files' voices, the real-vs-real ceiling. Per piece, all voices together: the
+consonant fraction of vertical intervals and parallel fifths and octaves per 100 notes (`pipeline.evaluate.voice_leading`),
 averaged over pieces.
 """
 
@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.compose.rows import NO_NOTES, Given, RowNotes, check_keep, generate_rows, read_rows
-from pipeline.compose.sampling import on_grid
+from pipeline.compose.prompts import check_keep
+from pipeline.compose.rows import Given, generate_rows
+from pipeline.data.rows import NO_NOTES, RowNotes, read_rows
+from pipeline.compose.write import on_grid
 from pipeline.data.segments import SEGMENTS_FILE
 from pipeline.errors import DmcError
 from pipeline.evaluate.baselines import MarkovChain
@@ -216,14 +218,9 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
     and, with `samples_dir`, each harmonization as MIDI and a piano roll named after its test file.
     Returns the report and the model's instrument groups."""
     from pipeline.compose.harmonize import grid_model_path, load_grid_model
-    from pipeline.compose.sampling import (
-        LoadedModel,
-        Sampler,
-        grid_ticks,
-        load_sampler,
-        programs_for,
-        row_tracks,
-    )
+    from pipeline.compose.options import grid_ticks
+    from pipeline.compose.sampler import LoadedModel, Sampler, load_sampler
+    from pipeline.compose.write import programs_for, row_tracks
     from pipeline.data import midi
     from pipeline.data.datasets import read_manifest
     from pipeline.files import atomic_path, write_json

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.compose.rows import RowNotes, read_rows
+from pipeline.data.rows import RowNotes, read_rows
 from pipeline.data import voices
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path
