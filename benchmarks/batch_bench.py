@@ -1,8 +1,8 @@
 """Batch generation: pieces per second and peak memory of `dmc generate --n N`, for several N in one run.
 
 Each N runs in its own process (so its peak RSS is its own), through
-`pipeline.compose.sampling.generate_files` exactly as `dmc generate`
-does: drawn and written one batch at a time. Memory that grows with N would show as a larger peak for the larger N.
+`pipeline.compose.generate.generate_files` exactly as `dmc generate` does: drawn and written one batch at
+a time. Memory that grows with N would show as a larger peak for the larger N.
 
     python benchmarks/batch_bench.py                                   # n 100 and 1000, shipped bach model
     python benchmarks/batch_bench.py --n 8 32 --batch-size 8 --steps 2  # a smoke test

@@ -58,8 +58,8 @@ def main() -> None:
     import torch
 
     from pipeline.compose.harmonize import grid_model_path, harmonize, load_grid_model
-    from pipeline.data.rows import read_rows
     from pipeline.compose.sampler import Sampler
+    from pipeline.data.rows import read_rows
     from pipeline.evaluate.voice_leading import voice_leading
 
     torch.set_num_threads(args.threads)

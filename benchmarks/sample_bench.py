@@ -20,7 +20,9 @@ import time
 
 import torch
 
-from pipeline.compose.sampling import Sampler, generate
+from pipeline.compose.rows import generate_rows
+from pipeline.compose.sampler import Sampler
+from pipeline.data.encoding import Encoding
 from pipeline.model.diffusion import GaussianDiffusion
 from pipeline.model.unet import PRESETS, UNet
 from pipeline.threads import configure_threads, limit_threads
@@ -30,19 +32,22 @@ def time_sampler(model: UNet, diffusion: GaussianDiffusion, sampler: Sampler, pi
                  device: torch.device, repeats: int) -> float:
     """Best wall-clock seconds of `repeats` runs (after one warm-up window) for `pieces` pieces."""
     rows = 1  # piano, as the original
+    encoding = Encoding(lo=[27.5, 0.0, 0.0], hi=[4186.0, 4.0, 4.0])  # the original's 3 features
+
+    def generate(with_sampler: Sampler) -> None:
+        list(generate_rows(model, diffusion, with_sampler, encoding, pieces, rows, notes, notes,
+                           batch_size=pieces, seed=0, device=device, progress=False))
 
     def once() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        generate(model, diffusion, pieces, rows, notes, notes, sampler, batch_size=pieces, seed=0,
-                 device=device, progress=False)
+        generate(sampler)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    generate(model, diffusion, pieces, rows, notes, notes, Sampler("ddim", 2), batch_size=pieces,
-             device=device, progress=False)  # warm-up: allocator, kernels, thread pool
+    generate(Sampler("ddim", 2))  # warm-up: allocator, kernels, thread pool
     return min(once() for _ in range(repeats))
 
 

@@ -14,7 +14,6 @@ import yaml
 from pipeline.data.encoding import ORIGINAL, PITCH, PITCH_CODES, SCALE, STORED, TIME
 from pipeline.data.keys import KEYS
 from pipeline.errors import DmcError
-from pipeline.model.diffusion import GUARDS, LOSS_WEIGHTS, PREDICTIONS, SAMPLERS, SCHEDULES
 
 # PyYAML follows YAML 1.1, where `1e-06` (no dot) is a string. DVC writes `-S lr=1e-6` exactly so.
 _FLOAT = re.compile(
@@ -30,7 +29,15 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 
 DATASETS = ("bach", "bach-satb", "renaissance", "folder", "maestro", "lakh", "classical", "final-fantasy",
             "freemidi")
+# The model's levers by name. Not imported from pipeline.model: that imports torch, and params validate
+# without it (the validate stage, `dmc` commands that only read params). tests/test_params.py pins each
+# to the code that acts on it (pipeline.model.unet.PRESETS, pipeline.model.diffusion).
 PRESETS = ("tiny", "compact", "small", "full")
+SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("epsilon", "v", "x0")
+LOSS_WEIGHTS = ("none", "min_snr")
+SAMPLERS = ("ddpm", "ddim", "dpm++", "unipc")
+GUARDS = ("clip", "step_clip", "dynamic", "none")
 
 
 def _number(lo: float | None = None, hi: float | None = None, integer: bool = False, lo_open: bool = False):

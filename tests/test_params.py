@@ -117,3 +117,15 @@ def test_a_missing_or_broken_file_is_a_dmc_error(tmp_path):
     (tmp_path / "list.yaml").write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(DmcError, match="mapping"):
         load_params(tmp_path / "list.yaml")
+
+
+def test_params_name_the_same_levers_as_the_model_code():
+    from pipeline import params
+    from pipeline.model import diffusion, unet
+
+    assert sorted(params.PRESETS) == sorted(unet.PRESETS)
+    assert params.SCHEDULES == tuple(diffusion.SCHEDULES)
+    assert params.PREDICTIONS == tuple(diffusion.PREDICTIONS)
+    assert params.LOSS_WEIGHTS == tuple(diffusion.LOSS_WEIGHTS)
+    assert params.SAMPLERS == tuple(diffusion.SAMPLERS)
+    assert params.GUARDS == tuple(diffusion.GUARDS)

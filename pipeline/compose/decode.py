@@ -4,7 +4,8 @@ One window is a float array [C, H, W]: W coded notes on each of H instrument row
 `pipeline.data.segments` writes. Decoding inverts it:
 
     clip to the train split's bounds -> `pipeline.data.encoding` decodes
-    -> pitch = round(69 + 12 log2(f / 440)) -> deltas under `chord_snap` become 0 -> onset = the previous onset plus delta (beats)
+    -> pitch = round(69 + 12 log2(f / 440)) -> deltas under `chord_snap` become 0
+    -> onset = the previous onset plus delta (beats)
     -> ticks at TICKS_PER_QUARTER, optionally on a grid (`to_ticks`, when a piece is written).
 
 Training masks padding out of the loss, so the model writes a note at every position of every row; where

@@ -11,17 +11,65 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pipeline.compose.options import GenerateOptions, check_options, grid_ticks
 from pipeline.compose.prompts import given_of
 from pipeline.compose.rows import check_length, generate_rows
-from pipeline.compose.sampler import load_sampler
+from pipeline.compose.sampler import Denoiser, Sampler
 from pipeline.compose.write import Track, pieces_into, programs_for, row_tracks, write_piece
 from pipeline.data.keys import draw_shift, fitting, key_shift
+from pipeline.errors import DmcError
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to sample: the network, its data's stats and encoding, its diffusion process
+    with the chosen sampler's guard, on `device`."""
+
+    model: Denoiser
+    stats: dict[str, Any]
+    encoding: Any
+    diffusion: Any
+    sampler: Sampler
+    device: torch.device
+
+
+def load_sampler(checkpoint: str | Path | None, opts: GenerateOptions,
+                 log: Callable[[str], None] = print) -> LoadedModel:
+    """Load `checkpoint` (a path, a shipped model's name, or None for the checkout's model falling back to
+    the shipped default, `pipeline.compose.shipped.resolve_model`) for sampling with `opts`' sampler."""
+    from pipeline.compose.shipped import resolve_model
+    from pipeline.data.encoding import Encoding
+    from pipeline.model.unet import default_device, load_trained
+
+    sampler = Sampler(opts.sampler, opts.steps, opts.eta, opts.guard)
+    chosen = resolve_model(checkpoint)
+    if chosen.notice:
+        log(chosen.notice)
+    device = device_of(opts.device) if opts.device else default_device()
+    model, stats, diffusion_kwargs = load_trained(chosen.path, device)
+    encoding = Encoding.from_stats(stats)
+    return LoadedModel(model, stats, encoding, sampler.diffusion(diffusion_kwargs, encoding, device), sampler,
+                       device)
+
+
+def device_of(name: str) -> torch.device:
+    """The torch device `--device` names; a one-line error where it is unknown or absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DmcError(f"--device: unknown device {name!r}; use cpu, cuda or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DmcError("--device cuda: no CUDA GPU is available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DmcError("--device mps: Apple's MPS is not available here")
+    return device
 
 
 def generate_files(out_dir: str | Path, opts: GenerateOptions, checkpoint: str | Path | None = None,

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.rows import RowNotes
 from pipeline.data import voices
+from pipeline.data.rows import RowNotes
 from pipeline.errors import DmcError
 
 BEAT = 1.0  # a piece's grid starts on a beat, so step j has the metric place it had in training
@@ -270,7 +270,8 @@ def write_pieces(out_dir: str | Path, stems: Sequence[str], pieces: Sequence[lis
     import shutil
     import tempfile
 
-    from pipeline.compose.write import programs_for, row_tracks, write_piece as _write_piece
+    from pipeline.compose.write import programs_for, row_tracks
+    from pipeline.compose.write import write_piece as _write_piece
 
     notices: list[str] = []
     if opts.audio:

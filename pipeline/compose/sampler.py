@@ -1,12 +1,10 @@
-"""How to run the reverse process (`Sampler`), one window of it (`denoise_window`), and a trained model
-loaded ready to sample (`load_sampler`)."""
+"""How to run the reverse process (`Sampler`), and one window of it (`denoise_window`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,7 +15,6 @@ from pipeline.model.diffusion import GUARDS, SAMPLERS
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-    from pipeline.compose.options import GenerateOptions
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -26,8 +23,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class Sampler:
     """How to run the reverse process: `ddpm` visits all T steps, the others (`ddim`, `dpm++`, `unipc`)
     visit `steps` of them. `guard` keeps the x_0 estimate in the data's range
-    (`pipeline.model.diffusion.GUARDS`): `clip` (to the train split's bounds, per feature), `step_clip` (to ±1 inside the step), `dynamic`
-    (Imagen's percentile thresholding) or `none`."""
+    (`pipeline.model.diffusion.GUARDS`): `clip` (to the train split's bounds, per feature), `step_clip`
+    (to ±1 inside the step), `dynamic` (Imagen's percentile thresholding) or `none`."""
 
     name: str = "ddim"
     steps: int = 50
@@ -79,48 +76,3 @@ def denoise_window(model: Denoiser, diffusion: Any, sampler: Sampler, known: tor
         if bar is not None:
             bar.update()
     return x
-
-
-@dataclass
-class LoadedModel:
-    """A trained model ready to sample: the network, its data's stats and encoding, its diffusion process
-    with the chosen sampler's guard, on `device`."""
-
-    model: Denoiser
-    stats: dict[str, Any]
-    encoding: Any
-    diffusion: Any
-    sampler: Sampler
-    device: torch.device
-
-
-def load_sampler(checkpoint: str | Path | None, opts: GenerateOptions,
-                 log: Callable[[str], None] = print) -> LoadedModel:
-    """Load `checkpoint` (a path, a shipped model's name, or None for the checkout's model falling back to
-    the shipped default, `pipeline.compose.shipped.resolve_model`) for sampling with `opts`' sampler."""
-    from pipeline.compose.shipped import resolve_model
-    from pipeline.data.encoding import Encoding
-    from pipeline.model.unet import default_device, load_trained
-
-    sampler = Sampler(opts.sampler, opts.steps, opts.eta, opts.guard)
-    chosen = resolve_model(checkpoint)
-    if chosen.notice:
-        log(chosen.notice)
-    device = device_of(opts.device) if opts.device else default_device()
-    model, stats, diffusion_kwargs = load_trained(chosen.path, device)
-    encoding = Encoding.from_stats(stats)
-    return LoadedModel(model, stats, encoding, sampler.diffusion(diffusion_kwargs, encoding, device), sampler,
-                       device)
-
-
-def device_of(name: str) -> torch.device:
-    """The torch device `--device` names; a one-line error where it is unknown or absent."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DmcError(f"--device: unknown device {name!r}; use cpu, cuda or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DmcError("--device cuda: no CUDA GPU is available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DmcError("--device mps: Apple's MPS is not available here")
-    return device

@@ -8,11 +8,11 @@ first row, the soprano) are taken whole from the file and the model writes the o
   train split's notes of that voice. It never looks at the melody: the bar any harmonizer must clear;
 - `bach`: the test files as written.
 
-Per generated voice, against the real voices of the test files: OA (the mean over Yang & Lerch's
-features) and framewise consistency and variance (`pipeline.evaluate.metrics`);
-`bach` there is the train files' voices, the real-vs-real ceiling. Per piece, all voices together: the
-consonant fraction of vertical intervals and parallel fifths and octaves per 100 notes (`pipeline.evaluate.voice_leading`),
-averaged over pieces.
+Per generated voice, against the real voices of the test files: OA (the mean over Yang & Lerch's features)
+and framewise consistency and variance (`pipeline.evaluate.metrics`); `bach` there is the train files'
+voices, the real-vs-real ceiling. Per piece, all voices together: the consonant fraction of vertical
+intervals and parallel fifths and octaves per 100 notes (`pipeline.evaluate.voice_leading`), averaged over
+pieces.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 
 from pipeline.compose.prompts import check_keep
 from pipeline.compose.rows import Given, generate_rows
-from pipeline.data.rows import NO_NOTES, RowNotes, read_rows
 from pipeline.compose.write import on_grid
+from pipeline.data.rows import NO_NOTES, RowNotes, read_rows
 from pipeline.data.segments import SEGMENTS_FILE
 from pipeline.errors import DmcError
 from pipeline.evaluate.baselines import MarkovChain
@@ -217,9 +217,10 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
     """`dmc evaluate-harmony`: load the model, harmonize the test files, write the metrics to `out` (JSON)
     and, with `samples_dir`, each harmonization as MIDI and a piano roll named after its test file.
     Returns the report and the model's instrument groups."""
+    from pipeline.compose.generate import LoadedModel, load_sampler
     from pipeline.compose.harmonize import grid_model_path, load_grid_model
     from pipeline.compose.options import grid_ticks
-    from pipeline.compose.sampler import LoadedModel, Sampler, load_sampler
+    from pipeline.compose.sampler import Sampler
     from pipeline.compose.write import programs_for, row_tracks
     from pipeline.data import midi
     from pipeline.data.datasets import read_manifest

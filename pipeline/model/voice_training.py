@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.data.rows import RowNotes, read_rows
 from pipeline.data import voices
+from pipeline.data.rows import RowNotes, read_rows
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path
 
