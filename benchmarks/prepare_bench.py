@@ -32,7 +32,8 @@ import mido_oracle  # noqa: E402
 import music21  # noqa: E402
 
 from pipeline.data.midi import TrackNotes, write_midi  # noqa: E402
-from pipeline.data.segments import PrepareConfig, write_prepared  # noqa: E402
+from pipeline.data.prepared import write_prepared  # noqa: E402
+from pipeline.data.segments import PrepareConfig  # noqa: E402
 
 LAKH_FILES = 178_561
 # (program, is_drum) choices for generated tracks: the piano set, and instruments that are not in it.

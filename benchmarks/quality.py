@@ -148,7 +148,8 @@ def _digest(obj: Any) -> str:
 def prepared_for(params: dict[str, Any]) -> Path:
     """The prepared data for these params, made once per distinct prepare config."""
     from pipeline.data.datasets import read_manifest
-    from pipeline.data.segments import PrepareConfig, write_prepared
+    from pipeline.data.prepared import write_prepared
+    from pipeline.data.segments import PrepareConfig
 
     config = PrepareConfig.from_params(params)
     out = RUNS / "prepared" / _digest([params["dataset"], config.__dict__])

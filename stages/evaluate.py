@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.segments import load_stats
+from pipeline.data.prepared import load_stats
 from pipeline.evaluate import metrics
 from pipeline.evaluate.evaluation import SETS, evaluate_samples
 from pipeline.files import atomic_path, write_json

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pipeline.data.datasets import read_manifest
 from pipeline.data.datasets.corpus import resolve_jobs
-from pipeline.data.segments import PrepareConfig, write_prepared
+from pipeline.data.prepared import write_prepared
+from pipeline.data.segments import PrepareConfig
 from pipeline.errors import DmcError
 from pipeline.files import write_json
 from pipeline.params import load_params

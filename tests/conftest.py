@@ -104,8 +104,9 @@ def bach_midi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_dir(bach_midi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared folder from `bach_midi_dir`: seq_len 32, every split non-empty. Read it with
-    `pipeline.data.segments.load_split / load_pitches / load_stats`."""
-    from pipeline.data.segments import PrepareConfig, write_prepared
+    `pipeline.data.prepared.load_split / load_pitches / load_stats`."""
+    from pipeline.data.prepared import write_prepared
+    from pipeline.data.segments import PrepareConfig
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     files = sorted(p.name for p in bach_midi_dir.glob("*.mid"))
@@ -138,7 +139,8 @@ def satb_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from pipeline.data.datasets import bach_satb, write_manifest
-    from pipeline.data.segments import PrepareConfig, write_prepared
+    from pipeline.data.prepared import write_prepared
+    from pipeline.data.segments import PrepareConfig
     from pipeline.model.unet import PRESETS, UNet
 
     root = tmp_path_factory.mktemp("satb-project")

@@ -21,14 +21,8 @@ from pipeline.data.encoding import (
     Encoding,
     EncodingFit,
 )
-from pipeline.data.segments import (
-    PrepareConfig,
-    features_of,
-    load_pitches,
-    load_split,
-    load_stats,
-    write_prepared,
-)
+from pipeline.data.prepared import load_pitches, load_split, load_stats, write_prepared
+from pipeline.data.segments import PrepareConfig, features_of
 from pipeline.errors import DmcError
 from pipeline.model.training import Transposer
 from pipeline.params import validate

@@ -13,7 +13,8 @@ import yaml
 
 from pipeline.data.encoding import Encoding
 from pipeline.data.midi import TrackNotes, write_midi
-from pipeline.data.segments import load_split, load_stats, segment_to_notes
+from pipeline.data.prepared import load_split, load_stats
+from pipeline.data.segments import segment_to_notes
 from pipeline.errors import DmcError
 from pipeline.evaluate.baselines import MarkovChain, baseline_sets, markov_segments, shuffle_segments
 

@@ -16,17 +16,11 @@ from conftest import PREPARED_SPLIT, repo_params
 
 from pipeline.compose.write import programs_for
 from pipeline.data import instruments
+from pipeline.data.encoding import FEATURES, Encoding
 from pipeline.data.instruments import GROUPS, extract_rows, file_windows, groups_of, window_spans
 from pipeline.data.midi import Notes, RejectedFile, TrackNotes, frequency, write_midi
-from pipeline.data.segments import (
-    FEATURES,
-    Encoding,
-    PrepareConfig,
-    load_mask,
-    load_split,
-    load_stats,
-    write_prepared,
-)
+from pipeline.data.prepared import load_mask, load_split, load_stats, write_prepared
+from pipeline.data.segments import PrepareConfig
 from pipeline.errors import DmcError
 from pipeline.evaluate import metrics
 from pipeline.evaluate.baselines import MarkovChain, masked_baseline_sets, shuffle_segments

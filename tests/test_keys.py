@@ -9,7 +9,8 @@ from test_sampling import PIANO_MIDI, lattice_stats, quiet, read_notes, write_ch
 from pipeline.compose.generate import generate_files
 from pipeline.data import keys, midi
 from pipeline.data.encoding import Encoding
-from pipeline.data.segments import PrepareConfig, load_pitches, load_split, write_prepared
+from pipeline.data.prepared import load_pitches, load_split, write_prepared
+from pipeline.data.segments import PrepareConfig
 from pipeline.model.training import load_data
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71, 72]

@@ -14,7 +14,7 @@ import yaml
 from conftest import repo_params
 
 from pipeline.data import datasets
-from pipeline.data.segments import load_mask, load_split, load_stats
+from pipeline.data.prepared import load_mask, load_split, load_stats
 
 SATB = ["soprano", "alto", "tenor", "bass"]
 N_CHORALES = 10

@@ -21,8 +21,8 @@ from pipeline.compose.sampler import Sampler
 from pipeline.data import midi
 from pipeline.data.encoding import Encoding
 from pipeline.data.instruments import extract_rows, groups_of
+from pipeline.data.prepared import load_stats
 from pipeline.data.rows import RowNotes
-from pipeline.data.segments import load_stats
 from pipeline.errors import DmcError
 from pipeline.model.unet import load_trained
 

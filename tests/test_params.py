@@ -124,8 +124,8 @@ def test_params_name_the_same_levers_as_the_model_code():
     from pipeline.model import diffusion, unet
 
     assert sorted(params.PRESETS) == sorted(unet.PRESETS)
-    assert params.SCHEDULES == tuple(diffusion.SCHEDULES)
-    assert params.PREDICTIONS == tuple(diffusion.PREDICTIONS)
-    assert params.LOSS_WEIGHTS == tuple(diffusion.LOSS_WEIGHTS)
-    assert params.SAMPLERS == tuple(diffusion.SAMPLERS)
-    assert params.GUARDS == tuple(diffusion.GUARDS)
+    assert tuple(diffusion.SCHEDULES) == params.SCHEDULES
+    assert tuple(diffusion.PREDICTIONS) == params.PREDICTIONS
+    assert tuple(diffusion.LOSS_WEIGHTS) == params.LOSS_WEIGHTS
+    assert tuple(diffusion.SAMPLERS) == params.SAMPLERS
+    assert tuple(diffusion.GUARDS) == params.GUARDS

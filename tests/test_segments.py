@@ -1,4 +1,5 @@
-"""Segments (pipeline/data/segments.py): windows, thresholds, split, normalization and the Parquet files."""
+"""Segments (pipeline/data/segments.py, prepared.py): windows, thresholds, split, normalization and the
+Parquet files."""
 
 from __future__ import annotations
 
@@ -10,21 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import PREPARED_SEQ_LEN, PREPARED_SPLIT
 
-from pipeline.data import segments
+from pipeline.data import prepared
+from pipeline.data.encoding import FEATURES, Encoding
 from pipeline.data.midi import Notes, RejectedFile, TrackNotes, extract_notes, write_midi
+from pipeline.data.prepared import load_pitches, load_split, load_stats, write_prepared
 from pipeline.data.segments import (
-    FEATURES,
-    Encoding,
     PrepareConfig,
     file_segments,
-    load_pitches,
-    load_split,
-    load_stats,
     note_features,
     segment_to_notes,
     split_of,
     window_starts,
-    write_prepared,
 )
 from pipeline.errors import DmcError
 
@@ -175,7 +172,7 @@ def test_no_output_folder_when_nothing_reaches_the_train_split(tmp_path: Path):
 
 
 def test_worker_processes_write_what_one_process_writes(tmp_path, bach_midi_dir, monkeypatch):
-    monkeypatch.setattr(segments, "FILES_PER_WORKER", 1)  # use the pool even for a handful of files
+    monkeypatch.setattr(prepared, "FILES_PER_WORKER", 1)  # use the pool even for a handful of files
     raw = tmp_path / "raw"
     raw.mkdir()
     for p in sorted(bach_midi_dir.glob("*.mid"))[:3]:

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import symusic
 
-from pipeline.errors import DmcError
 from pipeline.data.midi import Notes, RejectedFile, _clean, _midi_bytes, frequency
+from pipeline.errors import DmcError
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,8 @@ def group_of(groups: Sequence[Group], program: int, is_drum: bool, name: str) ->
 
 def extract_rows(path: str | Path, groups: Sequence[Group]) -> list[Notes | None]:
     """Each group's main track of one MIDI file (None where the file has none), following the note
-    contract of `pipeline.data.midi` (cleaning, beats from the file's ticks-per-quarter, delta within the track).
+    contract of `pipeline.data.midi` (cleaning, beats from the file's ticks-per-quarter, delta within the
+    track).
 
     Raises RejectedFile for a file that cannot be read or has no track in any group.
     """

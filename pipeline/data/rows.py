@@ -58,7 +58,8 @@ def read_rows(path: str | Path, groups: Sequence[str], what: str = "--prompt") -
     if not path.is_file():
         raise DmcError(f"{what}: no such file {path}")
     try:
-        rows = [midi.extract_notes(path)] if is_single_piano(groups) else extract_rows(path, groups_of(groups))
+        rows = [midi.extract_notes(path)] if is_single_piano(groups) else \
+            extract_rows(path, groups_of(groups))
     except DmcError as err:  # RejectedFile: not MIDI, or no track in any group
         raise DmcError(f"{what}: {path}: {err}") from None
     return [None if r is None else RowNotes.of(r.pitch, r.onset, r.duration) for r in rows]

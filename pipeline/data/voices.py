@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import DmcError
 from pipeline.data.rows import RowNotes
+from pipeline.errors import DmcError
 
 CHANNELS = 5  # height, cos, sin (the pitch helix), sounding, onset
 REST, ONSET, HELD = 0, 1, 2

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.data.encoding import Encoding
 from pipeline.data.midi import pitch_of
-from pipeline.data.segments import load_mask, load_split, load_stats
+from pipeline.data.prepared import load_mask, load_split, load_stats
 from pipeline.errors import DmcError
 from pipeline.evaluate import metrics
 from pipeline.evaluate.baselines import baseline_sets, choose, masked_baseline_sets

@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 from pipeline.compose.prompts import check_keep
 from pipeline.compose.rows import Given, generate_rows
 from pipeline.compose.write import on_grid
+from pipeline.data.prepared import SEGMENTS_FILE
 from pipeline.data.rows import NO_NOTES, RowNotes, read_rows
-from pipeline.data.segments import SEGMENTS_FILE
 from pipeline.errors import DmcError
 from pipeline.evaluate.baselines import MarkovChain
 from pipeline.evaluate.metrics import QUANTUM, Piece, evaluate_sets, flat_metrics, from_zero

@@ -127,7 +127,7 @@ class TrainData:
 def load_data(prepared_dir: str | Path, seq_len: int | None = None, key: str = "none") -> TrainData:
     """The train and val splits of a prepared folder; one-line errors for missing or unusable data.
     `key: common` moves every window to one key (`pipeline.keys`) and records the moves in the stats."""
-    from pipeline.data.segments import load_mask, load_pitches, load_split, load_stats
+    from pipeline.data.prepared import load_mask, load_pitches, load_split, load_stats
 
     stats = load_stats(prepared_dir)
     if seq_len is not None and stats["seq_len"] != seq_len:
