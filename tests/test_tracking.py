@@ -20,7 +20,7 @@ import pytest
 from conftest import HANG_GUARD_S
 
 from pipeline.errors import DmcError
-from pipeline.record import tracking
+from pipeline.record import execution, store, tracking
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,12 +105,12 @@ def test_store_is_sqlite_at_dvc_root_even_from_an_experiment_temp_copy(tmp_path,
     copy.mkdir(parents=True)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert tracking.repo_root(copy) == tmp_path.resolve()
-    assert tracking.tracking_uri(tracking.repo_root(copy)) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert store.repo_root(copy) == tmp_path.resolve()
+    assert store.tracking_uri(store.repo_root(copy)) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+    assert store.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
     monkeypatch.delenv("DVC_ROOT")
-    assert tracking.repo_root(copy) == copy.resolve()
+    assert store.repo_root(copy) == copy.resolve()
 
 
 def test_importing_the_stage_wrapper_and_tracking_touches_no_store(tmp_path):
@@ -125,12 +125,12 @@ def test_importing_the_stage_wrapper_and_tracking_touches_no_store(tmp_path):
 def test_tracking_is_off_on_request_and_on_every_torchrun_rank_but_zero(monkeypatch):
     monkeypatch.delenv("DMC_TRACKING", raising=False)
     monkeypatch.setenv("RANK", "0")
-    assert tracking.enabled()
+    assert store.enabled()
     monkeypatch.setenv("RANK", "1")
-    assert not tracking.enabled()
+    assert not store.enabled()
     monkeypatch.delenv("RANK")
     monkeypatch.setenv("DMC_TRACKING", "off")
-    assert not tracking.enabled()
+    assert not store.enabled()
 
 
 def test_stage_is_a_child_run_under_a_parent_with_params_tags_metrics_and_raw_data_digest(repo, monkeypatch):
@@ -156,7 +156,7 @@ def test_stage_is_a_child_run_under_a_parent_with_params_tags_metrics_and_raw_da
     assert child.data.tags["dmc.stage"] == "prepare"
     (data,) = child.inputs.dataset_inputs
     assert data.dataset.name == "bach-raw" and [t.value for t in data.tags] == ["source"]
-    assert data.dataset.digest == tracking.dvc_md5(repo / "data/manifest.json")
+    assert data.dataset.digest == execution.dvc_md5(repo / "data/manifest.json")
     artifacts = [a.path for a in client_for(repo).list_artifacts(child.info.run_id, "metrics")]
     assert artifacts == ["metrics/prepare.json"]
     assert (repo / "mlartifacts").is_dir()
@@ -240,8 +240,10 @@ def test_train_records_per_step_losses_the_prepared_data_and_a_loadable_model(re
     logged = client.get_logged_model(output.model_id)
     assert logged.source_run_id == child.info.run_id
     files = [a.path for a in client.list_logged_model_artifacts(logged.model_id, "code/pipeline")]
-    assert "code/pipeline/model/unet.py" in files and not any("weights" in f for f in files)
-    prepared = tracking.dvc_md5(repo / "data/prepared")
+    assert "code/pipeline/model" in files and not any("weights" in f for f in files)
+    model_code = client.list_logged_model_artifacts(logged.model_id, "code/pipeline/model")
+    assert "code/pipeline/model/unet.py" in [a.path for a in model_code]
+    prepared = execution.dvc_md5(repo / "data/prepared")
     for run in (child, parent):  # one context for the prepared data wherever it is an input
         assert [(d.dataset.digest, [t.value for t in d.tags]) for d in run.inputs.dataset_inputs] == \
             [(prepared, ["training"])]
@@ -499,7 +501,7 @@ def test_retry_locked_backs_off_on_a_locked_database_and_nothing_else():
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking.retry_locked(flaky, delay=0.001) == "ok" and len(calls) == 3
+    assert store.retry_locked(flaky, delay=0.001) == "ok" and len(calls) == 3
 
     def broken():
         calls.append(1)
@@ -507,7 +509,7 @@ def test_retry_locked_backs_off_on_a_locked_database_and_nothing_else():
 
     calls.clear()
     with pytest.raises(RuntimeError, match="no such table"):
-        tracking.retry_locked(broken, delay=0.001)
+        store.retry_locked(broken, delay=0.001)
     assert len(calls) == 1
 
 
@@ -523,15 +525,15 @@ def test_dvc_md5_is_the_hash_dvc_records(tmp_path):
 
     for name in ("d", "f.json"):
         recorded = yaml.safe_load((tmp_path / f"{name}.dvc").read_text())["outs"][0]["md5"]
-        assert tracking.dvc_md5(tmp_path / name) == recorded
+        assert execution.dvc_md5(tmp_path / name) == recorded
 
 
 def test_metrics_are_numbers_by_dotted_path_and_csv_series_need_a_step_column(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"a": 1, "b": {"c": 2.5, "d": "text", "e": True},
                                                  "f": float("nan")}))
-    assert tracking.metrics_from_json(tmp_path / "m.json", "m.") == {"m.a": 1.0, "m.b.c": 2.5}
+    assert execution.metrics_from_json(tmp_path / "m.json", "m.") == {"m.a": 1.0, "m.b.c": 2.5}
     (tmp_path / "loss.csv").write_text("step,loss,lr\n0,1.0,0.1\n5,0.5,0.1\n")
-    assert tracking.series_from_csv(tmp_path / "loss.csv") == {"loss.loss": [(0, 1.0), (5, 0.5)],
+    assert execution.series_from_csv(tmp_path / "loss.csv") == {"loss.loss": [(0, 1.0), (5, 0.5)],
                                                                "loss.lr": [(0, 0.1), (5, 0.1)]}
     (tmp_path / "table.csv").write_text("name,value\nx,1\n")
-    assert tracking.series_from_csv(tmp_path / "table.csv") == {}
+    assert execution.series_from_csv(tmp_path / "table.csv") == {}

@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path
-from pipeline.record import mlflow_views, tracking
+from pipeline.record import mlflow_views, store, tracking
 
 BASELINES = ("markov", "real")
 # Sets evaluate reports besides `generated`; their numbers appear only beside the generated ones.
@@ -179,8 +179,8 @@ def compare(out_dir: Path, uri: str | None = None, experiment: str = tracking.EX
     """Read the store, write `out_dir/compare.csv`, `compare.txt` and `compare_oa.png`, and point the
     saved comparison at the newest execution of each dataset; return the text, the files and the links
     to the runs table and to the comparison."""
-    root = tracking.repo_root(".")
-    uri = uri or tracking.tracking_uri(root)
+    root = store.repo_root(".")
+    uri = uri or store.tracking_uri(root)
     executions = read_executions(uri, experiment)
     out_dir = Path(out_dir)
     text = format_table(executions)

@@ -1,65 +1,71 @@
-"""MLflow wiring, in one place: where the store lives, how an execution is grouped, what a stage records.
+"""MLflow wiring: how an execution is grouped into runs, and what each stage records.
 
 `stages.run` wraps every stage's main in `track_stage(stage)`. Nothing touches MLflow until the stage has
 finished (or failed); then, under a file lock, the stage is recorded as a child run under a parent run
 that stands for one pipeline execution, one row in `mlflow ui`.
 
-Store: `MLFLOW_TRACKING_URI` when set, else `sqlite:///$DVC_ROOT/mlflow.db` with artifacts in
-`$DVC_ROOT/mlartifacts`. DVC sets `DVC_ROOT` to the original repository even when `dvc exp run --temp`
-or `--queue` runs the stage in a copy under .dvc/tmp/exps, so every experiment lands in one store.
-MLflow turns a relative artifact location into an absolute one when it creates the experiment (and
-every run records its own absolute URI), so a moved clone's store points at the old place.
+Store: `pipeline.record.store` (where it lives, the writers' lock). MLflow turns a relative artifact
+location into an absolute one when it creates the experiment (and every run records its own absolute URI),
+so a moved clone's store points at the old place.
 
 The experiment is tagged as a model-training experiment and carries two saved views of the runs table
-(pipeline.record.mlflow_views): `dmc-runs`, the executions, and `dmc-compare`, a comparison that `dmc ui` and
-`dmc compare` point at the newest execution of each dataset (`write_compare_view`).
+(pipeline.record.mlflow_views): `dmc-runs`, the executions, and `dmc-compare`, a comparison that `dmc ui`
+and `dmc compare` point at the newest execution of each dataset (`write_compare_view`).
 
 Grouping: the parent is found by a key, a hash of params.yaml, the code the pipeline runs and the DVC
 experiment name. A stage DVC skips logs nothing, and the next executed stage still finds the parent.
 A stage that the parent already holds (or a later one) starts a new parent: that is a new execution.
 
-What a stage records is read from its block in dvc.yaml: JSON `metrics` become MLflow metrics, CSV
-`plots` with a `step` column become per-step metrics, `data/` dependencies become dataset inputs with
-their DVC hash as digest, `models/*.pt` outputs become a logged PyTorch model (its code bundled, the
-shipped weights not) that the parent links too, and the remaining outputs become artifacts. A child holds
-its stage's numbers under their full names; the parent holds a few of them under short names
-(`PARENT_METRICS`: `oa` is `evaluate.generated.oa_mean`), rounded for the table, besides the loss curves
-and each stage's wall time. The sample stage also puts an HTML gallery
-(pipeline.record.gallery) on the parent.
+What a stage records is read from its block in dvc.yaml: JSON `metrics` become MLflow metrics, CSV `plots`
+with a `step` column become per-step metrics, `data/` dependencies become dataset inputs with their DVC
+hash as digest, `models/*.pt` outputs become a logged PyTorch model (its code bundled, the shipped weights
+not) that the parent links too, and the remaining outputs become artifacts. A child holds its stage's
+numbers under their full names; the parent holds a few of them under short names (`PARENT_METRICS`: `oa`
+is `evaluate.generated.oa_mean`), rounded for the table, besides the loss curves and each stage's wall
+time. The sample stage also puts an HTML gallery (pipeline.record.gallery) on the parent.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import json
-import math
 import os
-import re
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any
 
 from pipeline.errors import DmcError
-from pipeline.files import file_digest, process_running
+from pipeline.files import process_running
 from pipeline.record import mlflow_views
+from pipeline.record.execution import (
+    StageFiles,
+    code_digest,
+    dvc_md5,
+    git_commit,
+    grouping_key,
+    metrics_from_json,
+    package_versions,
+    series_from_csv,
+    stage_files,
+)
+from pipeline.record.store import (
+    Retrying,
+    default_store,
+    enabled,
+    repo_root,
+    retry_locked,
+    store_lock,
+    tracking_uri,
+)
 
 EXPERIMENT = "dmc"
 STAGE_ORDER = ("download", "prepare", "train", "sample", "evaluate")
-# The code whose change makes a new execution; its digest is part of the grouping key.
-CODE_GLOBS = ("dvc.yaml", "pipeline/**/*.py", "stages/*.py")
-PACKAGES = ("torch", "numpy", "symusic", "mlflow", "dvc", "pandas", "pyarrow", "music21", "muspy")
-LOCK_TIMEOUT_S = 600
 GROUP_TAG = "dmc.group"
 STAGES_TAG = "dmc.stages"
 # The process that created a run, so that a later one can tell a run whose process is gone.
@@ -99,177 +105,6 @@ PARENT_DIGITS = 4
 # The package's code goes into a logged model; the shipped weights under it do not.
 MODEL_CODE_EXCLUDE = ("weights", "__pycache__")
 
-T = TypeVar("T")
-
-
-# -- where the store lives ------------------------------------------------------------------------------
-
-def enabled() -> bool:
-    """False when DMC_TRACKING=0/off/false, and on every torchrun rank but 0 (only rank 0 logs)."""
-    if os.environ.get("DMC_TRACKING", "1").strip().lower() in ("0", "off", "false", "no"):
-        return False
-    return os.environ.get("RANK", "0") == "0"
-
-
-def repo_root(workdir: str | Path = ".") -> Path:
-    """The original repository: DVC_ROOT under DVC (even in an experiment's temp copy), else `workdir`."""
-    return Path(os.environ.get("DVC_ROOT") or workdir).resolve()
-
-
-def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
-
-
-def _default_store() -> bool:
-    return not os.environ.get("MLFLOW_TRACKING_URI")
-
-
-# -- retries and the lock ------------------------------------------------------------------------------
-
-def retry_locked(call: Callable[[], T], tries: int = 8, delay: float = 0.2) -> T:
-    """Run `call`, retrying with exponential backoff while SQLite answers 'database is locked'.
-
-    The file lock keeps dmc's own writers apart; this covers other readers and writers of the store
-    (an open `mlflow ui`, a second tool), whose transactions can still hold SQLite's lock for a moment.
-    """
-    for attempt in range(tries):
-        try:
-            return call()
-        except Exception as err:
-            if "database is locked" not in str(err) or attempt == tries - 1:
-                raise
-            time.sleep(delay * 2**attempt)
-    raise AssertionError("unreachable")
-
-
-class _Retrying:
-    """An MlflowClient whose every call goes through `retry_locked`."""
-
-    def __init__(self, client: Any):
-        self._client = client
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-        return lambda *args, **kwargs: retry_locked(lambda: attr(*args, **kwargs))
-
-
-@contextlib.contextmanager
-def store_lock(root: Path) -> Iterator[None]:
-    """Serialize dmc's writers (e.g. `dvc queue start -j 2`) on one store: a file lock beside it."""
-    from filelock import FileLock, Timeout
-
-    try:
-        with FileLock(str(root / "mlflow.db.lock"), timeout=LOCK_TIMEOUT_S):
-            yield
-    except Timeout:
-        raise DmcError(f"tracking: waited {LOCK_TIMEOUT_S} s for {root / 'mlflow.db.lock'}; "
-                       "is another process stuck logging?") from None
-
-
-# -- what identifies an execution ---------------------------------------------------------------------
-
-def git_commit(workdir: Path) -> str:
-    """HEAD of the repository at `workdir` ('' outside git). In a DVC temp copy it is the baseline."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True,
-                             timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def code_digest(workdir: Path) -> str:
-    """sha256 over the pipeline's code (dvc.yaml, pipeline/, stages/): names and contents."""
-    digest = hashlib.sha256()
-    files = sorted({p for pattern in CODE_GLOBS for p in workdir.glob(pattern) if p.is_file()})
-    for path in files:
-        digest.update(path.relative_to(workdir).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def grouping_key(params_text: str, code: str, exp_name: str) -> str:
-    """The parent run's key: same params, same code and same DVC experiment make one execution."""
-    payload = json.dumps({"params": params_text, "code": code, "exp": exp_name}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def dvc_md5(path: Path) -> str:
-    """The hash DVC records in dvc.lock: md5 of a file, or `<md5 of the listing>.dir` of a folder."""
-    if path.is_file():
-        return file_digest(path, "md5")
-    entries = [{"md5": file_digest(p, "md5"), "relpath": p.relative_to(path).as_posix()}
-               for p in path.rglob("*") if p.is_file()]
-    entries.sort(key=lambda e: e["relpath"])
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
-    return versions
-
-
-# -- what a stage declares in dvc.yaml ----------------------------------------------------------------
-
-@dataclass
-class StageFiles:
-    """A stage's block in dvc.yaml, reduced to paths."""
-
-    deps: list[str] = field(default_factory=list)
-    outs: list[str] = field(default_factory=list)
-    metrics: list[str] = field(default_factory=list)
-    plots: list[str] = field(default_factory=list)
-
-
-def _paths(entries: list[Any] | None) -> list[str]:
-    # An entry is a path, or a one-key mapping {path: options}.
-    return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
-
-
-def stage_files(dvc_yaml: Path, stage: str) -> StageFiles:
-    if not dvc_yaml.is_file():
-        return StageFiles()
-    block = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).get(stage) or {}
-    return StageFiles(*(_paths(block.get(key)) for key in ("deps", "outs", "metrics", "plots")))
-
-
-_METRIC_NAME = re.compile(r"[^\w\-. /]")
-
-
-def metrics_from_json(path: Path, prefix: str = "") -> dict[str, float]:
-    """Every finite number in a (nested) JSON file, keyed by its dotted path; booleans and text skipped."""
-    from pipeline.params import flatten
-
-    data = json.loads(path.read_text())
-    flat = flatten(data, prefix) if isinstance(data, dict) else {}
-    return {_METRIC_NAME.sub("_", k): float(v) for k, v in flat.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
-
-
-def series_from_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-step values of a CSV with a `step` column: {name: [(step, value), ...]}.
-
-    A file with one value column is named after the file (train_loss.csv -> train_loss), otherwise
-    each column is `<file>.<column>`. A CSV without `step` is a table, not a series: {}.
-    """
-    import pandas as pd
-
-    frame = pd.read_csv(path)
-    if "step" not in frame.columns:
-        return {}
-    columns = [c for c in frame.columns if c != "step" and pd.api.types.is_numeric_dtype(frame[c])]
-    series = {}
-    for column in columns:
-        name = path.stem if len(columns) == 1 else f"{path.stem}.{column}"
-        points = zip(frame["step"], frame[column], strict=True)
-        series[_METRIC_NAME.sub("_", name)] = [(int(s), float(v)) for s, v in points if math.isfinite(v)]
-    return series
-
 
 def parent_metrics(values: dict[str, float]) -> dict[str, float]:
     """The parent's short-named copies of a stage's numbers (`PARENT_METRICS`), rounded for the table."""
@@ -302,7 +137,7 @@ def track_stage(stage: str, workdir: str | Path = ".") -> Iterator[None]:
         raise
     try:
         recorded = log_stage(stage, workdir, "FINISHED", start)
-        if stage == STAGE_ORDER[-1] and (_default_store() or recorded.uri.startswith("http")):
+        if stage == STAGE_ORDER[-1] and (default_store() or recorded.uri.startswith("http")):
             base = recorded.uri if recorded.uri.startswith("http") else "http://127.0.0.1:5000"
             print(f"{stage}: runs table (after `dmc ui`): {runs_view_url(recorded.experiment_id, base)}")
     except DmcError:
@@ -340,7 +175,7 @@ def log_stage(stage: str, workdir: str | Path = ".", status: str = "FINISHED",
     seconds = round(now - (start or now), 3)  # the stage's wall time, before the logging's own
     start_ms = int((start or now) * 1000)
     with store_lock(root):
-        client = _Retrying(MlflowClient(uri))
+        client = Retrying(MlflowClient(uri))
         experiment_id = _experiment(client, root)
         finish_orphans(client, experiment_id)
         parent_id = _parent(client, experiment_id, ctx, start_ms)
@@ -371,7 +206,7 @@ def finish_orphans(client: Any, experiment_id: str, log: Callable[[str], None] |
 
     def gone(tags: dict[str, str]) -> bool:
         if PID_TAG not in tags:  # recorded before runs carried their pid: the lock says it ended badly
-            return _default_store()
+            return default_store()
         return tags.get(HOST_TAG) == host and not process_running(int(tags[PID_TAG]))
 
     running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
@@ -446,7 +281,7 @@ def _experiment(client: Any, root: Path) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         # Without a server the artifact root would default to ./mlruns of whichever copy runs first.
-        location = (root / "mlartifacts").as_uri() if _default_store() else None
+        location = (root / "mlartifacts").as_uri() if default_store() else None
         return client.create_experiment(name, artifact_location=location,
                                         tags={KIND_TAG: KIND, VIEW_TAG: view})
     if KIND_TAG not in experiment.tags:  # a store made before the tag; a kind the user chose is kept
@@ -475,7 +310,7 @@ def write_compare_view(uri: str, root: Path, experiment: str = EXPERIMENT) -> tu
     """
     from mlflow.tracking import MlflowClient
 
-    client = _Retrying(MlflowClient(uri))
+    client = Retrying(MlflowClient(uri))
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
