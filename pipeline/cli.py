@@ -198,12 +198,12 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> None:
-    from pipeline.compose import shipped
+    from pipeline.compose import catalog
 
     if args.name:
-        print(shipped.describe_model(args.name))
+        print(catalog.describe_model(args.name))
     else:
-        print(shipped.format_models(shipped.list_models()))
+        print(catalog.format_models(catalog.list_models()))
 
 
 def _add_export_model(sub: argparse._SubParsersAction) -> None:
@@ -220,11 +220,11 @@ def _add_export_model(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export_model(args: argparse.Namespace) -> None:
-    from pipeline.compose import shipped
+    from pipeline.compose import catalog, shipped
 
-    folder = shipped.export_model(args.name, args.root, args.checkpoint, args.dest, args.note, args.dtype)
+    folder = catalog.export_model(args.name, args.root, args.checkpoint, args.dest, args.note, args.dtype)
     print(f"export-model: wrote {folder}")
-    print(shipped.describe_model(args.name) if folder.parent.resolve() == shipped.WEIGHTS
+    print(catalog.describe_model(args.name) if folder.parent.resolve() == shipped.WEIGHTS
           else f"retrain: {shipped.read_card(folder)['retrain']}")
 
 

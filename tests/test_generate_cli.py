@@ -68,11 +68,11 @@ def test_generate_finds_the_projects_model_from_a_subfolder(checkpoint, tmp_path
 
 
 def test_no_trained_model_says_which_command_trains_one(tmp_path, monkeypatch, capsys):
-    from pipeline.compose import shipped as pretrained
+    from pipeline.compose import shipped
 
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(pretrained, "WEIGHTS", tmp_path / "no-shipped-models")  # else bach composes
+    monkeypatch.setattr(shipped, "WEIGHTS", tmp_path / "no-shipped-models")  # else bach composes
     assert generate("out") == 2
     assert "dvc repro train" in one_line_error(capsys)
     assert not (tmp_path / "out").exists()

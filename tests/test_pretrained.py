@@ -1,5 +1,6 @@
-"""Shipped models (pipeline/compose/shipped.py): integrity, bfloat16 weights, export from a finished run,
-`dmc models`, `dmc generate --model`, the checkout's model winning, and the package data of a real install.
+"""Shipped models (pipeline/compose/shipped.py, catalog.py): integrity, bfloat16 weights, export from a
+finished run, `dmc models`, `dmc generate --model`, the checkout's model winning, and the package data
+of a real install.
 
 The shipped `bach` entry in pipeline/weights is real: a model exported from a `dvc exp run` of this
 pipeline. The finished runs the export tests need are built here from the repository's own dvc.lock and
@@ -25,14 +26,14 @@ from conftest import HANG_GUARD_S, REPO, copy_checkout
 from test_sampling import write_checkpoint
 
 from pipeline.cli import main
-from pipeline.compose import shipped as pretrained
+from pipeline.compose import catalog, shipped
 from pipeline.errors import DmcError
 from pipeline.files import file_digest
 from pipeline.model import unet as model_module
 from pipeline.model.checkpoints import write_checkpoint as save_checked
 from pipeline.params import parse
 
-SHIPPED = pretrained.WEIGHTS / pretrained.DEFAULT
+SHIPPED = shipped.WEIGHTS / shipped.DEFAULT
 
 
 def run_dmc(*args: str | Path) -> int:
@@ -102,8 +103,8 @@ def empty_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_the_shipped_default_model_passes_every_check():
-    card = pretrained.check_shipped(SHIPPED)
-    assert card["format"] == pretrained.CARD_FORMAT and card["name"] == "bach"
+    card = shipped.check_shipped(SHIPPED)
+    assert card["format"] == shipped.CARD_FORMAT and card["name"] == "bach"
     assert card["files"]["model.pt"] == file_digest(SHIPPED / "model.pt", "sha256")
     assert card["dataset"] == "bach" and card["steps"] > 0
     assert 0 < card["evaluation"]["generated.oa_mean"] <= 1
@@ -124,7 +125,7 @@ def test_a_flipped_byte_is_refused_in_one_line(shipped_copy, empty_checkout, cap
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
     with pytest.raises(DmcError, match="sha256 does not match"):
-        pretrained.resolve_model(str(shipped_copy))
+        shipped.resolve_model(str(shipped_copy))
     assert generate("out", "--model", shipped_copy) == 2
     assert "sha256 does not match its card" in one_line_error(capsys)
     assert not (empty_checkout / "out").exists()
@@ -132,14 +133,14 @@ def test_a_flipped_byte_is_refused_in_one_line(shipped_copy, empty_checkout, cap
 
 def test_a_missing_file_and_a_card_of_another_format_are_refused(shipped_copy):
     card = json.loads((shipped_copy / "card.json").read_text())
-    (shipped_copy / "card.json").write_text(json.dumps({**card, "format": pretrained.CARD_FORMAT + 1}))
+    (shipped_copy / "card.json").write_text(json.dumps({**card, "format": shipped.CARD_FORMAT + 1}))
     with pytest.raises(DmcError, match=r"card format 2, this dmc reads format 1") as err:
-        pretrained.check_shipped(shipped_copy)
+        shipped.check_shipped(shipped_copy)
     assert "\n" not in str(err.value)
     (shipped_copy / "card.json").write_text(json.dumps(card))
     (shipped_copy / "model.pt").unlink()
     with pytest.raises(DmcError, match="missing"):
-        pretrained.check_shipped(shipped_copy)
+        shipped.check_shipped(shipped_copy)
 
 
 def test_a_card_naming_a_file_outside_its_folder_is_refused(shipped_copy):
@@ -147,7 +148,7 @@ def test_a_card_naming_a_file_outside_its_folder_is_refused(shipped_copy):
     card["files"]["../secret"] = "0" * 64
     (shipped_copy / "card.json").write_text(json.dumps(card))
     with pytest.raises(DmcError, match="outside the model's folder"):
-        pretrained.check_shipped(shipped_copy)
+        shipped.check_shipped(shipped_copy)
 
 
 def test_weights_the_code_computes_differently_are_refused(shipped_copy, monkeypatch):
@@ -155,7 +156,7 @@ def test_weights_the_code_computes_differently_are_refused(shipped_copy, monkeyp
     real = model_module.sinusoidal
     monkeypatch.setattr(model_module, "sinusoidal", lambda positions, dim: real(positions * 2, dim))
     with pytest.raises(DmcError, match="computes something else with these weights") as err:
-        pretrained.check_shipped(shipped_copy)
+        shipped.check_shipped(shipped_copy)
     assert "\n" not in str(err.value)
 
 
@@ -167,7 +168,7 @@ def test_a_config_field_the_code_does_not_know_is_refused(shipped_copy):
     card["files"]["model.pt"] = file_digest(shipped_copy / "model.pt", "sha256")
     (shipped_copy / "card.json").write_text(json.dumps(card))
     with pytest.raises(DmcError, match="not a compatible trained model.*dilation"):
-        pretrained.check_shipped(shipped_copy)
+        shipped.check_shipped(shipped_copy)
 
 
 # -- bfloat16 -----------------------------------------------------------------------------------------
@@ -177,8 +178,8 @@ def test_bf16_weights_round_trip_into_the_float32_model(tmp_path):
     from pipeline.model.unet import load_trained
 
     full = torch.load(write_checkpoint(tmp_path / "full.pt", seed=1), weights_only=True)
-    shipped = {**full, "ema": pretrained.cast_weights(full["ema"], "bfloat16")}
-    save_checked(tmp_path / "bf16.pt", shipped)
+    bf16 = {**full, "ema": shipped.cast_weights(full["ema"], "bfloat16")}
+    save_checked(tmp_path / "bf16.pt", bf16)
     model, stats, diffusion = load_trained(tmp_path / "bf16.pt")
     for name, value in model.state_dict().items():
         assert value.dtype == torch.float32
@@ -191,8 +192,8 @@ def test_bf16_weights_round_trip_into_the_float32_model(tmp_path):
 
 
 def test_export_writes_a_verified_entry_with_the_runs_provenance(run_root, tmp_path):
-    folder = pretrained.export_model("mine", run_root, dest=tmp_path / "weights", note="a test model")
-    card = pretrained.check_shipped(folder)
+    folder = catalog.export_model("mine", run_root, dest=tmp_path / "weights", note="a test model")
+    card = shipped.check_shipped(folder)
     lock = parse((run_root / "dvc.lock").read_text())
     assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.pt"]
     assert card["note"] == "a test model" and card["weights_dtype"] == "bfloat16"
@@ -203,16 +204,16 @@ def test_export_writes_a_verified_entry_with_the_runs_provenance(run_root, tmp_p
     assert card["evaluation"] == json.loads((run_root / "metrics" / "evaluate.json").read_text())
     assert card["source"]["model_md5"] == file_digest(run_root / "models" / "model.pt", "md5")
     assert 0 < card["weights_probe_error"] < 0.1
-    float32 = pretrained.export_model("mine32", run_root, dest=tmp_path / "weights", dtype="float32")
-    assert pretrained.read_card(float32)["weights_probe_error"] == 0.0
+    float32 = catalog.export_model("mine32", run_root, dest=tmp_path / "weights", dtype="float32")
+    assert shipped.read_card(float32)["weights_probe_error"] == 0.0
 
 
 def test_export_refuses_a_model_dvc_lock_does_not_record_and_keeps_the_old_entry(run_root, tmp_path):
-    folder = pretrained.export_model("mine", run_root, dest=tmp_path / "weights")
+    folder = catalog.export_model("mine", run_root, dest=tmp_path / "weights")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     write_checkpoint(run_root / "models" / "model.pt", seed=4)  # retrained, but dvc.lock not updated
     with pytest.raises(DmcError, match="not the model dvc.lock records"):
-        pretrained.export_model("mine", run_root, dest=tmp_path / "weights")
+        catalog.export_model("mine", run_root, dest=tmp_path / "weights")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
@@ -220,14 +221,14 @@ def test_export_refuses_an_evaluation_of_other_samples(run_root, tmp_path):
     metrics = run_root / "metrics" / "evaluate.json"
     metrics.write_text(metrics.read_text().replace('"generated.n_pieces": 8', '"generated.n_pieces": 9'))
     with pytest.raises(DmcError, match="not the evaluation dvc.lock records"):
-        pretrained.export_model("mine", run_root, dest=tmp_path / "weights")
+        catalog.export_model("mine", run_root, dest=tmp_path / "weights")
     assert not (tmp_path / "weights" / "mine").exists()
 
 
 def test_the_retrain_command_sets_the_runs_params_over_other_defaults(run_root, tmp_path):
     from dvc.utils.hydra import apply_overrides
 
-    card = pretrained.read_card(pretrained.export_model("mine", run_root, dest=tmp_path / "weights"))
+    card = shipped.read_card(catalog.export_model("mine", run_root, dest=tmp_path / "weights"))
     words = shlex.split(card["retrain"])
     assert words[:3] == ["dvc", "exp", "run"] and words[3::2] == ["-S"] * (len(words[3:]) // 2)
     other = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -237,10 +238,10 @@ def test_the_retrain_command_sets_the_runs_params_over_other_defaults(run_root, 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(other))
     apply_overrides(tmp_path / "params.yaml", words[4::2])
     applied = parse((tmp_path / "params.yaml").read_text())
-    expected = pretrained._flat(card["params"])
-    got = pretrained._flat(applied)
+    expected = shipped._flat(card["params"])
+    got = shipped._flat(applied)
     for key, value in expected.items():
-        if not any(key == s or key.startswith(s + ".") for s in pretrained.SPEED_ONLY):
+        if not any(key == s or key.startswith(s + ".") for s in shipped.SPEED_ONLY):
             assert got[key] == value, key
 
 
@@ -264,7 +265,7 @@ def test_without_a_trained_model_generate_uses_the_shipped_one_and_says_so(empty
 
 
 def test_with_no_model_at_all_the_error_says_how_to_train_one(empty_checkout, monkeypatch, capsys):
-    monkeypatch.setattr(pretrained, "WEIGHTS", empty_checkout / "no-weights")
+    monkeypatch.setattr(shipped, "WEIGHTS", empty_checkout / "no-weights")
     assert generate("out") == 2
     assert "dvc repro train" in one_line_error(capsys)
     assert not (empty_checkout / "out").exists()
@@ -305,9 +306,9 @@ def test_models_lists_the_checkouts_model_first_and_marks_it_default(run_root, m
     assert local[:6] == ["*", str(run_root / "models" / "model.pt"), "bach", "tiny", "0",
                          f"{evaluation['generated.oa_mean']:.3f}"]
     assert "trained in this checkout" in lines[1]
-    card = pretrained.read_card(SHIPPED)
-    shipped = lines[2].split()
-    assert shipped[:5] == ["bach", card["dataset"], card["preset"], str(card["steps"]),
+    card = shipped.read_card(SHIPPED)
+    row = lines[2].split()
+    assert row[:5] == ["bach", card["dataset"], card["preset"], str(card["steps"]),
                            f"{card['evaluation']['generated.oa_mean']:.3f}"]
     assert "shipped" in lines[2]
 
@@ -315,7 +316,7 @@ def test_models_lists_the_checkouts_model_first_and_marks_it_default(run_root, m
 def test_models_marks_the_shipped_model_default_when_nothing_is_trained(empty_checkout, capsys):
     assert run_dmc("models") == 0
     rows = capsys.readouterr().out.splitlines()[1:]
-    assert len(rows) == len(pretrained.shipped_names()) and rows[0].startswith("*  bach ")
+    assert len(rows) == len(shipped.shipped_names()) and rows[0].startswith("*  bach ")
 
 
 def test_models_says_when_the_checkouts_model_is_not_what_dvc_lock_records(run_root, monkeypatch, capsys):
@@ -339,7 +340,7 @@ def test_models_says_the_checkouts_model_is_damaged(run_root, monkeypatch, capsy
 def test_models_name_shows_the_card_with_baselines_and_retrain_command(capsys):
     assert run_dmc("models", "bach") == 0
     out = capsys.readouterr().out
-    card = pretrained.read_card(SHIPPED)
+    card = shipped.read_card(SHIPPED)
     assert "markov" in out and "real" in out and f"{card['evaluation']['markov.oa_mean']:.4f}" in out
     assert f"retrain: {card['retrain']}" in out
     assert run_dmc("models", "mozart") == 2
@@ -380,7 +381,7 @@ def test_a_fresh_install_composes_with_the_shipped_model(tmp_path):
     python = env_dir / "bin" / "python"
     run(*pip, "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
     purelib = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"))
-    assert (purelib / "pipeline" / "weights" / pretrained.DEFAULT / "model.pt").is_file()
+    assert (purelib / "pipeline" / "weights" / shipped.DEFAULT / "model.pt").is_file()
     (purelib / "running-environment.pth").write_text("".join(f"{d}\n" for d in running_site_dirs()))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
