@@ -51,6 +51,14 @@ def test_ogg_is_mono_vorbis_from_oggenc_and_a_fraction_of_the_wav(tmp_path):
 
 
 @needs_fluidsynth
+@needs_oggenc
+def test_the_same_piece_renders_to_the_same_ogg_bytes(tmp_path):
+    first = audio.render_audio_file(TEST_MIDI, tmp_path / "a.ogg", "ogg").read_bytes()
+    second = audio.render_audio_file(TEST_MIDI, tmp_path / "b.ogg", "ogg").read_bytes()
+    assert first == second
+
+
+@needs_fluidsynth
 def test_ogg_without_oggenc_is_one_line_notice_and_still_an_ogg(tmp_path, monkeypatch):
     monkeypatch.setattr(audio, "_ogg_encoder", lambda: None)
     notice = audio.missing_tools("ogg")

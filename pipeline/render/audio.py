@@ -94,7 +94,10 @@ def _run(cmd: list[str]) -> None:
 def _encode(wav: Path, out: Path, fmt: str, quality: str = OGG_QUALITY) -> None:
     """Encode a WAV file as mono `fmt` (ogg or mp3) at `out`."""
     if fmt == "ogg":
-        _run([_ogg_encoder() or "oggenc", "-Q", "-q", quality, "--downmix", "-o", str(out), str(wav)])
+        # A fixed stream serial number: oggenc draws a random one, so the same piece gave other bytes on
+        # every run and the sample stage's output hash in dvc.lock could never be reproduced.
+        _run([_ogg_encoder() or "oggenc", "-Q", "-q", quality, "--downmix", "--serial", "0", "-o", str(out),
+              str(wav)])
         return
     encoder = _mp3_encoder()
     if encoder is None:
