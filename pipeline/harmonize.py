@@ -26,6 +26,7 @@ import torch
 from pipeline import voices
 from pipeline.errors import DmcError
 from pipeline.multirow import RowNotes
+from pipeline.threads import follow_load
 
 BEAT = 1.0  # a piece's grid starts on a beat, so step j has the metric place it had in training
 
@@ -141,6 +142,7 @@ def denoise(model: GridModel, known: torch.Tensor, mask: torch.Tensor, generator
     step but the last is taken R times, noising the result back to the step's level in between
     (RePaint, Lugmayr et al. 2022), so the free voices hear the kept ones more than once per level."""
     d, sampler = model.diffusion, model.sampler
+    follow_load()
     x = torch.randn(known.shape, device=known.device, generator=generator)
     steps = sampler.n_steps(d.timesteps)
     if resample <= 1:

@@ -35,6 +35,7 @@ from pipeline import midi
 from pipeline.diffusion import GUARDS, SAMPLERS
 from pipeline.errors import DmcError
 from pipeline.keys import draw_shift, fitting, key_shift
+from pipeline.threads import follow_load
 
 if TYPE_CHECKING:
     from pipeline.multirow import Given, RowNotes
@@ -323,6 +324,7 @@ def denoise_window(model: Denoiser, diffusion: Any, sampler: Sampler, known: tor
     for step in diffusion.denoise_steps(model, x, sampler.name, steps, sampler.eta, generator,
                                         known if mask is not None else None, mask):
         x = step
+        follow_load()
         if bar is not None:
             bar.update()
     return x

@@ -41,6 +41,7 @@ from pipeline.encoding import Encoding
 from pipeline.errors import DmcError, Interrupted
 from pipeline.files import atomic_path, remove_stale_temps, write_json
 from pipeline.model import UNet, UNetConfig, count, default_device, get_config
+from pipeline.threads import follow_load
 
 VAL_BATCHES = 8   # validation looks at most this many batches, so it costs a few steps' time
 LOG_EVERY = 10    # steps between loss read-backs (each one waits for the GPU)
@@ -584,6 +585,7 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
                disable=None if rank.main else True)
     start_step, t0 = state.step, time.perf_counter()
     while state.step < end:
+        follow_load()
         if graphed is None:  # a graphed step refills its own lr tensor
             for group in opt.param_groups:
                 group["lr"] = settings.lr_at(state.step)

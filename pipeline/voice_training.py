@@ -31,6 +31,7 @@ from pipeline import voices
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path
 from pipeline.multirow import RowNotes, read_rows
+from pipeline.threads import follow_load
 
 GRID_FILE = "grid.npz"
 FILES_FILE = "grid_files.json"  # each kept file's split, for evaluate-harmony
@@ -217,6 +218,7 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     model.train()
     t0 = time.perf_counter()
     for step in tqdm(range(settings.steps), desc="train (grid)", unit="step", disable=None):
+        follow_load()
         for group in opt.param_groups:
             group["lr"] = settings.lr_at(step)
         index = batch_indices(step, len(data.train), settings.batch_size, settings.seed)
