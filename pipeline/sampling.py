@@ -235,7 +235,8 @@ class Sampler:
         guard = {"clip": {"clip_sample": (low.tolist(), high.tolist())},
                  "step_clip": {"dynamic_threshold": (0.995, 1.0)},
                  "dynamic": {"dynamic_threshold": (0.995, math.inf)}, "none": {}}[self.guard]
-        return GaussianDiffusion(**config, **guard).to(device)
+        codes = encoding.code_groups() if config.get("prediction") == "softmax" else None
+        return GaussianDiffusion(**config, **guard, codes=codes).to(device)
 
 
 def window_starts(length: int, seq_len: int, overlap: int) -> list[int]:

@@ -423,15 +423,21 @@ class Transposer:
 
 
 
-def build(settings: TrainSettings, config: UNetConfig, device: torch.device
+def build(settings: TrainSettings, config: UNetConfig, device: torch.device,
+          codes: list[tuple[int, Any]] | None = None
           ) -> tuple[UNet, EMA, torch.optim.Optimizer, GaussianDiffusion]:
-    """A fresh U-Net, its EMA copy, AdamW and the diffusion schedule, on `device`."""
+    """A fresh U-Net, its EMA copy, AdamW and the diffusion process, on `device`. `codes`
+    (`Encoding.code_groups`) is what a softmax head predicts over; the U-Net's output follows it."""
+    diffusion = GaussianDiffusion(**settings.diffusion, codes=codes).to(device)
+    out_features = diffusion.output_channels(config.features)
+    if out_features != config.features:
+        config = dataclasses.replace(config, out_features=out_features)
     model = UNet(config).to(device)
     ema = EMA(model, settings.ema_decay)
     fused = device.type in ("cpu", "cuda")  # one pass over the weights per step instead of several
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
                             fused=fused)
-    return model, ema, opt, GaussianDiffusion(**settings.diffusion).to(device)
+    return model, ema, opt, diffusion
 
 
 def optimize(net: nn.Module, model: UNet, ema: EMA, opt: torch.optim.Optimizer, diffusion: GaussianDiffusion,
@@ -512,7 +518,8 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     random.seed(settings.seed)
-    model, ema, opt, diffusion = build(settings, config, device)
+    codes = Encoding.from_stats(data.stats).code_groups() if settings.prediction == "softmax" else None
+    model, ema, opt, diffusion = build(settings, config, device, codes)
     fp = fingerprint(settings, data)
     ckpt_path = checkpoint_path(models_dir)
     if rank.main:  # a kill during a write leaves its temp file (5 MB for a tiny checkpoint) behind
