@@ -1,8 +1,8 @@
 """Ctrl-C or SIGTERM while a stage or a `dmc` command still imports (torch, MLflow: seconds) is one line
 and exit 130 or 143, as it is later on: no traceback, no silent death.
 
-Each test stops the real entry point (`python -m stages.NAME`, `python -m pipeline.cli`) at a chosen
-import with a `sitecustomize` import hook, so the signal lands there every time, not by timing.
+Each test holds the real entry point (`python -m stages.NAME`, `python -m pipeline.cli`) at a chosen
+import (tests/hold_import.py), so the signal lands there every time, not by timing.
 """
 
 from __future__ import annotations
@@ -16,45 +16,21 @@ from pathlib import Path
 
 import pytest
 from conftest import HANG_GUARD_S
+from hold_import import hold_env, wait_held
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = sorted(p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__")
 SIGNALS = pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 
-# Python imports `sitecustomize` from the path at start-up. This one holds the first import made from
-# BLOCK_IN (file:function) until a signal comes, and says on stdout when it holds it.
-HOOK = """
-import os, sys, time
 
-FILE, FUNCTION = os.environ["BLOCK_IN"].rsplit(":", 1)
-
-
-class HoldFirstImport:
-    def find_spec(self, name, path=None, target=None):
-        frame = sys._getframe(1)
-        while frame is not None and (frame.f_code.co_filename, frame.f_code.co_name) != (FILE, FUNCTION):
-            frame = frame.f_back
-        if frame is not None:
-            sys.meta_path.remove(self)
-            print("holding the import of", name, flush=True)
-            time.sleep({hang})
-        return None
-
-
-sys.meta_path.insert(0, HoldFirstImport())
-"""
-
-
-def held(tmp_path: Path, args: list[str], block_in: str, sigint: object = signal.SIG_DFL) -> subprocess.Popen:
-    """`python ARGS`, started and now held at the first import made in `block_in`."""
-    (tmp_path / "sitecustomize.py").write_text(HOOK.format(hang=HANG_GUARD_S))
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "BLOCK_IN": block_in,
-           "DMC_TRACKING": "0"}
+def held(tmp_path: Path, args: list[str], where: str, sigint: object = signal.SIG_DFL) -> subprocess.Popen:
+    """`python ARGS`, started and now held at the first import made in `where` (FILE:FUNCTION)."""
+    env = hold_env({**os.environ, "PYTHONPATH": str(REPO), "DMC_TRACKING": "0"}, tmp_path / "hook", where,
+                   HANG_GUARD_S)
     # Ctrl-C as a terminal delivers it: a process started in the background inherits it as ignored.
     proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
-    line = proc.stdout.readline()
-    assert line.startswith("holding the import of "), (line, proc.communicate(timeout=HANG_GUARD_S))
+    assert wait_held(proc), proc.communicate(timeout=HANG_GUARD_S)
     return proc
 
 
