@@ -14,7 +14,7 @@ import torch
 from conftest import SATB
 
 from pipeline import voices
-from pipeline.checkpoints import write_checkpoint
+from pipeline.checkpoints import read_checkpoint, write_checkpoint
 from pipeline.cli import main
 from pipeline.errors import DmcError
 from pipeline.harmonize import compose, harmonize, load_grid_model
@@ -22,7 +22,7 @@ from pipeline.midi import TrackNotes, write_midi
 from pipeline.model import UNet
 from pipeline.multirow import RowNotes, read_rows
 from pipeline.sampling import Sampler
-from pipeline.voice_training import grid_config, load_grid_data, write_grid_prepared
+from pipeline.voice_training import grid_config, load_grid_data, train_grid, write_grid_prepared
 
 WIDTH = 32  # grid steps per window of the test model: 8 beats, so a chorale takes several windows
 
@@ -135,6 +135,28 @@ def test_prepare_writes_windows_of_every_split_with_room_to_transpose(grid_proje
         for h, (lo, hi) in enumerate(data.pitches.rows):
             sounding = grid.pitch[h][grid.state[h] != voices.REST]
             assert ((sounding >= lo) & (sounding <= hi)).all()
+
+
+def test_a_grid_training_resumed_from_its_checkpoint_ends_with_the_weights_of_a_straight_run(grid_project,
+                                                                                              tmp_path):
+    from pipeline.training import TrainSettings
+
+    data = load_grid_data(grid_project / "prepared")
+    settings = TrainSettings(preset="tiny", steps=4, batch_size=4, lr=1e-3, lr_final=1e-4, timesteps=20,
+                             transpose=3, checkpoint_every=2, causal=False)
+    straight = train_grid(settings, data, tmp_path / "straight" / "model.pt", log=lambda _: None)
+    assert straight is not None and straight["steps"] == 4
+    assert train_grid(settings, data, tmp_path / "resumed" / "model.pt", log=lambda _: None, stop_at=3) is None
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    notes: list[str] = []
+    resumed = train_grid(settings, data, tmp_path / "resumed" / "model.pt", log=notes.append)
+    assert any("resuming" in n and "step 3" in n for n in notes) and resumed["steps"] == 4
+    a, b = (read_checkpoint(tmp_path / d / "model.pt", "") for d in ("straight", "resumed"))
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    # Other settings: the checkpoint is set aside, not loaded into a model it does not fit.
+    notes.clear()
+    train_grid(dataclasses.replace(settings, lr=2e-3), data, tmp_path / "resumed" / "model.pt", log=notes.append)
+    assert any("starting fresh" in n for n in notes)
 
 
 # -- harmonizing -----------------------------------------------------------------------------------------
