@@ -219,9 +219,8 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     `out`, the random key moves' generator included, so a run resumed there ends with the weights an
     uninterrupted one has; a checkpoint of other settings or data is set aside and training starts fresh.
     """
+    from pipeline import training as t
     from pipeline.checkpoints import read_checkpoint, write_checkpoint
-    from pipeline.training import (RESUME_ADVICE, TrainData, batch_indices, build, checkpoint_path,
-                                   fingerprint, optimize, save_model, step_seed)
 
     config = grid_config(settings.preset)
     width = int(data.stats["seq_len"])
@@ -229,15 +228,15 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
         raise DmcError(f"seq_len {width} is not a multiple of {config.stride}")
     torch.manual_seed(settings.seed)
     dev = torch.device(device)
-    model, ema, opt, diffusion = build(settings, config, dev)
+    model, ema, opt, diffusion = t.build(settings, config, dev)
     pitches = data.pitches
     rng = np.random.default_rng(settings.seed)
     losses: list[float] = []
-    ckpt_path = checkpoint_path(Path(out).parent)
-    fp = fingerprint(settings, data)
+    ckpt_path = t.checkpoint_path(Path(out).parent)
+    fp = t.fingerprint(settings, data)
     start = 0
     if ckpt_path.is_file():
-        ckpt = read_checkpoint(ckpt_path, RESUME_ADVICE.format(path=ckpt_path))
+        ckpt = read_checkpoint(ckpt_path, t.RESUME_ADVICE.format(path=ckpt_path))
         if ckpt.get("fingerprint") == fp:
             model.load_state_dict(ckpt["model"])
             ema.model.load_state_dict(ckpt["ema"])
@@ -264,10 +263,10 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
                      total=settings.steps):
         for group in opt.param_groups:
             group["lr"] = settings.lr_at(step)
-        index = batch_indices(step, len(data.train), settings.batch_size, settings.seed)
+        index = t.batch_indices(step, len(data.train), settings.batch_size, settings.seed)
         x0 = torch.from_numpy(data.train.batch(index, pitches, settings.transpose, rng)).to(dev)
-        gen.manual_seed(step_seed(settings.seed, step, 0))
-        loss = optimize(model, model, ema, opt, diffusion, x0, gen, step, settings.grad_clip,
+        gen.manual_seed(t.step_seed(settings.seed, step, 0))
+        loss = t.optimize(model, model, ema, opt, diffusion, x0, gen, step, settings.grad_clip,
                         contextlib.nullcontext())
         losses.append(float(loss))
         if not math.isfinite(losses[-1]):
@@ -284,15 +283,15 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
         val = torch.from_numpy(data.val.batch(np.arange(len(data.val)), pitches)).to(dev)
         val_loss = validation_loss(ema.model, diffusion, val, settings.batch_size, settings.seed,
                                    contextlib.nullcontext())
-    save_model(Path(out), ema, TrainData(np.zeros(0), np.zeros(0), data.stats), settings, settings.steps)
+    t.save_model(Path(out), ema, t.TrainData(np.zeros(0), np.zeros(0), data.stats), settings, settings.steps)
     ran = settings.steps - start
     metrics = {"loss": float(np.mean(losses[-100:])), "val_loss": val_loss, "steps": settings.steps,
                "seconds": round(seconds, 1), "steps_per_s": round(ran / seconds, 3) if ran else None,
                "parameters": sum(p.numel() for p in model.parameters()), "preset": settings.preset,
                "device": dev.type, "layout": "grid",
                "batch_size": settings.batch_size}
-    log(f"train (grid): {settings.steps} steps ({ran} in this run, {seconds:.0f} s), loss {metrics['loss']:.4f}, "
-        f"val loss {val_loss}")
+    log(f"train (grid): {settings.steps} steps ({ran} in this run, {seconds:.0f} s), "
+        f"loss {metrics['loss']:.4f}, val loss {val_loss}")
     return metrics
 
 

@@ -16,6 +16,7 @@ from conftest import SATB
 from pipeline import voices
 from pipeline.checkpoints import read_checkpoint, write_checkpoint
 from pipeline.cli import main
+from pipeline.encoding import Encoding, helix
 from pipeline.errors import DmcError
 from pipeline.harmonize import compose, harmonize, load_grid_model
 from pipeline.midi import TrackNotes, write_midi
@@ -68,11 +69,26 @@ def same_notes(a: RowNotes, b: RowNotes) -> bool:
 
 def test_every_pitch_of_the_range_decodes_from_its_helix_code_and_fifths_are_neighbours():
     pitches = np.arange(36, 82)
-    assert np.array_equal(voices.nearest_pitch(voices.helix(pitches, 36, 81), 36, 81, (36, 81)), pitches)
-    code = voices.helix(np.array([60, 67, 61]), 36, 81)
+    assert np.array_equal(voices.nearest_pitch(helix(pitches, 36, 81), 36, 81, (36, 81)), pitches)
+    code = helix(np.array([60, 67, 61]), 36, 81)
     chroma = code[1:]
     assert np.linalg.norm(chroma[:, 0] - chroma[:, 1]) < np.linalg.norm(chroma[:, 0] - chroma[:, 2])
     assert code[0].min() >= -1 and code[0].max() <= 1
+
+
+def test_a_grid_cell_carries_the_note_layouts_helix_code_of_its_pitch():
+    # One pitch code for both layouts: the note layout's helix channels of a note (height, cos, sin) are
+    # the first three numbers of a grid cell sounding that pitch, over the same range.
+    low, high = 36, 81
+    hz = [440.0 * 2 ** ((m - 69) / 12) for m in (low, high)]
+    encoding = Encoding(lo=(hz[0], 0.25, 0.0), hi=(hz[1], 4.0, 4.0), pitch="helix", time="grid",
+                        scale="symmetric", grid=0.25)
+    pitches = np.arange(low, high + 1)
+    raw = np.stack([440.0 * 2 ** ((pitches - 69) / 12), np.ones(len(pitches)), np.ones(len(pitches))])
+    notes = encoding.code(raw, axis=0)[:3]
+    grid = voices.VoiceGrid(pitches[None], np.full((1, len(pitches)), voices.ONSET, dtype=np.int8))
+    cells = voices.encode(grid, voices.PitchRange(low, high, ((low, high),)))[:3, 0]
+    np.testing.assert_allclose(cells, notes, atol=1e-6)
 
 
 def test_decoding_keeps_each_row_inside_its_own_range():
@@ -137,8 +153,7 @@ def test_prepare_writes_windows_of_every_split_with_room_to_transpose(grid_proje
             assert ((sounding >= lo) & (sounding <= hi)).all()
 
 
-def test_a_grid_training_resumed_from_its_checkpoint_ends_with_the_weights_of_a_straight_run(grid_project,
-                                                                                              tmp_path):
+def test_a_resumed_grid_training_ends_with_the_weights_of_a_straight_run(grid_project, tmp_path):
     from pipeline.training import TrainSettings
 
     data = load_grid_data(grid_project / "prepared")
@@ -146,7 +161,8 @@ def test_a_grid_training_resumed_from_its_checkpoint_ends_with_the_weights_of_a_
                              transpose=3, checkpoint_every=2, causal=False)
     straight = train_grid(settings, data, tmp_path / "straight" / "model.pt", log=lambda _: None)
     assert straight is not None and straight["steps"] == 4
-    assert train_grid(settings, data, tmp_path / "resumed" / "model.pt", log=lambda _: None, stop_at=3) is None
+    stopped = train_grid(settings, data, tmp_path / "resumed" / "model.pt", log=lambda _: None, stop_at=3)
+    assert stopped is None
     assert not (tmp_path / "resumed" / "model.pt").exists()
     notes: list[str] = []
     resumed = train_grid(settings, data, tmp_path / "resumed" / "model.pt", log=notes.append)
@@ -155,7 +171,8 @@ def test_a_grid_training_resumed_from_its_checkpoint_ends_with_the_weights_of_a_
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
     # Other settings: the checkpoint is set aside, not loaded into a model it does not fit.
     notes.clear()
-    train_grid(dataclasses.replace(settings, lr=2e-3), data, tmp_path / "resumed" / "model.pt", log=notes.append)
+    train_grid(dataclasses.replace(settings, lr=2e-3), data, tmp_path / "resumed" / "model.pt",
+               log=notes.append)
     assert any("starting fresh" in n for n in notes)
 
 
