@@ -184,22 +184,32 @@ class GridData:
 
 def load_grid_data(prepared_dir: str | Path) -> GridData:
     prepared_dir = Path(prepared_dir)
+    stats = _grid_stats(prepared_dir)
+    train = load_grid_split(prepared_dir, "train")
+    if train is None:
+        raise DmcError(f"{prepared_dir}: the train split holds no grid windows")
+    return GridData(train, load_grid_split(prepared_dir, "val"), stats)
+
+
+def _grid_stats(prepared_dir: Path) -> dict[str, Any]:
     try:
         stats = json.loads((prepared_dir / STATS_FILE).read_text())
-        arrays = dict(np.load(prepared_dir / GRID_FILE))
-    except FileNotFoundError as err:
-        raise DmcError(f"{prepared_dir}: no grid-layout data ({Path(err.filename).name}); run the prepare "
-                       "stage with layout: grid") from None
+        if stats.get("layout") == "grid" and (prepared_dir / GRID_FILE).is_file():
+            return stats
+    except FileNotFoundError:
+        pass
+    raise DmcError(f"{prepared_dir}: no grid-layout data ({GRID_FILE}); run the prepare stage with "
+                   "layout: grid")
 
-    def split(name: str) -> GridWindows | None:
+
+def load_grid_split(prepared_dir: str | Path, name: str) -> GridWindows | None:
+    """The windows of split `name` (train, val, test) of a grid-layout prepared folder; None if none."""
+    prepared_dir = Path(prepared_dir)
+    _grid_stats(prepared_dir)
+    with np.load(prepared_dir / GRID_FILE) as arrays:
         if f"{name}_pitch" not in arrays:
             return None
         return GridWindows(*(arrays[f"{name}_{k}"] for k in ("pitch", "state", "down", "up")))
-
-    train = split("train")
-    if train is None:
-        raise DmcError(f"{prepared_dir}: the train split holds no grid windows")
-    return GridData(train, split("val"), stats)
 
 
 def grid_config(preset: str) -> Any:

@@ -23,6 +23,7 @@ from pipeline.midi import TrackNotes, write_midi
 from pipeline.model import UNet
 from pipeline.multirow import RowNotes, read_rows
 from pipeline.sampling import Sampler
+from pipeline.voice_leading import voice_leading
 from pipeline.voice_training import grid_config, load_grid_data, train_grid, write_grid_prepared
 
 WIDTH = 32  # grid steps per window of the test model: 8 beats, so a chorale takes several windows
@@ -329,3 +330,49 @@ def test_resampling_keeps_the_melody_exact_and_refuses_a_multistep_sampler(grid_
     assert piece[0] is soprano and all(len(r) for r in piece)
     with pytest.raises(DmcError, match="--resample needs"):
         harmonize([{0: soprano}], load_grid_model(grid_project / "model.pt", Sampler("dpm++", 4)), resample=2)
+
+
+# -- the evaluate stage ------------------------------------------------------------------------------------
+
+
+def test_the_evaluate_stage_of_a_grid_model_reads_its_grid_windows_and_scores_how_the_voices_sound(
+        grid_project, in_tmp_repo):
+    """With layout: grid the stage needs no note-layout data: samples that are the test windows themselves
+    score exactly the test windows' consonance, and every set gets voice-leading and per-voice numbers."""
+    import shutil
+
+    import yaml
+
+    from pipeline.evaluation import evaluate_grid_samples
+    from pipeline.sampling import programs_for, row_tracks
+    from pipeline.voice_training import load_grid_split
+    from stages.evaluate import main
+
+    shutil.copytree(grid_project / "prepared", in_tmp_repo / "data" / "prepared")
+    stats = json.loads((grid_project / "prepared" / "stats.json").read_text())
+    test = load_grid_split(grid_project / "prepared", "test")
+    windows = [voices.grid_to_rows(voices.VoiceGrid(test.pitch[i].astype(np.int64), test.state[i]), 0.25)
+               for i in range(len(test))]
+    windows = [w for w in windows if all(len(r) for r in w)]
+    (in_tmp_repo / "samples").mkdir()
+    for i, tracks in enumerate(row_tracks(windows, range(4), None, programs_for(stats, 4))):
+        write_midi(in_tmp_repo / "samples" / f"sample_{i:03d}.mid", tracks)
+    params = yaml.safe_load((in_tmp_repo / "params.yaml").read_text())
+    params["evaluate"].update(n_baseline=len(test), frame_beats=4.0, hop_beats=2.0)
+    (in_tmp_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert not any((in_tmp_repo / "data" / "prepared").glob("*.parquet"))
+
+    main()
+    data = json.loads((in_tmp_repo / "metrics" / "evaluate.json").read_text())
+    assert data["generated.n_pieces"] == len(windows) and data["generated.rejected"] == 0
+    expected = np.nanmean([voice_leading(w)["consonant_fraction"] for w in windows])
+    assert data["generated.consonant_fraction"] == pytest.approx(expected)
+    for name in ("test", "generated", "markov", "shuffle", "real"):
+        assert 0 <= data[f"{name}.consonant_fraction"] <= 1 and data[f"{name}.parallel_fifths"] >= 0
+        assert 0 <= data[f"{name}.oa_mean"] <= 1 and 0 <= data[f"{name}.bass.oa_mean"] <= 1
+    # Bach's windows sound together better than voices that never hear each other.
+    assert data["real.consonant_fraction"] > data["markov.consonant_fraction"]
+    assert data["shuffle.consonant_fraction"] < data["real.consonant_fraction"]
+    assert (in_tmp_repo / "plots" / "evaluate.png").is_file()
+    with pytest.raises(DmcError, match="run the sample stage first"):
+        evaluate_grid_samples(in_tmp_repo / "data" / "prepared", in_tmp_repo / "nothing")
