@@ -106,6 +106,20 @@ def _check(pitch: str, time: str, scale: str) -> None:
                        f"beside symmetric values; use scale: symmetric, not {scale!r}")
 
 
+def circle_of_fifths(midi: np.ndarray | int) -> np.ndarray:
+    """MIDI pitches [...] -> [2, ...]: the cos and sin of each pitch class's place on the circle of fifths."""
+    angle = 2 * np.pi * ((FIFTHS * (np.asarray(midi, dtype=np.int64) % 12)) % 12) / 12
+    return np.stack([np.cos(angle), np.sin(angle)])
+
+
+def helix(midi: np.ndarray | int, low: int, high: int) -> np.ndarray:
+    """MIDI pitches [...] -> their helix code [3, ...]: the height (the pitch scaled to [-1, 1] over
+    low..high, as the `symmetric` scale puts a stored `midi` pitch) and `circle_of_fifths`. The pitch
+    `helix` of the note layout and every cell of the grid layout (`pipeline.voices`) are this code."""
+    height = 2.0 * (np.asarray(midi, dtype=np.float64) - low) / max(high - low, 1) - 1.0
+    return np.concatenate([height[None], circle_of_fifths(midi)])
+
+
 def _distances(values: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances from each column of `values` [C, M] to each row of `table` [K, C]."""
     return ((values[None] - table[:, :, None]) ** 2).sum(axis=1)
@@ -253,10 +267,9 @@ class Encoding:
 
     def _pitch_code(self, midi: np.ndarray) -> np.ndarray:
         """[k, ...] code channels (the height aside) of MIDI pitches: the fifths circle, or ±1 classes."""
-        pc = np.asarray(midi, dtype=np.int64) % 12
         if self.pitch == "helix":
-            angle = 2 * np.pi * ((FIFTHS * pc) % 12) / 12
-            return np.stack([np.cos(angle), np.sin(angle)])
+            return circle_of_fifths(midi)
+        pc = np.asarray(midi, dtype=np.int64) % 12
         return np.stack([np.where(pc == c, 1.0, -1.0) for c in range(12)])
 
     @property
