@@ -45,7 +45,8 @@ def write_checkpoint(path: Path, stats: dict | None = None, seed: int = 0,
     codes = encoding.code_groups() if prediction == "softmax" else None
     out = GaussianDiffusion(**diffusion, codes=codes).output_channels(channels)
     config = dataclasses.replace(PRESETS["tiny"], features=channels,
-                                 cond_features=channels if self_condition else 0, out_features=out)
+                                 cond_features=channels if self_condition else 0,
+                                 out_features=0 if out == channels else out)
     model = UNet(config)
     save_checked(path, {"config": dataclasses.asdict(config), "ema": model.state_dict(), "stats": stats,
                         "diffusion": diffusion, "step": 0})
