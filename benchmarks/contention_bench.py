@@ -6,14 +6,16 @@ one a user meets: training through `stages.run` (the step of `benchmarks/train_b
 128 notes), generation as `python -m pipeline.cli generate OUT --n 64 --model bach --quiet` (DDIM-20,
 batch 8: `dmc generate`'s defaults). `--against REV` unpacks that revision (`git archive`) into a temp
 folder and runs the same workloads with PYTHONPATH pointing there. "Loaded" rows start one
-`python -c "while True: pass"` per CPU first and stop them after; every row reports the CPUs other
-processes kept busy just before it (/proc/stat), since on a shared machine "alone" is never quite alone.
+`python -c "while True: pass"` per CPU first and stop them after; "arrives" rows (training) start them
+after the first, untimed step, once the thread count was chosen on a quiet machine. Every row reports the
+CPUs other processes kept busy just before it (/proc/stat), since on a shared machine "alone" is never
+quite alone; `--repeats N` runs each row N times and keeps the fastest.
 
 A training row runs `--tiny-steps`/`--full-steps` timed steps after an untimed one, or as many as fit in
 `--budget-s` (at least one); a row stopped by `--timeout-s` reports the steps it made by then, and a
 generation row stopped so reports only that.
 
-    python benchmarks/contention_bench.py --against 3f7289e
+    python benchmarks/contention_bench.py --against 3f7289e --repeats 3
     python benchmarks/contention_bench.py --against 3f7289e --presets tiny --tiny-steps 20 --json c.json
 """
 
@@ -43,22 +45,33 @@ from pipeline.threads import available_cpus, busy_cpus  # noqa: E402
 # sets OpenMP's wait policy at import has it before torch loads; train_bench's step is imported (and
 # torch with it) before stages.run sizes the threads, as in stages/train.py.
 TRAIN_CHILD = """
-import json, sys, time
+import json, os, subprocess, sys, time
 import pipeline
 sys.path.insert(0, "benchmarks")
 import torch
 from train_bench import make_step
 from stages import run
+try:  # the training loop's own call, in a tree that has it
+    from pipeline.threads import follow_load
+except ImportError:
+    def follow_load():
+        pass
 
-preset, steps, budget = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+preset, steps, budget, late_hogs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+hogs = []
 
 def main():
     step = make_step(preset, torch.device("cpu"), 64, 128, "eager")[0]
     start = time.perf_counter()
     step(0)  # untimed: first-call allocations
     print(json.dumps({"warmup_s": round(time.perf_counter() - start, 2)}), flush=True)
+    # A load that arrives after the thread count was chosen: hogs started now, stopped with this process.
+    # Each hog ends with this process, however it ends (a timeout kills it without a `finally`).
+    hog = "import os\\nparent = os.getppid()\\nwhile os.getppid() == parent:\\n    pass"
+    hogs.extend(subprocess.Popen([sys.executable, "-c", hog]) for _ in range(late_hogs))
     start, cpu, done = time.perf_counter(), time.process_time(), 0
     while done < steps and (done == 0 or time.perf_counter() - start < budget):
+        follow_load()
         step(1 + done)
         done += 1
         wall = time.perf_counter() - start
@@ -67,9 +80,15 @@ def main():
                           "steps_per_s": round(done / wall, 3),
                           "cpu_per_wall": round((time.process_time() - cpu) / wall, 2)}), flush=True)
 
-run("contention-train", main, record=False)
+try:
+    run("contention-train", main, record=False)
+finally:
+    for hog in hogs:
+        hog.kill()
 """
 
+# alone; beside a hog per CPU from the start; hogs that arrive after the first (untimed) training step.
+LOADS = ("alone", "loaded", "arrives")
 GENERATED = re.compile(r"\(([\w+-]+), ([\d.]+) s, ([\d.]+) pieces/s\)")
 
 
@@ -108,10 +127,12 @@ def child_env(tree: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(tree), "DMC_TRACKING": "0"}
 
 
-def train_row(tree: Path, preset: str, steps: int, budget_s: float, timeout_s: float) -> dict:
+def train_row(tree: Path, preset: str, steps: int, budget_s: float, timeout_s: float,
+              late_hogs: int = 0) -> dict:
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-c", TRAIN_CHILD, preset, str(steps), str(budget_s)],
+        done = subprocess.run([sys.executable, "-c", TRAIN_CHILD, preset, str(steps), str(budget_s),
+                               str(late_hogs)],
                               cwd=tree, env=child_env(tree), capture_output=True, text=True,
                               timeout=timeout_s)
         stdout, stopped = done.stdout, None if done.returncode == 0 else (done.stderr.strip() or "failed")
@@ -156,6 +177,8 @@ def main() -> None:
     parser.add_argument("--pieces", type=int, default=64, help="pieces generated (0: no generation rows)")
     parser.add_argument("--budget-s", type=float, default=60.0, help="a training row's timed s, at most")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="a row's limit, start-up included")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per row, the best kept (other processes only ever slow a run down)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the hogs and the child are stopped
@@ -169,23 +192,35 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}  {cpus} CPUs, load average {os.getloadavg()}", flush=True)
     rows = []
     for workload, preset in workloads:
-        for load in ("alone", "loaded"):
+        for load in LOADS if preset else LOADS[:2]:
             for name, tree in trees.items():
-                busy = round(busy_cpus(window_s=1.0), 2)
-                with hogs(cpus if load == "loaded" else 0):
-                    if preset:
-                        steps = args.tiny_steps if preset == "tiny" else args.full_steps
-                        result = train_row(tree, preset, steps, args.budget_s, args.timeout_s)
-                    else:
-                        result = generate_row(tree, args.pieces, args.timeout_s)
-                row = {"workload": workload, "load": load, "tree": name, "other_busy_cpus": busy,
-                       "loadavg_1m": round(os.getloadavg()[0], 2), **result}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                runs = []
+                for _ in range(args.repeats):
+                    busy = round(busy_cpus(window_s=1.0), 2)
+                    with hogs(cpus if load == "loaded" else 0):
+                        if preset:
+                            steps = args.tiny_steps if preset == "tiny" else args.full_steps
+                            result = train_row(tree, preset, steps, args.budget_s, args.timeout_s,
+                                               cpus if load == "arrives" else 0)
+                        else:
+                            result = generate_row(tree, args.pieces, args.timeout_s)
+                    run = {"workload": workload, "load": load, "tree": name, "other_busy_cpus": busy,
+                           "loadavg_1m": round(os.getloadavg()[0], 2), **result}
+                    runs.append(run)
+                    print(json.dumps(run), flush=True)
+                row = max(runs, key=speed)
+                rows.append({**row, "runs": len(runs)} if len(runs) > 1 else row)
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}  load average {os.getloadavg()}")
     print_table(rows, list(trees))
     if args.json:
         write_json(args.json, {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": cpus, "rows": rows})
+
+
+def speed(row: dict) -> float:
+    """Higher is faster; a failed run is the slowest."""
+    if "error" in row:
+        return float("-inf")
+    return row["steps_per_s"] if "steps_per_s" in row else -row["sampling_s"]
 
 
 def figure(row: dict) -> str:
@@ -201,7 +236,7 @@ def print_table(rows: list[dict], trees: list[str]) -> None:
     print(f"\n| workload | load | {' | '.join(trees)} | threads | other busy CPUs |")
     print("|---|---|" + "---|" * len(trees) + "---|---|")
     for workload in dict.fromkeys(r["workload"] for r in rows):
-        for load in ("alone", "loaded"):
+        for load in LOADS:
             cells = {r["tree"]: r for r in rows if r["workload"] == workload and r["load"] == load}
             if len(cells) < len(trees):
                 continue

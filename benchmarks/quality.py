@@ -2,7 +2,7 @@
 
 Each configuration is a set of params.yaml overrides (dotted keys). For each one this script prepares the
 data (shared between configurations whose prepare params agree), trains for `--steps` steps, samples
-`--pieces` pieces and runs the evaluate stage's measurement (`pipeline.evaluation`) against the test
+`--pieces` pieces and runs the evaluate stage's measurement (`pipeline.evaluate.evaluation`) against the test
 split. Sampling-only variants (`name@variant`) reuse a trained configuration's model with other sampler
 settings. Results go to a JSON file, one entry per configuration, so an interrupted sweep resumes, and
 `--table` prints them as the markdown table in benchmarks/README.md, with the markov, shuffle and real
@@ -79,8 +79,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default": {**ENCODED, "sample.guard": "step_clip"},
     "default+x0": {**ENCODED, "sample.guard": "step_clip", "diffusion.prediction": "x0"},
     "default+noncausal": {**ENCODED, "sample.guard": "step_clip", "train.causal": False},
-    # Every value on its lattice (pipeline/encoding.py): the pitch helix, time on the data's grid and a chord
-    # channel, sampled as the default samples (DDIM-20, step_clip).
+    # Every value on its lattice (pipeline/data/encoding.py): the pitch helix, time on the data's grid
+    # and a chord channel, sampled as the default samples (DDIM-20, step_clip).
     "lattice": LATTICE,
     "lattice+noncausal": {**LATTICE, "train.causal": False},
     "lattice+noncausal+selfcond": {**LATTICE, "train.causal": False, "diffusion.self_condition": True},
@@ -88,6 +88,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "pitch_class+noncausal": {**LATTICE, "features.pitch": "pitch_class", "train.causal": False},
     "lattice+noncausal+key": {**LATTICE, "train.causal": False, "train.key": "common"},
     "lattice+key": {**LATTICE, "train.key": "common"},
+    # The softmax head (CDCD / Analog Bits' x_softmax_xent) and x0-prediction against the default's epsilon.
+    "lattice+noncausal+key+softmax": {**LATTICE, "train.causal": False, "train.key": "common",
+                                      "diffusion.prediction": "softmax"},
+    "lattice+noncausal+key+softmax+selfcond": {**LATTICE, "train.causal": False, "train.key": "common",
+                                               "diffusion.prediction": "softmax",
+                                               "diffusion.self_condition": True},
+    "lattice+noncausal+key+x0": {**LATTICE, "train.causal": False, "train.key": "common",
+                                 "diffusion.prediction": "x0"},
     "pitch_class+noncausal+key": {**LATTICE, "features.pitch": "pitch_class", "train.causal": False,
                                   "train.key": "common"},
     "helix+noncausal": {**ENCODED, "features.pitch": "helix", "train.causal": False,

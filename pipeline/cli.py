@@ -288,20 +288,24 @@ def _run_ui(args: argparse.Namespace) -> None:
         raise DmcError(f"ui: mlflow server exited with code {code}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     for add in (_add_notes, _add_model, _add_generate, _add_harmonize, _add_evaluate_harmony, _add_models,
                 _add_export_model, _add_download, _add_compare, _add_ui):
         add(sub)
-    args = parser.parse_args(argv)
-    try:
-        from pipeline.threads import configure_threads
+    return parser
 
-        note = configure_threads()  # before any subcommand imports torch
-        if note:
-            print(f"dmc: {note}", file=sys.stderr)
-        with sigterm_interrupts():
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        with sigterm_interrupts():  # from the start: on a busy machine even argparse takes a second
+            args = _parser().parse_args(argv)
+            from pipeline.threads import configure_threads
+
+            note = configure_threads()  # before any subcommand imports torch
+            if note:
+                print(f"dmc: {note}", file=sys.stderr)
             args.run(args)
     except DmcError as err:
         print(f"dmc: error: {err}", file=sys.stderr)

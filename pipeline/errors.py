@@ -36,12 +36,38 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted("interrupted (SIGTERM)", signum)
 
 
+class _ExitAtOnce:
+    """A signal handler: `PROGRAM: interrupted` on stderr, then exit 128 + the signal's number."""
+
+    def __init__(self, program: str):
+        self.program = program
+
+    def __call__(self, signum: int, frame: object) -> None:
+        line = "interrupted (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        os.write(2, f"{self.program}: {line}\n".encode())  # print() could be cut in the middle of one
+        raise SystemExit(128 + signum)
+
+
+def exit_while_starting(program: str) -> None:
+    """Until `interrupt_on_sigterm` takes over, Ctrl-C and SIGTERM print `PROGRAM: interrupted` and exit
+    130 or 143 at once. For an entry point's imports (torch alone takes seconds): no `try` can catch a
+    KeyboardInterrupt there, so Python would print its traceback. Nothing is written yet, so nothing
+    needs cleaning up. A signal the process inherited as ignored (a background job's Ctrl-C) stays so."""
+    exit_now = _ExitAtOnce(program)
+    for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(signum) is default:
+            signal.signal(signum, exit_now)
+
+
 def interrupt_on_sigterm() -> Any:
     """From now on SIGTERM (`kill`, a CI timeout) raises Interrupted as Ctrl-C does, so that `finally`
-    blocks run: temp files go, MLflow runs end KILLED. Python's default is to die on the spot. Returns
-    the previous handler. Only the main thread can take signals; elsewhere this does nothing."""
+    blocks run: temp files go, MLflow runs end KILLED. Python's default is to die on the spot. Ctrl-C
+    raises KeyboardInterrupt again if `exit_while_starting` had it exit. Returns the previous SIGTERM
+    handler. Only the main thread can take signals; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         return None
+    if isinstance(signal.getsignal(signal.SIGINT), _ExitAtOnce):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return signal.signal(signal.SIGTERM, _raise_interrupted)
 
 

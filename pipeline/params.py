@@ -34,7 +34,7 @@ DATASETS = ("bach", "bach-satb", "renaissance", "folder", "maestro", "lakh", "cl
 # to the code that acts on it (pipeline.model.unet.PRESETS, pipeline.model.diffusion).
 PRESETS = ("tiny", "compact", "small", "full")
 SCHEDULES = ("linear", "cosine")
-PREDICTIONS = ("epsilon", "v", "x0")
+PREDICTIONS = ("epsilon", "v", "x0", "softmax")
 LOSS_WEIGHTS = ("none", "min_snr")
 SAMPLERS = ("ddpm", "ddim", "dpm++", "unipc")
 GUARDS = ("clip", "step_clip", "dynamic", "none")
@@ -271,6 +271,17 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
     if params["train"]["transpose"] and (lattice or f["chord"]):
         raise DmcError("params: 'train.transpose' works on the scalar pitch codes only; set it to 0 with "
                        f"pitch {f['pitch']!r}, time {f['time']!r}, chord {f['chord']}")
+    d = params["diffusion"]
+    if d["prediction"] == "softmax":
+        if not (lattice or f["chord"]):
+            raise DmcError("params: 'diffusion.prediction' softmax predicts over a lattice code's classes; "
+                           "choose features.pitch helix or pitch_class, time grid, or chord true")
+        if d["loss_weight"] != "none":
+            raise DmcError("params: 'diffusion.loss_weight' must be none with prediction softmax "
+                           f"(a cross-entropy), got {d['loss_weight']!r}")
+        if params["layout"] != "notes":
+            raise DmcError("params: 'diffusion.prediction' softmax works with layout notes, not "
+                           f"{params['layout']!r}")
     return params
 
 

@@ -1,13 +1,11 @@
-"""CPU threads for every dmc process: the cores nobody else is using, and never a spinning collapse.
+"""CPU threads for every dmc process: the cores nobody else is using, re-checked while it runs.
 
 torch runs each operator on an OpenMP team, by default one thread per core, and each operator ends at a
 barrier that waits for the team's slowest thread. When another process holds one of the cores, that
 thread is descheduled for a whole time slice while its partner spins at the barrier, and this happens
-thousands of times per training step. On the 2-core development machine beside other jobs (load
-average 5-8; benchmarks/README.md, "Contention"): `tiny` training made 0.09-0.13 steps/s on torch's
-default two threads, 0.7-1.0 on two passive ones and 1.2-1.6 on one; 64 pieces from the shipped model
-took 52 s, 19 s and 13 s. A second thread buys `tiny` about 1.35x on a quiet machine, so the count is
-decided per process:
+thousands of times per training step: on the 2-core development machine, `tiny` training on two threads
+fell from 6.5 steps/s alone to 0.4-1.9 beside one CPU hog, where one thread makes about 3.1
+(benchmarks/README.md, "Contention"). So the count follows the load:
 
 - `DMC_THREADS=N` sets the count outright; `OMP_NUM_THREADS`, when set, is kept (torch reads it too).
   `dvc queue start` passes its environment on to its workers and their stages:
@@ -17,9 +15,12 @@ decided per process:
   average where there is none), never fewer than one. Niced work counts too (cpu_ticks says why). In
   one of `dvc queue`'s temp copies the count is also at most `cpus // jobs` (`queue_jobs`), as the
   other jobs may not have started yet.
-- Idle OpenMP threads sleep instead of spinning (`OMP_WAIT_POLICY=PASSIVE`, set by pipeline/__init__.py
-  before torch loads its libgomp, unless the environment sets a policy), so a load that arrives after
-  the count was chosen slows a two-thread process down instead of stalling it (the figures above).
+- The loops that hold a process's time (training steps, denoising steps) call `follow_load`, which
+  measures the other work again over the last second or more and resizes the team, so a load that
+  arrives after the start costs at most a second of stalling, and a load that leaves gives the cores back.
+  OpenMP keeps its default wait (spin briefly, then sleep): passive waiting (`OMP_WAIT_POLICY=PASSIVE`)
+  held up under load but cost `tiny` 40% and generation 2.4x on a quiet machine, as every operator must
+  wake a sleeping thread.
 
 Entry points: `dmc` (pipeline.cli), each stage (stages.run) and the benchmarks call `configure_threads`;
 the chosen count is also exported as OMP_NUM_THREADS/MKL_NUM_THREADS, so child processes inherit it.
@@ -43,6 +44,7 @@ WINDOW_S = 0.2  # how long the load is watched: a few scheduler ticks per CPU at
 # A core counts as free when at least two thirds of it is idle: a second thread beside a half-busy core
 # risks the stall above for a gain of at most 1.35x.
 FREE_CORE = 2 / 3
+FOLLOW_EVERY_S = 1.0  # how often follow_load re-measures: a second of stall at most, ~100 ticks per CPU
 
 
 def available_cpus() -> int:
@@ -163,13 +165,62 @@ def limit_threads(threads: int) -> None:
         torch.set_num_interop_threads(threads)
 
 
+class LoadFollower:
+    """Re-sizes torch's threads to the cores other processes leave free, measured over the interval since
+    the last check (/proc/stat's busy ticks less this process's own CPU time), at most every `every_s`."""
+
+    def __init__(self, jobs: int = 1, every_s: float = FOLLOW_EVERY_S,
+                 stat: Path = Path("/proc/stat")) -> None:
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        self.cpus = affinity or set(range(available_cpus()))
+        self.jobs, self.every_s, self.stat = jobs, every_s, stat
+        self.last = self._sample()
+
+    def _sample(self) -> tuple[float, tuple[int, int], float] | None:
+        try:
+            return time.monotonic(), cpu_ticks(self.stat.read_text(), self.cpus), time.process_time()
+        except (OSError, ValueError):
+            return None
+
+    def __call__(self) -> int | None:
+        """The thread count set now, or None when it is not yet time to look (or nothing can be read)."""
+        if self.last is None or time.monotonic() - self.last[0] < self.every_s:
+            return None
+        now = self._sample()
+        if now is None:
+            return None
+        (_, (busy0, total0), own0), (_, (busy1, total1), own1) = self.last, now
+        self.last = now
+        if total1 <= total0:
+            return None
+        others = (busy1 - busy0 - (own1 - own0) * os.sysconf("SC_CLK_TCK")) / (total1 - total0)
+        threads = threads_for(len(self.cpus), max(0.0, len(self.cpus) * others), self.jobs)
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return threads
+
+
+_follower: LoadFollower | None = None
+
+
+def follow_load() -> None:
+    """Re-size the threads to the load now (LoadFollower), when configure_threads sized them by the load;
+    cheap enough to call every training or denoising step."""
+    if _follower is not None:
+        _follower()
+
+
 def configure_threads(environ: Mapping[str, str] | None = None) -> str | None:
     """Choose this process's thread count (threads_per_job) and apply it (limit_threads): the one call
-    every entry point makes before its torch work. Returns a line to show when the policy, not the
-    environment, held the process to fewer threads than CPUs (a user wondering why it is slow sees why);
-    else None."""
+    every entry point makes before its torch work. When the load chose it, `follow_load` keeps following
+    the load from here on. Returns a line to show when the policy, not the environment, held the process
+    to fewer threads than CPUs (a user wondering why it is slow sees why); else None."""
+    global _follower
+    environ = os.environ if environ is None else environ
     threads, why = threads_per_job(environ)
     limit_threads(threads)
+    _follower = None if why in (ENV, "OMP_NUM_THREADS") else LoadFollower(queue_jobs(environ, Path.cwd()))
     cpus = available_cpus()
     if threads >= cpus or why in (ENV, "OMP_NUM_THREADS"):
         return None

@@ -2,6 +2,8 @@
 the normal command is run; prints one row per case (exit code, stderr lines, tracebacks, verdict).
 
     Two cases need root (chattr +i, and a small tmpfs for ENOSPC); they are skipped without it.
+    Case 4d interrupts every stage at points it reaches for sure: held at an import (tests/hold_import.py),
+    or once a file shows it is half-way; it is 32 runs.
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 DMC_THREADS=1 python3 scripts/fault_campaign.py [--source DIR]
 
 `--source` is the checkout to test (default: this one), so the same script measures before and after.
@@ -10,6 +12,7 @@ the normal command is run; prints one row per case (exit code, stderr lines, tra
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -92,6 +96,69 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
+def stage_outputs(repo: Path, stage: str) -> list[Path]:
+    """What dvc.yaml says `stage` writes: its outs, metrics and plots."""
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][stage]
+    items = [item for key in ("outs", "metrics", "plots") for item in spec.get(key, [])]
+    return [repo / (next(iter(item)) if isinstance(item, dict) else item) for item in items]
+
+
+def digests(paths: list[Path]) -> dict[str, str]:
+    """The sha256 of each file at `paths` (folders: every file under them), by path."""
+    files = [f for p in paths for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def contents(paths: list[Path]) -> dict[Path, bytes]:
+    return {Path(f): Path(f).read_bytes() for f in digests(paths)}
+
+
+def put_back(paths: list[Path], before: dict[Path, bytes]) -> None:
+    """Make the files at `paths` what `contents` found there."""
+    for f in set(map(Path, digests(paths))) - before.keys():
+        f.unlink()
+    for f, data in before.items():
+        if not f.is_file() or f.read_bytes() != data:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.unlink(missing_ok=True)
+            f.write_bytes(data)
+
+
+def changed(before: dict[str, str], after: dict[str, str], root: Path) -> list[str]:
+    return sorted(str(Path(f).relative_to(root)) for f in before.keys() | after.keys()
+                  if before.get(f) != after.get(f))
+
+
+def temp_litter(repo: Path) -> list[str]:
+    """Temps of atomic writes (pipeline/files.py) and of generate left anywhere in the checkout."""
+    return sorted(str(p.relative_to(repo)) for p in repo.rglob(".*")
+                  if (p.name.endswith(".tmp") or p.name.startswith(".dmc-generate"))
+                  and not {".git", ".dvc"} & set(p.relative_to(repo).parts))
+
+
+def interrupt(args: list[str], cwd: Path, env: dict, signum: int, ready: Callable[[str], str | None],
+              logs: Path) -> tuple[subprocess.CompletedProcess, str | None]:
+    """Start `args` in its own process group, as a terminal does (Ctrl-C not ignored even when this script
+    runs in the background); once `ready(stdout so far)` says where it is, send `signum` to the group.
+    Returns the outcome and that place, None if it ended first. Output goes to files: no pipe can fill."""
+    logs.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = logs / "stdout", logs / "stderr"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline, at = time.time() + 900, None
+        while proc.poll() is None and time.time() < deadline and at is None:
+            at = ready(out_path.read_text())
+            time.sleep(0.02)
+        if at is not None and proc.poll() is None:
+            os.killpg(proc.pid, signum)
+        elif proc.poll() is None:
+            at = "nowhere: it hung"
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=600)
+    return subprocess.CompletedProcess(args, proc.returncode, out_path.read_text(), err_path.read_text()), at
+
+
 def setup(source: Path, repo: Path, chorales: Path, env: dict) -> None:
     """A fresh copy of `source` with tiny params, as a clone would be, and a finished `dvc repro`."""
     shutil.rmtree(repo, ignore_errors=True)
@@ -138,6 +205,7 @@ def main() -> None:
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="dmc-campaign-"))
     work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()  # hold_import names files by their absolute path
     chorales = work / "chorales"
     params = load_params(HERE / "params.yaml")
     if not chorales.is_dir():
@@ -379,42 +447,98 @@ def main() -> None:
         shutil.rmtree(ckpts)
         ckpts.mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(ckpts)], check=True)
-        try:
-            done = run([sys.executable, "-m", "stages.train"], repo, {**env, "DMC_TRACKING": "0"})
+        try:  # trains from scratch: the first checkpoint (step 10) does not fit
+            outs = digests(stage_outputs(repo, "train"))
+            done = run([sys.executable, "-m", "stages.train"], repo, env)
+            left = temp_litter(repo)
+            one_line = done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+            moved = changed(outs, digests(stage_outputs(repo, "train")), repo)
             record(
                 "4c ENOSPC in the train checkpoint save (256 KB tmpfs)",
                 done,
-                "one line" if done.returncode == 2 and done.stderr.count("\n") <= 2 else "traceback",
+                ("one line" if one_line else "NOT one line")
+                + (f", outputs CHANGED: {' '.join(moved)}" if moved else ", outputs as they were")
+                + f", {len(left)} temps left, {running_runs(repo)} RUNNING",
+                " ".join(left),
             )
         finally:
             subprocess.run(["umount", str(ckpts)], check=True)
         restore()
 
     if want("4d"):
-        # 4d. Ctrl-C in each stage (SIGINT to the process group, as a terminal sends it)
-        for stage, wait in (("prepare", 20.0), ("train", 40.0), ("sample", 30.0), ("evaluate", 30.0)):
-            if stage == "train":
-                last.unlink()  # train from scratch, so that Ctrl-C lands mid-training
-            proc = subprocess.Popen(  # SIGINT as a terminal leaves it, even when this runs in the background
-                [sys.executable, "-m", f"stages.{stage}"],
-                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-                cwd=repo,
-                env=env,
-                start_new_session=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            time.sleep(wait)
-            os.killpg(proc.pid, signal.SIGINT)
-            o, e = proc.communicate(timeout=300)
-            record(
-                f"4d Ctrl-C in python -m stages.{stage} after {wait:.0f} s",
-                subprocess.CompletedProcess(proc.args, proc.returncode, o, e),
-                "one line" if e.count("Traceback") == 0 and len(e.strip().splitlines()) <= 1 else "traceback",
-                f"RUNNING runs after: {running_runs(repo)}",
-            )
-            restore()
+        # 4d. Ctrl-C (SIGINT to the process group, as a terminal sends it) and SIGTERM in each stage: held
+        # (tests/hold_import.py) at its first import, and at the first import made while its main runs; then
+        # half-way through prepare's, train's and sample's work; and dmc generate while it imports. Each
+        # time: one line, exit 128 + the signal, no RUNNING run, the outputs as they were, no temps left.
+        from hold_import import HELD, hold_env
+
+        params_text = (repo / "params.yaml").read_text()
+
+        def held(stdout: str) -> str | None:
+            line = next((x for x in stdout.splitlines() if x.startswith(HELD)), None)
+            return None if line is None else f"at the import of {line[len(HELD):]}"
+
+        def staged(pattern: str) -> Callable[[str], str | None]:
+            def ready(stdout: str) -> str | None:
+                return f"with {pattern} present" if list(repo.glob(pattern)) else None
+
+            return ready
+
+        def with_params(over: dict) -> None:
+            (repo / "params.yaml").write_text(yaml.safe_dump(merge(yaml.safe_load(params_text), over)))
+
+        cases = []
+        for stage in ("validate", "download", "prepare", "train", "sample", "evaluate"):
+            # validate's main imports nothing: it is held at the first import of `stages.run` instead
+            inside = ("run", f"{repo / 'stages/__init__.py'}:run") if stage == "validate" else (
+                "main", f"{repo / 'stages' / stage}.py:main")
+            for where, code in (("imports", f"{repo / 'stages' / stage}.py:<module>"), inside):
+                cases.append((stage, f"held while {where}", [sys.executable, "-m", f"stages.{stage}"],
+                              hold_env(env, work / "hook", code, 600), held, {}))
+        cases += [
+            ("prepare", "half-way", [sys.executable, "-m", "stages.prepare"], env,
+             staged("data/.prepared.*.tmp"), {}),
+            ("train", "half-way", [sys.executable, "-m", "stages.train"], env,
+             staged("models/checkpoints/last.pt"), {"steps": 2000}),
+            ("sample", "half-way", [sys.executable, "-m", "stages.sample"], env, staged(".samples.*.tmp"),
+             {"sample": {"n": 64, "steps": 50}}),
+            ("generate", "held while imports", [*dmc, "generate", str(work / "o4d"), "--n", "2", "--quiet"],
+             hold_env(env, work / "hook", f"{repo / 'pipeline' / 'cli.py'}:main", 600), held, {}),
+        ]
+        for stage, point, command, stage_env, ready, over in cases:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                outputs = stage_outputs(repo, stage) if stage != "generate" else [work / "o4d"]
+                before_outs, saved = digests(outputs), contents(outputs)
+                if over:
+                    with_params(over)
+                if (stage, point) == ("train", "half-way"):
+                    last.unlink(missing_ok=True)  # trains from scratch: its first checkpoint is half-way
+                done, at = interrupt(command, repo, stage_env, signum, ready, work / "logs" / stage)
+                (repo / "params.yaml").write_text(params_text)
+                name = signal.Signals(signum).name
+                lines = done.stderr.strip().splitlines()
+                if at is None:
+                    verdict = f"NOT interrupted: it ended first (exit {done.returncode})"
+                else:
+                    verdict = ("one line" if done.returncode == 128 + signum and len(lines) == 1
+                               and "Traceback" not in done.stderr else "NOT one line")
+                moved = changed(before_outs, digests(outputs), repo if stage != "generate" else work)
+                kept = []
+                if (stage, point) == ("train", "half-way"):  # by design: the checkpoint, and the loss curves
+                    kept = [f for f in moved if f.startswith(("models/checkpoints/", "metrics/train_loss",
+                                                              "metrics/val_loss"))]  # written with it
+                    moved = [f for f in moved if f not in kept]
+                left = temp_litter(repo) + (staging_litter(work / "o4d") if (work / "o4d").is_dir() else [])
+                record(
+                    f"4d {name} to {'dmc' if stage == 'generate' else 'stage'} {stage}, {point}",
+                    done,
+                    f"{verdict}, outputs {'CHANGED: ' + ' '.join(moved) if moved else 'as they were'}, "
+                    f"{len(left)} temps left, "
+                    f"{running_runs(repo)} RUNNING",
+                    f"{at}; {' '.join(left)}" + (f"; kept: {' '.join(kept)}" if kept else ""),
+                )
+                put_back(outputs, saved)
+                restore()
 
     if want("5"):
         # 5. messages

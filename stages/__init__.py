@@ -1,6 +1,6 @@
 """One thin module per DVC stage: read params, call the library, write outputs.
 
-Stage modules hold no MLflow code: `run` records each execution through `pipeline.tracking`.
+Stage modules hold no MLflow code: `run` records each execution through `pipeline.record.tracking`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,26 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import DmcError, environment_error, interrupt_on_sigterm, interruption
+from pipeline.errors import (
+    DmcError,
+    environment_error,
+    exit_while_starting,
+    interrupt_on_sigterm,
+    interruption,
+)
+
+
+def _started_stage() -> str | None:
+    """NAME if this process was started as `python -m stages.NAME` (DVC's commands, torchrun's workers)."""
+    argv = sys.orig_argv
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+    return module.removeprefix("stages.") if module.startswith("stages.") else None
+
+
+# `python -m stages.NAME` imports this package before the stage module, whose imports take seconds before
+# its `run` can catch Ctrl-C: until then an interruption is one line, not a traceback.
+if (started := _started_stage()) is not None:
+    exit_while_starting(started)
 
 
 def run(stage: str, main: Callable[[], None], record: bool = True) -> None:
@@ -18,10 +37,10 @@ def run(stage: str, main: Callable[[], None], record: bool = True) -> None:
 
     First the stage's CPU threads are sized to the cores other work leaves free (pipeline.threads).
     """
-    from pipeline.threads import configure_threads
-
-    interrupt_on_sigterm()
     try:
+        interrupt_on_sigterm()
+        from pipeline.threads import configure_threads
+
         note = configure_threads()
         if note:
             print(f"{stage}: {note}")

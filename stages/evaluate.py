@@ -1,5 +1,7 @@
 """Stage `evaluate`: generated samples, two baselines and real music, each measured against the test split
-(`pipeline.evaluation`), written as flat metrics, density tables and a plot."""
+(`pipeline.evaluate.evaluation`), written as flat metrics, density tables and a plot. With `layout: grid`
+the test split is the grid windows the model was trained on, and the sets are also scored for how their voices
+sound together (`evaluate_grid_samples`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 
 from pipeline.data.prepared import load_stats
 from pipeline.evaluate import metrics
-from pipeline.evaluate.evaluation import SETS, evaluate_samples
+from pipeline.evaluate.evaluation import SETS, VOICE_LEADING, evaluate_grid_samples, evaluate_samples
 from pipeline.files import atomic_path, write_json
 from pipeline.params import load_params
 from stages import run
@@ -27,9 +29,15 @@ PLOT = Path("plots/evaluate.png")
 def main() -> None:
     params = load_params()
     p = params["evaluate"]
-    groups = list(load_stats(PREPARED)["instruments"])
-    result = evaluate_samples(PREPARED, SAMPLES, params["seed"], p["n_baseline"], p["frame_beats"],
-                              p["hop_beats"], notes_per_piece=params["sample"]["length"])
+    stats = load_stats(PREPARED)
+    groups = list(stats["instruments"])
+    grid = stats.get("layout") == "grid"  # what the grid model made, against the grid windows it learned
+    if grid:
+        result = evaluate_grid_samples(PREPARED, SAMPLES, params["seed"], p["n_baseline"], p["frame_beats"],
+                                       p["hop_beats"])
+    else:
+        result = evaluate_samples(PREPARED, SAMPLES, params["seed"], p["n_baseline"], p["frame_beats"],
+                                  p["hop_beats"], notes_per_piece=params["sample"]["length"])
     flat, reports, rejected = result.flat, result.reports, result.rejected
     for group, why in result.per_instrument.items():
         print(f"evaluate: {group}: {why}; no per-instrument figures")
@@ -51,6 +59,9 @@ def main() -> None:
     for group in groups if len(groups) > 1 else []:
         print(f"evaluate: {group}: oa_mean " + "  ".join(
             f"{k}={flat.get(f'{k}.{group}.oa_mean', math.nan):.3f}" for k in SETS))
+    for column in VOICE_LEADING if grid else ():
+        print(f"evaluate: {column} " + "  ".join(f"{k}={flat.get(f'{k}.{column}', math.nan):.3f}"
+                                                   for k in ["test", *SETS]))
     constant = metrics.constant_features(reports)
     if constant:
         print(f"evaluate: oa_mean and kl_mean leave out {', '.join(constant)}: the same in every test piece "

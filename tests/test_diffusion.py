@@ -7,6 +7,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from pipeline.model.diffusion import PREDICTIONS, SAMPLERS, GaussianDiffusion
 
+CONTINUOUS = [p for p in PREDICTIONS if p != "softmax"]  # the targets a network outputs directly
+
 
 def oracle(diffusion: GaussianDiffusion, x0: torch.Tensor):
     """A perfect denoiser for a single known x0: it outputs exactly what its prediction target asks."""
@@ -45,7 +47,7 @@ def test_samplers_start_from_pure_noise_and_visit_the_asked_number_of_steps():
         d.sampling_timesteps("euler", 10)
 
 
-@pytest.mark.parametrize("prediction", list(PREDICTIONS))
+@pytest.mark.parametrize("prediction", CONTINUOUS)
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_every_sampler_and_target_recovers_x0_from_a_perfect_denoiser(prediction, sampler):
     d = GaussianDiffusion(1000, prediction=prediction, schedule="cosine")
@@ -54,7 +56,7 @@ def test_every_sampler_and_target_recovers_x0_from_a_perfect_denoiser(prediction
     assert torch.allclose(x, x0, atol=1e-4)
 
 
-@pytest.mark.parametrize("prediction", list(PREDICTIONS))
+@pytest.mark.parametrize("prediction", CONTINUOUS)
 def test_training_target_and_predicted_x0_invert_each_other(prediction):
     d = GaussianDiffusion(prediction=prediction)
     x0, noise = torch.randn(4, 3, 1, 8), torch.randn(4, 3, 1, 8)
@@ -69,7 +71,7 @@ def test_training_target_and_predicted_x0_invert_each_other(prediction):
 
 def test_min_snr_weights_cap_the_signal_to_noise_ratio():
     t = torch.tensor([0, 100, 999])
-    for prediction in PREDICTIONS:
+    for prediction in CONTINUOUS:
         d = GaussianDiffusion(prediction=prediction, loss_weight="min_snr", min_snr_gamma=5.0)
         a = d.alphas_cumprod[t]
         snr = a / (1 - a)
@@ -238,3 +240,67 @@ def test_self_conditioning_feeds_the_previous_x0_estimate_back_to_the_network():
     conditioned = (seen[-1][:, 3:] == 0.25).flatten(1).all(1)
     assert 16 < conditioned.sum() < 48 and (seen[-1][~conditioned, 3:] == 0).all()
     assert torch.allclose(loss, ((x0 - 0.25) ** 2).mean())
+
+
+# A code of three groups, as `Encoding.code_groups` gives them: a 2-channel categorical one with three codes,
+# a continuous one, and a ±1 flag.
+CODES = [(2, [[-1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), (1, None), (1, [[-1.0], [1.0]])]
+
+
+def _coded(classes: torch.Tensor, flags: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """x0 [B, 4, 1, W] holding code `classes` of the first group, `value`, and flag code `flags`."""
+    first = torch.tensor(CODES[0][1])[classes].permute(0, 3, 1, 2)
+    flag = torch.tensor(CODES[2][1])[flags].permute(0, 3, 1, 2)
+    return torch.cat([first, value, flag], dim=1)
+
+
+def _logits(classes: torch.Tensor, flags: torch.Tensor, value: torch.Tensor, margin: float) -> torch.Tensor:
+    """Softmax-head output [B, 6, 1, W]: `margin` on the given classes, `value` for the continuous group."""
+    first = torch.nn.functional.one_hot(classes, 3).permute(0, 3, 1, 2).float() * margin
+    flag = torch.nn.functional.one_hot(flags, 2).permute(0, 3, 1, 2).float() * margin
+    return torch.cat([first, value, flag], dim=1)
+
+
+def test_the_softmax_head_is_a_cross_entropy_per_group_and_its_x0_the_expected_code():
+    d = GaussianDiffusion(1000, prediction="softmax", codes=CODES)
+    assert d.output_channels(4) == 3 + 1 + 2
+    gen = torch.Generator().manual_seed(0)
+    classes = torch.randint(0, 3, (4, 1, 8), generator=gen)
+    flags = torch.randint(0, 2, (4, 1, 8), generator=gen)
+    value = torch.rand(4, 1, 1, 8, generator=gen)
+    x0 = _coded(classes, flags, value)
+    out = torch.randn(4, 6, 1, 8, generator=gen)
+    ce = torch.nn.functional.cross_entropy
+    by_hand = ce(out[:, :3], classes, reduction="none") + ((out[:, 3] - value[:, 0]) ** 2) + \
+        ce(out[:, 4:], flags, reduction="none")
+    assert torch.allclose(d.loss(lambda x, t: out, x0, generator=gen), by_hand.mean(), atol=1e-6)
+    probs = out[:, :3].softmax(1)
+    expected = torch.einsum("bkhw,kc->bchw", probs, torch.tensor(CODES[0][1]))
+    x0_hat = d.predicted_x0(out, torch.zeros_like(x0), torch.zeros(4, dtype=torch.long))
+    assert torch.allclose(x0_hat[:, :2], expected, atol=1e-6) and torch.equal(x0_hat[:, 2], out[:, 3])
+    sure = _logits(classes, flags, value, margin=60.0)
+    assert d.loss(lambda x, t: sure, x0, generator=gen) < 1e-6
+    assert torch.allclose(d.predicted_x0(sure, x0, torch.zeros(4, dtype=torch.long)), x0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("self_condition", [False, True])
+def test_every_sampler_recovers_x0_from_a_sure_softmax_head(sampler, self_condition):
+    d = GaussianDiffusion(1000, prediction="softmax", codes=CODES, self_condition=self_condition)
+    gen = torch.Generator().manual_seed(1)
+    classes = torch.randint(0, 3, (2, 1, 8), generator=gen)
+    flags = torch.randint(0, 2, (2, 1, 8), generator=gen)
+    value = torch.rand(2, 1, 1, 8, generator=gen) * 2 - 1
+    x0 = _coded(classes, flags, value)
+    sure = _logits(classes, flags, value, margin=60.0)
+    x = d.sample(lambda x, t: sure, tuple(x0.shape), sampler, 20, generator=gen)
+    assert torch.allclose(x, x0, atol=1e-4)
+
+
+def test_a_softmax_head_needs_categorical_codes_and_no_loss_weight():
+    with pytest.raises(ValueError, match="categorical groups"):
+        GaussianDiffusion(prediction="softmax")
+    with pytest.raises(ValueError, match="categorical groups"):
+        GaussianDiffusion(prediction="softmax", codes=[(3, None)])
+    with pytest.raises(ValueError, match="no loss_weight"):
+        GaussianDiffusion(prediction="softmax", codes=CODES, loss_weight="min_snr")

@@ -188,6 +188,31 @@ def test_every_lattice_code_gives_back_the_chorales_notes_exactly(spec, prepared
         assert np.array_equal(chord, true_delta == 0) and 0.5 < chord.mean() < 0.8
 
 
+@pytest.mark.parametrize("spec", [("helix", "grid", "symmetric", True),
+                                  ("pitch_class", "grid", "symmetric", False),
+                                  ("midi", "log", "symmetric", True)], ids=lambda s: "-".join(map(str, s)))
+def test_code_groups_hold_every_code_the_chorales_use(spec, prepared_by_encoding):
+    """What a softmax head predicts over: the groups tile the channels, and every note's code of each
+    categorical group is one of its table's rows (all of them for pitch and chord, the on-grid 99% for
+    the times), so the cross-entropy's class is exact."""
+    encoding = Encoding.from_stats(load_stats(prepared_by_encoding[spec]))
+    groups = encoding.code_groups()
+    assert sum(width for width, _ in groups) == encoding.channels
+    coded = encoding.code_stored(load_split(prepared_by_encoding[spec], "train"))
+    at = 0
+    for n, (width, table) in enumerate(groups):
+        values = np.moveaxis(coded[:, at:at + width], 1, -1).reshape(-1, width)
+        at += width
+        if table is None:  # continuous: a scalar pitch, log times
+            assert (n == 0 and spec[0] == "midi") or (n in (1, 2) and spec[1] == "log")
+            continue
+        nearest = np.sqrt(((values[:, None] - table[None]) ** 2).sum(-1)).min(1)
+        on_lattice = (nearest < 1e-5).mean()
+        assert on_lattice == 1.0 if n in (0, 3) else on_lattice > 0.98
+    if spec[0] != "midi":  # one code per pitch of the train range
+        assert len(groups[0][1]) == encoding.pitch_range[1] - encoding.pitch_range[0] + 1
+
+
 def test_the_lattice_decodes_noisy_values_to_the_nearest_code(prepared_by_encoding):
     """A value near a code decodes to it: a small error in the helix lands on the intended pitch, a delta
     near the grid on the grid, and the chord channel alone decides whether a note starts a chord."""

@@ -119,6 +119,19 @@ def test_a_missing_or_broken_file_is_a_dmc_error(tmp_path):
         load_params(tmp_path / "list.yaml")
 
 
+def test_a_softmax_head_is_refused_where_it_has_nothing_to_predict_over():
+    params = repo_params()
+    params["diffusion"]["prediction"] = "softmax"
+    assert validate(params)["diffusion"]["prediction"] == "softmax"  # the default lattice code
+    for change, message in ((("features", "original"), "predicts over a lattice code's classes"),
+                            (("layout", "grid"), "works with layout notes"),
+                            (("diffusion", {**params["diffusion"], "loss_weight": "min_snr"}),
+                             "'diffusion.loss_weight' must be none with prediction softmax")):
+        bad = {**params, change[0]: change[1]}
+        with pytest.raises(DmcError, match=message):
+            validate(bad)
+
+
 def test_params_name_the_same_levers_as_the_model_code():
     from pipeline import params
     from pipeline.model import diffusion, unet

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.compose import decode, rows
 from pipeline.compose.decode import TICKS_PER_QUARTER
-from pipeline.compose.generate import generate_files
+from pipeline.compose.generate import generate_files, load_sampler
 from pipeline.compose.options import GenerateOptions, parse_quantize
 from pipeline.compose.sampler import Sampler
 from pipeline.data import midi
@@ -39,17 +39,21 @@ def notes_stats(notes: midi.Notes) -> dict:
 
 
 def write_checkpoint(path: Path, stats: dict | None = None, seed: int = 0,
-                     self_condition: bool = False) -> Path:
+                     self_condition: bool = False, prediction: str = "epsilon") -> Path:
     """A models/model.pt-shaped file holding a randomly initialised tiny U-Net, as wide as the stats'
-    encoding asks (and twice that on input with `self_condition`)."""
+    encoding asks (and twice that on input with `self_condition`; a softmax head's logits out)."""
     torch.manual_seed(seed)
     stats = stats or notes_stats(midi.extract_notes(PIANO_MIDI))
-    channels = Encoding.from_stats(stats).channels
-    config = dataclasses.replace(PRESETS["tiny"], features=channels,
-                                 cond_features=channels if self_condition else 0)
-    model = UNet(config)
+    encoding = Encoding.from_stats(stats)
+    channels = encoding.channels
     diffusion = {"timesteps": TIMESTEPS, "beta_start": 1e-4, "beta_end": 0.02,
-                 "self_condition": self_condition}
+                 "self_condition": self_condition, "prediction": prediction}
+    codes = encoding.code_groups() if prediction == "softmax" else None
+    out = GaussianDiffusion(**diffusion, codes=codes).output_channels(channels)
+    config = dataclasses.replace(PRESETS["tiny"], features=channels,
+                                 cond_features=channels if self_condition else 0,
+                                 out_features=0 if out == channels else out)
+    model = UNet(config)
     save_checked(path, {"config": dataclasses.asdict(config), "ema": model.state_dict(), "stats": stats,
                         "diffusion": diffusion, "step": 0})
     return path
@@ -320,3 +324,22 @@ def test_a_lattice_coded_self_conditioned_model_writes_notes_on_the_lattice(tmp_
         assert all(o % grid == 0 and d % grid == 0 and low <= p <= high for p, o, d in out)
         for p, o, d in zip(notes.pitch[:12], notes.onset[:12], notes.duration[:12], strict=True):
             assert (int(p), round((o - start) * TICKS_PER_QUARTER), round(d * TICKS_PER_QUARTER)) in out
+
+
+def test_a_softmax_headed_model_composes_on_the_lattice(tmp_path):
+    """prediction softmax: the U-Net gives one logit per code of each group (pitches of the range, grid
+    multiples, the chord flag), the sampler its expected code; every note lands on the lattice."""
+    notes = midi.extract_notes(PIANO_MIDI)
+    stats = lattice_stats(notes)
+    encoding = Encoding.from_stats(stats)
+    checkpoint = write_checkpoint(tmp_path / "model.pt", stats, prediction="softmax")
+    logits = sum(len(table) for _, table in encoding.code_groups())
+    loaded = load_sampler(checkpoint, quiet())
+    assert loaded.model.config.out_features == logits > encoding.channels
+    summary = generate_files(tmp_path / "out", quiet(n=2, steps=4), checkpoint)
+    low, high = encoding.pitch_range
+    grid = TICKS_PER_QUARTER // 4
+    for name in summary["files"]:
+        out = read_notes(tmp_path / "out" / name)
+        assert len(out) > SEQ_LEN // 2
+        assert all(o % grid == 0 and d % grid == 0 and d > 0 and low <= p <= high for p, o, d in out)

@@ -1,5 +1,5 @@
 """pipeline.threads: each dmc process's CPU threads, sized to the cores other work leaves free (and shared
-out over the experiments `dvc queue` runs at once), and OpenMP's passive wait."""
+out over the experiments `dvc queue` runs at once), and followed while the process runs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import HANG_GUARD_S, REPO
 
+from pipeline import threads as thread_policy
 from pipeline.errors import DmcError
-from pipeline.threads import available_cpus, busy_cpus, cpu_ticks, queue_jobs, threads_for, threads_per_job
+from pipeline.threads import (
+    LoadFollower,
+    available_cpus,
+    busy_cpus,
+    configure_threads,
+    cpu_ticks,
+    queue_jobs,
+    threads_for,
+    threads_per_job,
+)
 
 DEAD_PID = 999_999_999  # above any pid_max: no process has it
 
@@ -158,25 +169,44 @@ def test_a_bad_dmc_threads_is_a_one_line_dmc_error(monkeypatch, capsys):
         "dmc: error: DMC_THREADS must be a whole number of threads >= 1, got 'lots'\n"
 
 
-def _idle_openmp_cpu_s(env: dict[str, str]) -> float:
-    """CPU seconds a 2-thread torch process burns in the second after a parallel operator, while idle."""
-    code = ("import sys, time\nimport pipeline\nimport torch\ntorch.set_num_threads(2)\n"
-            "x = torch.rand(256, 256)\nfor _ in range(20):\n    x = (x @ x).clamp(0, 1)\n"
-            "start = time.process_time()\ntime.sleep(1.0)\nprint(time.process_time() - start)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**env, "PYTHONPATH": str(REPO)})
-    assert done.returncode == 0, done.stderr
-    return float(done.stdout.split()[-1])
+def _write_stat(path: Path, busy: tuple[int, int], idle: tuple[int, int]) -> None:
+    """A /proc/stat with two CPUs: user ticks `busy`, idle ticks `idle` (the all-CPU line is ignored)."""
+    path.write_text("cpu  0 0 0 0 0 0 0 0 0 0\n" + "".join(
+        f"cpu{n} {b} 0 0 {i} 0 0 0 0 0 0\n" for n, (b, i) in enumerate(zip(busy, idle, strict=True))))
 
 
-def test_importing_pipeline_makes_torchs_idle_openmp_threads_sleep():
-    # OMP_WAIT_POLICY must be in the environment before torch loads its libgomp; pipeline/__init__.py sets
-    # it. ACTIVE, a set policy kept, shows the libgomp bundled with torch honours the variable: its idle
-    # thread spins through the sleep.
-    passive = _idle_openmp_cpu_s(_no_thread_settings())
-    active = _idle_openmp_cpu_s({**_no_thread_settings(), "OMP_WAIT_POLICY": "ACTIVE"})
-    assert passive < 0.05
-    assert active > max(0.1, 4 * passive)
+def test_a_load_that_arrives_or_leaves_while_a_process_runs_resizes_its_threads(tmp_path, monkeypatch):
+    # Two spinning threads beside one CPU hog made 0.4-1.9 tiny steps/s where one thread makes 3.1: a
+    # load that comes after the start must take the second thread away, and give it back when it goes.
+    stat = tmp_path / "stat"
+    _write_stat(stat, (0, 0), (0, 1))
+    follow = LoadFollower(every_s=0.0, stat=stat)
+    follow.cpus = {0, 1}
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: monkeypatch.setattr(torch, "get_num_threads",
+                                                                                lambda: n))
+    _write_stat(stat, (100, 0), (0, 100))                # another process keeps cpu0 busy
+    assert follow() == 1 and torch.get_num_threads() == 1
+    _write_stat(stat, (105, 0), (95, 200))               # it has gone: both cores idle
+    assert follow() == 2 and torch.get_num_threads() == 2
+    _write_stat(stat, (305, 200), (95, 200))             # both busy with other work: still one
+    assert follow() == 1
+    slow = LoadFollower(every_s=3600.0, stat=stat)
+    assert slow() is None                                # not yet time to look: nothing measured
+
+
+def test_only_a_count_chosen_by_the_load_follows_it(monkeypatch):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # configure_threads exports its count
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(thread_policy, "_follower", None)
+    monkeypatch.setattr(thread_policy, "busy_cpus", lambda *a, **k: 0.0)
+    threads = torch.get_num_threads()
+    configure_threads({"DMC_THREADS": "1"})
+    assert thread_policy._follower is None and torch.get_num_threads() == 1
+    configure_threads({"OMP_NUM_THREADS": "1"})
+    assert thread_policy._follower is None
+    configure_threads({})
+    assert isinstance(thread_policy._follower, LoadFollower)
+    torch.set_num_threads(threads)
 
 
 def test_a_bad_dmc_threads_is_one_line_and_exit_2(tmp_path):

@@ -439,6 +439,29 @@ def test_sigterm_to_a_stage_is_one_line_exit_143_and_leaves_no_running_run(repo)
     assert child.info.status == parent.info.status == "KILLED" and not running(repo)
 
 
+LOADED = """
+import sys
+from stages import run
+
+def main():
+    print([name for name in ("mlflow", "pandas") if name in sys.modules], flush=True)
+    raise KeyboardInterrupt
+
+run("prepare", main)
+"""
+
+
+def test_mlflow_and_pandas_are_loaded_before_a_stage_runs_so_a_ctrl_c_in_its_imports_is_recorded(repo):
+    # A Ctrl-C in the stage's own lazy import of pandas (pyarrow makes one) left pandas half-initialized,
+    # and MLflow, imported only to record the run, then failed: `the failure was not recorded` (campaign).
+    done = subprocess.run([sys.executable, "-c", LOADED], cwd=repo, capture_output=True, text=True,
+                          timeout=HANG_GUARD_S, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert (done.stdout.splitlines()[-1:], done.returncode) == (["['mlflow', 'pandas']"], 130), done.stderr
+    assert done.stderr == "prepare: interrupted\n"
+    (parent,) = parents(repo)
+    assert [c.info.status for c in children(repo, parent.info.run_id)] == ["KILLED"]
+
+
 def test_the_next_execution_ends_runs_whose_process_is_gone_in_one_line(repo, capsys):
     import socket
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import HANG_GUARD_S, REPO, repo_params
+from conftest import HANG_GUARD_S, PREPARED_SPLIT, REPO, repo_params
 
 from pipeline.errors import DmcError
 from pipeline.model.checkpoints import write_checkpoint
@@ -378,3 +378,33 @@ def test_graphed_training_run_writes_the_model_and_its_metrics(data, tmp_path):
     metrics = train(graphed, data, tmp_path / "models", tmp_path / "metrics", device="cuda", log=_quiet)
     assert metrics["steps"] == 6 and np.isfinite(metrics["loss"])
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_a_softmax_head_trains_on_the_chorales_lattice_and_its_model_composes(bach_midi_dir, tmp_path):
+    """prediction softmax on real chorales (helix / grid / chord): the U-Net's output is one logit per
+    code, the first loss is at least the cross-entropy of a head that knows nothing (the sum over the
+    groups of the log of their code counts), the loss falls, and the written model composes."""
+    from pipeline.compose.generate import generate_files
+    from pipeline.compose.options import GenerateOptions
+    from pipeline.data.encoding import Encoding
+    from pipeline.data.prepared import write_prepared
+    from pipeline.data.segments import PrepareConfig
+
+    prepared = tmp_path / "prepared"
+    write_prepared(prepared, "bach", bach_midi_dir, sorted(p.name for p in bach_midi_dir.glob("*.mid")),
+                   PrepareConfig(seq_len=32, split=PREPARED_SPLIT,
+                                 features=("helix", "grid", "symmetric", True)), n_jobs=1)
+    data = load_data(prepared, seq_len=32)
+    settings = TrainSettings(**{**SETTINGS.__dict__, "prediction": "softmax", "causal": False})
+    train(settings, data, tmp_path / "models", tmp_path / "metrics", device="cpu", log=_quiet)
+    groups = Encoding.from_stats(data.stats).code_groups()
+    final = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert final["config"]["out_features"] == sum(len(table) for _, table in groups)
+    assert final["diffusion"]["prediction"] == "softmax"
+    losses = [float(line.split(",")[1])
+              for line in (tmp_path / "metrics" / "train_loss.csv").read_text().splitlines()[1:]]
+    know_nothing = sum(np.log(len(table)) for _, table in groups)
+    assert losses[0] > 0.9 * know_nothing and losses[-1] < losses[0], losses
+    summary = generate_files(tmp_path / "out", GenerateOptions(n=1, steps=4, progress=False, device="cpu"),
+                             tmp_path / "models" / "model.pt", log=_quiet)
+    assert len(summary["files"]) == 1

@@ -18,12 +18,14 @@ from pipeline.cli import main
 from pipeline.compose.harmonize import compose, harmonize, load_grid_model
 from pipeline.compose.sampler import Sampler
 from pipeline.data import voices
+from pipeline.data.encoding import Encoding, helix
 from pipeline.data.midi import TrackNotes, write_midi
 from pipeline.data.rows import RowNotes, read_rows
 from pipeline.errors import DmcError
-from pipeline.model.checkpoints import write_checkpoint
+from pipeline.evaluate.voice_leading import voice_leading
+from pipeline.model.checkpoints import read_checkpoint, write_checkpoint
 from pipeline.model.unet import UNet
-from pipeline.model.voice_training import grid_config, load_grid_data, write_grid_prepared
+from pipeline.model.voice_training import grid_config, load_grid_data, train_grid, write_grid_prepared
 
 WIDTH = 32  # grid steps per window of the test model: 8 beats, so a chorale takes several windows
 
@@ -69,11 +71,26 @@ def same_notes(a: RowNotes, b: RowNotes) -> bool:
 
 def test_every_pitch_of_the_range_decodes_from_its_helix_code_and_fifths_are_neighbours():
     pitches = np.arange(36, 82)
-    assert np.array_equal(voices.nearest_pitch(voices.helix(pitches, 36, 81), 36, 81, (36, 81)), pitches)
-    code = voices.helix(np.array([60, 67, 61]), 36, 81)
+    assert np.array_equal(voices.nearest_pitch(helix(pitches, 36, 81), 36, 81, (36, 81)), pitches)
+    code = helix(np.array([60, 67, 61]), 36, 81)
     chroma = code[1:]
     assert np.linalg.norm(chroma[:, 0] - chroma[:, 1]) < np.linalg.norm(chroma[:, 0] - chroma[:, 2])
     assert code[0].min() >= -1 and code[0].max() <= 1
+
+
+def test_a_grid_cell_carries_the_note_layouts_helix_code_of_its_pitch():
+    # One pitch code for both layouts: the note layout's helix channels of a note (height, cos, sin) are
+    # the first three numbers of a grid cell sounding that pitch, over the same range.
+    low, high = 36, 81
+    hz = [440.0 * 2 ** ((m - 69) / 12) for m in (low, high)]
+    encoding = Encoding(lo=(hz[0], 0.25, 0.0), hi=(hz[1], 4.0, 4.0), pitch="helix", time="grid",
+                        scale="symmetric", grid=0.25)
+    pitches = np.arange(low, high + 1)
+    raw = np.stack([440.0 * 2 ** ((pitches - 69) / 12), np.ones(len(pitches)), np.ones(len(pitches))])
+    notes = encoding.code(raw, axis=0)[:3]
+    grid = voices.VoiceGrid(pitches[None], np.full((1, len(pitches)), voices.ONSET, dtype=np.int8))
+    cells = voices.encode(grid, voices.PitchRange(low, high, ((low, high),)))[:3, 0]
+    np.testing.assert_allclose(cells, notes, atol=1e-6)
 
 
 def test_decoding_keeps_each_row_inside_its_own_range():
@@ -136,6 +153,29 @@ def test_prepare_writes_windows_of_every_split_with_room_to_transpose(grid_proje
         for h, (lo, hi) in enumerate(data.pitches.rows):
             sounding = grid.pitch[h][grid.state[h] != voices.REST]
             assert ((sounding >= lo) & (sounding <= hi)).all()
+
+
+def test_a_resumed_grid_training_ends_with_the_weights_of_a_straight_run(grid_project, tmp_path):
+    from pipeline.model.training import TrainSettings
+
+    data = load_grid_data(grid_project / "prepared")
+    settings = TrainSettings(preset="tiny", steps=4, batch_size=4, lr=1e-3, lr_final=1e-4, timesteps=20,
+                             transpose=3, checkpoint_every=2, causal=False)
+    straight = train_grid(settings, data, tmp_path / "straight" / "model.pt", log=lambda _: None)
+    assert straight is not None and straight["steps"] == 4
+    stopped = train_grid(settings, data, tmp_path / "resumed" / "model.pt", log=lambda _: None, stop_at=3)
+    assert stopped is None
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    notes: list[str] = []
+    resumed = train_grid(settings, data, tmp_path / "resumed" / "model.pt", log=notes.append)
+    assert any("resuming" in n and "step 3" in n for n in notes) and resumed["steps"] == 4
+    a, b = (read_checkpoint(tmp_path / d / "model.pt", "") for d in ("straight", "resumed"))
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    # Other settings: the checkpoint is set aside, not loaded into a model it does not fit.
+    notes.clear()
+    train_grid(dataclasses.replace(settings, lr=2e-3), data, tmp_path / "resumed" / "model.pt",
+               log=notes.append)
+    assert any("starting fresh" in n for n in notes)
 
 
 # -- harmonizing -----------------------------------------------------------------------------------------
@@ -291,3 +331,49 @@ def test_resampling_keeps_the_melody_exact_and_refuses_a_multistep_sampler(grid_
     assert piece[0] is soprano and all(len(r) for r in piece)
     with pytest.raises(DmcError, match="--resample needs"):
         harmonize([{0: soprano}], load_grid_model(grid_project / "model.pt", Sampler("dpm++", 4)), resample=2)
+
+
+# -- the evaluate stage ------------------------------------------------------------------------------------
+
+
+def test_the_evaluate_stage_of_a_grid_model_reads_its_grid_windows_and_scores_how_the_voices_sound(
+        grid_project, in_tmp_repo):
+    """With layout: grid the stage needs no note-layout data: samples that are the test windows themselves
+    score exactly the test windows' consonance, and every set gets voice-leading and per-voice numbers."""
+    import shutil
+
+    import yaml
+
+    from pipeline.compose.write import programs_for, row_tracks
+    from pipeline.evaluate.evaluation import evaluate_grid_samples
+    from pipeline.model.voice_training import load_grid_split
+    from stages.evaluate import main
+
+    shutil.copytree(grid_project / "prepared", in_tmp_repo / "data" / "prepared")
+    stats = json.loads((grid_project / "prepared" / "stats.json").read_text())
+    test = load_grid_split(grid_project / "prepared", "test")
+    windows = [voices.grid_to_rows(voices.VoiceGrid(test.pitch[i].astype(np.int64), test.state[i]), 0.25)
+               for i in range(len(test))]
+    windows = [w for w in windows if all(len(r) for r in w)]
+    (in_tmp_repo / "samples").mkdir()
+    for i, tracks in enumerate(row_tracks(windows, range(4), None, programs_for(stats, 4))):
+        write_midi(in_tmp_repo / "samples" / f"sample_{i:03d}.mid", tracks)
+    params = yaml.safe_load((in_tmp_repo / "params.yaml").read_text())
+    params["evaluate"].update(n_baseline=len(test), frame_beats=4.0, hop_beats=2.0)
+    (in_tmp_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert not any((in_tmp_repo / "data" / "prepared").glob("*.parquet"))
+
+    main()
+    data = json.loads((in_tmp_repo / "metrics" / "evaluate.json").read_text())
+    assert data["generated.n_pieces"] == len(windows) and data["generated.rejected"] == 0
+    expected = np.nanmean([voice_leading(w)["consonant_fraction"] for w in windows])
+    assert data["generated.consonant_fraction"] == pytest.approx(expected)
+    for name in ("test", "generated", "markov", "shuffle", "real"):
+        assert 0 <= data[f"{name}.consonant_fraction"] <= 1 and data[f"{name}.parallel_fifths"] >= 0
+        assert 0 <= data[f"{name}.oa_mean"] <= 1 and 0 <= data[f"{name}.bass.oa_mean"] <= 1
+    # Bach's windows sound together better than voices that never hear each other.
+    assert data["real.consonant_fraction"] > data["markov.consonant_fraction"]
+    assert data["shuffle.consonant_fraction"] < data["real.consonant_fraction"]
+    assert (in_tmp_repo / "plots" / "evaluate.png").is_file()
+    with pytest.raises(DmcError, match="run the sample stage first"):
+        evaluate_grid_samples(in_tmp_repo / "data" / "prepared", in_tmp_repo / "nothing")

@@ -78,8 +78,9 @@ def _local_row(path: Path) -> dict[str, Any]:
         ckpt = read_checkpoint(path, MODEL_ADVICE)
         row["steps"] = int(ckpt["step"])
         config = UNetConfig.from_dict(ckpt["config"])
-        same = [name for name, p in PRESETS.items()
-                if UNetConfig.from_dict({**vars(p), "causal": config.causal}) == config]
+        # A preset is the network's size: what the data's code and the objective ask for is not part of it.
+        fitted = {k: getattr(config, k) for k in ("features", "cond_features", "out_features", "causal")}
+        same = [name for name, p in PRESETS.items() if UNetConfig.from_dict({**vars(p), **fitted}) == config]
         row["preset"] = same[0] if same else "custom"
     except DmcError as err:  # listing must not stop at one bad file; it says what is wrong instead
         row["source"] += f", unusable: {str(err).removeprefix(f'{path}: ').split(';')[0]}"

@@ -1,4 +1,4 @@
-"""Harmonize a melody (and compose from scratch) with a grid-layout model (`pipeline.voices`).
+"""Harmonize a melody (and compose from scratch) with a grid-layout model (`pipeline.data.voices`).
 
 The kept voices (the melody: a soprano, or the one track of any tune) are laid on the model's grid and
 held fixed while the model denoises the other rows around them: inpainting by replacement, the kept
@@ -26,6 +26,7 @@ import torch
 from pipeline.data import voices
 from pipeline.data.rows import RowNotes
 from pipeline.errors import DmcError
+from pipeline.threads import follow_load
 
 BEAT = 1.0  # a piece's grid starts on a beat, so step j has the metric place it had in training
 
@@ -62,7 +63,7 @@ def is_grid(stats: Mapping[str, Any]) -> bool:
 
 
 def load_grid_model(path: str | Path, sampler: Any, device: str | torch.device = "cpu") -> GridModel:
-    """A grid-layout checkpoint ready to sample with `sampler` (a `pipeline.sampling.Sampler`)."""
+    """A grid-layout checkpoint ready to sample with `sampler` (a `pipeline.compose.sampler.Sampler`)."""
     from pipeline.model.diffusion import GaussianDiffusion
     from pipeline.model.unet import load_trained
 
@@ -141,6 +142,7 @@ def denoise(model: GridModel, known: torch.Tensor, mask: torch.Tensor, generator
     step but the last is taken R times, noising the result back to the step's level in between
     (RePaint, Lugmayr et al. 2022), so the free voices hear the kept ones more than once per level."""
     d, sampler = model.diffusion, model.sampler
+    follow_load()
     x = torch.randn(known.shape, device=known.device, generator=generator)
     steps = sampler.n_steps(d.timesteps)
     if resample <= 1:
@@ -233,7 +235,7 @@ def compose(n: int, steps: int, model: GridModel, seed: int = 0, hop: int | None
 
 
 def grid_model_path(choice: str | Path | None, default: str | None = None) -> Path | None:
-    """The checkpoint `choice` names (`pipeline.pretrained.resolve_model`; None: `default`, a shipped
+    """The checkpoint `choice` names (`pipeline.compose.shipped.resolve_model`; None: `default`, a shipped
     model, or else the checkout's), when it is of the grid layout; else None."""
     from pipeline.compose.shipped import resolve_model
 
@@ -246,7 +248,8 @@ def grid_model_path(choice: str | Path | None, default: str | None = None) -> Pa
 
 
 def melody_rows(path: str | Path, groups: Sequence[str], keep: Sequence[str]) -> dict[int, RowNotes]:
-    """The kept rows of a prompt file (`pipeline.multirow.kept_rows`: a one-track file is the melody)."""
+    """The kept rows of a prompt file (`pipeline.compose.prompts.kept_rows`: a one-track file is the
+    melody)."""
     import symusic
 
     from pipeline.compose.prompts import kept_rows

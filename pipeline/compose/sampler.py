@@ -11,6 +11,7 @@ import torch
 
 from pipeline.errors import DmcError
 from pipeline.model.diffusion import GUARDS, SAMPLERS
+from pipeline.threads import follow_load
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -62,7 +63,8 @@ class Sampler:
         guard = {"clip": {"clip_sample": (low.tolist(), high.tolist())},
                  "step_clip": {"dynamic_threshold": (0.995, 1.0)},
                  "dynamic": {"dynamic_threshold": (0.995, math.inf)}, "none": {}}[self.guard]
-        return GaussianDiffusion(**config, **guard).to(device)
+        codes = encoding.code_groups() if config.get("prediction") == "softmax" else None
+        return GaussianDiffusion(**config, **guard, codes=codes).to(device)
 
 
 def denoise_window(model: Denoiser, diffusion: Any, sampler: Sampler, known: torch.Tensor,
@@ -73,6 +75,7 @@ def denoise_window(model: Denoiser, diffusion: Any, sampler: Sampler, known: tor
     for step in diffusion.denoise_steps(model, x, sampler.name, steps, sampler.eta, generator,
                                         known if mask is not None else None, mask):
         x = step
+        follow_load()
         if bar is not None:
             bar.update()
     return x

@@ -106,6 +106,20 @@ def _check(pitch: str, time: str, scale: str) -> None:
                        f"beside symmetric values; use scale: symmetric, not {scale!r}")
 
 
+def circle_of_fifths(midi: np.ndarray | int) -> np.ndarray:
+    """MIDI pitches [...] -> [2, ...]: the cos and sin of each pitch class's place on the circle of fifths."""
+    angle = 2 * np.pi * ((FIFTHS * (np.asarray(midi, dtype=np.int64) % 12)) % 12) / 12
+    return np.stack([np.cos(angle), np.sin(angle)])
+
+
+def helix(midi: np.ndarray | int, low: int, high: int) -> np.ndarray:
+    """MIDI pitches [...] -> their helix code [3, ...]: the height (the pitch scaled to [-1, 1] over
+    low..high, as the `symmetric` scale puts a stored `midi` pitch) and `circle_of_fifths`. The pitch
+    `helix` of the note layout and every cell of the grid layout (`pipeline.data.voices`) are this code."""
+    height = 2.0 * (np.asarray(midi, dtype=np.float64) - low) / max(high - low, 1) - 1.0
+    return np.concatenate([height[None], circle_of_fifths(midi)])
+
+
 def _distances(values: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances from each column of `values` [C, M] to each row of `table` [K, C]."""
     return ((values[None] - table[:, :, None]) ** 2).sum(axis=1)
@@ -226,6 +240,21 @@ class Encoding:
             raw[0] = 440.0 * np.exp2((pitches[nearest].reshape(raw[0].shape) - 69.0) / 12.0)
         return np.moveaxis(raw, 0, axis)
 
+    def code_groups(self) -> list[tuple[int, np.ndarray | None]]:
+        """The model's channels as consecutive groups, one per value: (channels, table), where `table`
+        [K, channels] lists every code a categorical group can hold (pitch: each pitch of the train range;
+        duration and delta: each grid multiple in the train range, delta's from 0; chord: ±1), and None
+        marks a continuous value. What a softmax head predicts a distribution over
+        (`GaussianDiffusion`, prediction `softmax`)."""
+        k = PITCH_CODES.get(self.pitch, 0)
+        groups: list[tuple[int, np.ndarray | None]] = [(1 + k, self._pitch_table()[1] if k else None)]
+        on_grid = self.time == "grid" and bool(self.grid)
+        for feature, first in ((1, 1), (2, 0)):
+            groups.append((1, self._grid_points(feature, first)[1][:, None] if on_grid else None))
+        if self.chord:
+            groups.append((1, np.array([[-1.0], [1.0]])))
+        return groups
+
     @property
     def model_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per channel, the range the model's values of real notes lie in: the stored bounds for the height
@@ -238,10 +267,9 @@ class Encoding:
 
     def _pitch_code(self, midi: np.ndarray) -> np.ndarray:
         """[k, ...] code channels (the height aside) of MIDI pitches: the fifths circle, or ±1 classes."""
-        pc = np.asarray(midi, dtype=np.int64) % 12
         if self.pitch == "helix":
-            angle = 2 * np.pi * ((FIFTHS * pc) % 12) / 12
-            return np.stack([np.cos(angle), np.sin(angle)])
+            return circle_of_fifths(midi)
+        pc = np.asarray(midi, dtype=np.int64) % 12
         return np.stack([np.where(pc == c, 1.0, -1.0) for c in range(12)])
 
     @property
@@ -261,15 +289,19 @@ class Encoding:
     def _on_grid(self, stored: np.ndarray, feature: int, first: int) -> np.ndarray:
         """Stored times of `feature` (1 duration, 2 delta) -> beats: the nearest multiple k·grid with
         k >= `first`, within the train range, nearest in the stored (log) space."""
-        offset, scale = self._affine()
-        top = max(first, int(np.floor(self.hi[feature] / self.grid + 1e-9)))
-        beats = np.arange(first, top + 1) * self.grid
-        points = (_time(beats, self.time) - offset[feature]) / scale[feature]
+        beats, points = self._grid_points(feature, first)
         i = np.clip(np.searchsorted(points, stored), 1, len(points) - 1) if len(points) > 1 else \
             np.zeros(stored.shape, dtype=np.int64)
         if len(points) > 1:
             i = np.where(np.abs(stored - points[i - 1]) <= np.abs(points[i] - stored), i - 1, i)
         return beats[i]
+
+    def _grid_points(self, feature: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+        """The multiples k·grid (k >= `first`) within the train range of `feature`: in beats, and stored."""
+        offset, scale = self._affine()
+        top = max(first, int(np.floor(self.hi[feature] / self.grid + 1e-9)))
+        beats = np.arange(first, top + 1) * self.grid
+        return beats, (_time(beats, self.time) - offset[feature]) / scale[feature]
 
     # -- what follows from the statistics --------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The grid layout: voices on one shared time axis, one row per voice, one column per step of the grid.
 
-The note layout (`pipeline.segments`, `pipeline.multirow`) gives every row its own note sequence, so
+The note layout (`pipeline.data.segments`, `pipeline.compose.rows`) gives every row its own note sequence, so
 column j of the alto and column j of the soprano are different times. Here column j is the same time in
 every row: step j of the data's rhythmic grid (1/4 beat for the chorales), as Coconet and DeepBach lay
 chorales out. A cell says what one voice does during one step:
@@ -9,9 +9,9 @@ chorales out. A cell says what one voice does during one step:
 - `pitch`: the MIDI pitch sounding (ONSET, HELD) or NO_PITCH (REST).
 
 Encoded for the network, a cell is CHANNELS = 5 numbers:
-- the circle-of-fifths helix of its pitch: `height` (the MIDI pitch scaled to [-1, 1] over the train
-  split's range), and the cosine and sine of 2*pi*((7 * pitch) mod 12) / 12, so pitch classes a fifth
-  apart are neighbours (a rest is 0, 0, 0);
+- the circle-of-fifths helix of its pitch, the note layout's pitch `helix` (`pipeline.data.encoding.helix`):
+  `height` (the MIDI pitch scaled to [-1, 1] over the train split's range), and the cosine and sine of
+  2*pi*((7 * pitch) mod 12) / 12, so pitch classes a fifth apart are neighbours (a rest is 0, 0, 0);
 - `sounding`: +1 for ONSET or HELD, -1 for REST;
 - `onset`: +1 for ONSET, -1 otherwise.
 
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.encoding import helix
 from pipeline.data.rows import RowNotes
 from pipeline.errors import DmcError
 
@@ -38,7 +39,7 @@ NO_PITCH = -1
 ON_GRID = 1e-6  # beats: a time this close to a grid line is on it
 
 
-# -- the pitch code: the circle-of-fifths helix ------------------------------------------------------------
+# -- the pitch code: the circle-of-fifths helix (pipeline.data.encoding.helix) ------------------------------------
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,6 @@ class PitchRange:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PitchRange:
         return cls(int(d["low"]), int(d["high"]), tuple((int(a), int(b)) for a, b in d["rows"]))
-
-
-def helix(pitch: np.ndarray | int, low: int, high: int) -> np.ndarray:
-    """MIDI pitches [...] -> their helix code [3, ...]: height in [-1, 1] over low..high, cos, sin of the
-    pitch's place on the circle of fifths."""
-    p = np.asarray(pitch, dtype=np.float64)
-    height = 2.0 * (p - low) / max(high - low, 1) - 1.0
-    angle = 2.0 * np.pi * np.mod(7 * np.rint(p), 12) / 12.0
-    return np.stack([height, np.cos(angle), np.sin(angle)])
 
 
 def nearest_pitch(code: np.ndarray, low: int, high: int, choices: tuple[int, int]) -> np.ndarray:

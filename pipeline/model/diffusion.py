@@ -5,14 +5,21 @@ The network is passed in as a callable `model(x_t, t) -> prediction`; nothing he
 architecture, and the network knows nothing of schedules or targets. The samplers are `diffusers`'
 maintained schedulers (DDPM, DDIM, DPM-Solver++, UniPC), all built from one config, the same one
 training uses: `schedule` (linear, as the original, or cosine), `prediction` (epsilon, as the original,
-v or x0) and the timestep count. What this module adds around them: the training objective and its
-weighting, an x_0 guard that keeps estimates inside the data's range, and inpainting (known entries
+v, x0 or softmax) and the timestep count. What this module adds around them: the training objective and
+its weighting, an x_0 guard that keeps estimates inside the data's range, and inpainting (known entries
 re-noised to the current level before every step).
+
+`softmax` is the categorical objective of CDCD (Dieleman et al. 2022) and Analog Bits' `x_softmax_xent`
+(Chen et al. 2022): for each categorical group of the code (`Encoding.code_groups`: the pitch, the times
+on their grid, the chord flag) the network gives one logit per code, trained by cross-entropy against the
+code x_0 holds; its x_0 estimate is the softmax's expected code, which the samplers use as an x0
+prediction. Continuous groups are predicted as x_0 under squared error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +27,8 @@ from torch import Tensor, nn
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}  # ours -> diffusers' beta_schedule
-PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}  # -> diffusers' prediction_type
+PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample",
+               "softmax": "sample"}  # -> diffusers' prediction_type
 LOSS_WEIGHTS = ("none", "min_snr")
 SAMPLERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler",
             "unipc": "UniPCMultistepScheduler"}  # -> diffusers' class, imported when first used
@@ -50,6 +58,9 @@ class GaussianDiffusion(nn.Module):
     the data's channels: x_t, then its own previous estimate of x_0 (zeros on the first step, and in
     training half the time; the other half, the estimate of a first, gradient-free pass).
 
+    `codes` (`Encoding.code_groups`) is what prediction `softmax` predicts over; it follows from the
+    data's statistics, so a checkpoint's config does not store it.
+
     `clip_sample` ((low, high), scalars or one per feature; see `guarded`) and `dynamic_threshold`
     ((quantile, largest threshold): Imagen's dynamic thresholding, which diffusers' schedulers apply to
     their x_0 estimate) only change sampling.
@@ -58,6 +69,7 @@ class GaussianDiffusion(nn.Module):
     def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  schedule: str = "linear", prediction: str = "epsilon", loss_weight: str = "none",
                  min_snr_gamma: float = 5.0, self_condition: bool = False,
+                 codes: Sequence[tuple[int, Any]] | None = None,
                  clip_sample: tuple[float | Sequence[float], float | Sequence[float]] | None = None,
                  dynamic_threshold: tuple[float, float] | None = None):
         super().__init__()
@@ -79,9 +91,67 @@ class GaussianDiffusion(nn.Module):
         # network's samples then blow up far outside the data's range.
         self.clip_sample = clip_sample
         self.dynamic_threshold = dynamic_threshold
+        # softmax: each group's channels, and a `code_table_<i>` buffer for each categorical one
+        self.widths: list[int] = []
+        if prediction == "softmax":
+            if not codes or all(table is None for _, table in codes):
+                raise ValueError("prediction softmax needs a code with categorical groups (a lattice code)")
+            if loss_weight != "none":
+                raise ValueError("prediction softmax is a cross-entropy; it takes no loss_weight")
+            for i, (width, table) in enumerate(codes):
+                self.widths.append(int(width))
+                if table is not None:
+                    self.register_buffer(f"code_table_{i}", torch.as_tensor(table, dtype=torch.float32)
+                                         .reshape(-1, width), persistent=False)
         schedule_of = _diffusers_class(SAMPLERS["ddpm"])(**self._scheduler_config())
         self.register_buffer("alphas_cumprod", schedule_of.alphas_cumprod.float(), persistent=False)
         self.register_buffer("betas", schedule_of.betas.float(), persistent=False)
+
+    # -- the softmax head ------------------------------------------------------------------------------
+
+    def _groups(self) -> Iterator[tuple[int, Tensor | None]]:
+        for i, width in enumerate(self.widths):
+            yield width, getattr(self, f"code_table_{i}", None)
+
+    def output_channels(self, channels: int) -> int:
+        """How many channels the network outputs for a code of `channels`: as many, or for `softmax` one
+        logit per code of each categorical group."""
+        if self.prediction != "softmax":
+            return channels
+        return sum(width if table is None else len(table) for width, table in self._groups())
+
+    def expected_code(self, out: Tensor) -> Tensor:
+        """The softmax head's output [B, O, ...] -> its x_0 estimate [B, C, ...]: per categorical group, the
+        probability-weighted mean of the group's codes; continuous groups as they are."""
+        parts, at = [], 0
+        for width, table in self._groups():
+            if table is None:
+                parts.append(out[:, at:at + width])
+                at += width
+                continue
+            probs = out[:, at:at + len(table)].float().softmax(dim=1)
+            parts.append(torch.einsum("bk...,kc->bc...", probs, table))
+            at += len(table)
+        return torch.cat(parts, dim=1).to(out.dtype)
+
+    def _code_loss(self, out: Tensor, x0: Tensor) -> Tensor:
+        """Per position [B, 1, ...]: the cross-entropy of each categorical group's logits against the code
+        x_0 holds (its nearest, so values a hair off the lattice count as their code), plus the squared
+        error of the continuous groups."""
+        total, at, channel = torch.zeros_like(x0[:, :1], dtype=torch.float32), 0, 0
+        for width, table in self._groups():
+            x = x0[:, channel:channel + width].float()
+            channel += width
+            if table is None:
+                total = total + ((out[:, at:at + width].float() - x) ** 2).sum(dim=1, keepdim=True)
+                at += width
+                continue
+            codes = table.reshape(1, len(table), width, *([1] * (x.ndim - 2)))
+            target = ((x[:, None] - codes) ** 2).sum(dim=2).argmin(dim=1)
+            logits = out[:, at:at + len(table)].float()
+            total = total + nn.functional.cross_entropy(logits, target, reduction="none")[:, None]
+            at += len(table)
+        return total
 
     def _scheduler_config(self) -> dict:
         quantile, largest = self.dynamic_threshold or (0.995, 1.0)
@@ -143,8 +213,11 @@ class GaussianDiffusion(nn.Module):
                     guess = self.predicted_x0(first, x_t, t).clamp(-1, 1)
                 estimate = torch.where(use.view(-1, *([1] * (x0.ndim - 1))), guess, estimate)
             x_t = torch.cat([x_t, estimate], dim=1)
-        error = (model(x_t, t).float() - self.target(x0, noise, t).float()) ** 2
-        error = error * self.snr_weight(t).view(-1, *([1] * (error.ndim - 1)))
+        if self.prediction == "softmax":
+            error = self._code_loss(model(x_t, t), x0)
+        else:
+            error = (model(x_t, t).float() - self.target(x0, noise, t).float()) ** 2
+            error = error * self.snr_weight(t).view(-1, *([1] * (error.ndim - 1)))
         if mask is None:
             return error.mean()
         mask = mask.to(error.dtype).expand_as(error)
@@ -154,6 +227,8 @@ class GaussianDiffusion(nn.Module):
 
     def predicted_x0(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """The x_0 that a network output at x_t implies."""
+        if self.prediction == "softmax":
+            return self.expected_code(out)
         a = _gather(self.alphas_cumprod, t, x.ndim)
         if self.prediction == "epsilon":
             return (x - (1 - a).sqrt() * out) / a.sqrt()
@@ -172,7 +247,11 @@ class GaussianDiffusion(nn.Module):
     def guarded(self, model: Denoiser) -> Denoiser:
         """`model` with its x_0 estimate clipped to `clip_sample` (per feature, axis 1). Clipping the
         output rather than inside each scheduler works the same for every sampler, and the DDIM step then
-        uses the noise the clipped x_0 implies, as the original DDIM clip does."""
+        uses the noise the clipped x_0 implies, as the original DDIM clip does. A softmax head's estimate,
+        a mean of codes, is inside their range already: its output becomes that estimate, the x0
+        prediction its scheduler expects."""
+        if self.prediction == "softmax":
+            return lambda x, t: self.expected_code(model(x, t))
         if self.clip_sample is None:
             return model
         low, high = self.clip_sample
@@ -236,8 +315,9 @@ class GaussianDiffusion(nn.Module):
                 noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
                 x = torch.where(known_mask.bool(), self.add_noise(known, noise, tt), x)
             out = net(x, tt).to(x.dtype)
-            if self.self_condition:
-                estimate = self.predicted_x0(out, x, tt).clamp(-1, 1)
+            if self.self_condition:  # a softmax head's `net` gives x_0 already
+                x0 = out if self.prediction == "softmax" else self.predicted_x0(out, x, tt)
+                estimate = x0.clamp(-1, 1)
             x = scheduler.step(out, t, x, return_dict=False, **kwargs)[0]
             if known is not None and i == last:
                 x = torch.where(known_mask.bool(), known, x)

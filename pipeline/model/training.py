@@ -41,6 +41,7 @@ from pipeline.files import atomic_path, remove_stale_temps, write_json
 from pipeline.model.checkpoints import read_checkpoint, write_checkpoint
 from pipeline.model.diffusion import GaussianDiffusion
 from pipeline.model.unet import UNet, UNetConfig, count, default_device, get_config
+from pipeline.threads import follow_load
 
 VAL_BATCHES = 8   # validation looks at most this many batches, so it costs a few steps' time
 LOG_EVERY = 10    # steps between loss read-backs (each one waits for the GPU)
@@ -70,11 +71,11 @@ class TrainSettings:
     min_snr_gamma: float = 5.0
     self_condition: bool = False
     transpose: int = 0  # random key changes of up to this many semitones, train batches only
-    key: str = "none"  # none | common: every window moved to one key (pipeline.keys)
+    key: str = "none"  # none | common: every window moved to one key (pipeline.data.keys)
     val_every: int = 100
     checkpoint_every: int = 100
     compile: bool = False
-    graph: bool = False  # CUDA only: the whole step replayed as one CUDA graph (pipeline.cuda_graph)
+    graph: bool = False  # CUDA only: the whole step replayed as one CUDA graph (pipeline.model.cuda_graph)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainSettings:
@@ -126,7 +127,7 @@ class TrainData:
 
 def load_data(prepared_dir: str | Path, seq_len: int | None = None, key: str = "none") -> TrainData:
     """The train and val splits of a prepared folder; one-line errors for missing or unusable data.
-    `key: common` moves every window to one key (`pipeline.keys`) and records the moves in the stats."""
+    `key: common` moves every window to one key (`pipeline.data.keys`) and records the moves in the stats."""
     from pipeline.data.prepared import load_mask, load_pitches, load_split, load_stats
 
     stats = load_stats(prepared_dir)
@@ -422,15 +423,21 @@ class Transposer:
 
 
 
-def build(settings: TrainSettings, config: UNetConfig, device: torch.device
+def build(settings: TrainSettings, config: UNetConfig, device: torch.device,
+          codes: list[tuple[int, Any]] | None = None
           ) -> tuple[UNet, EMA, torch.optim.Optimizer, GaussianDiffusion]:
-    """A fresh U-Net, its EMA copy, AdamW and the diffusion schedule, on `device`."""
+    """A fresh U-Net, its EMA copy, AdamW and the diffusion process, on `device`. `codes`
+    (`Encoding.code_groups`) is what a softmax head predicts over; the U-Net's output follows it."""
+    diffusion = GaussianDiffusion(**settings.diffusion, codes=codes).to(device)
+    out_features = diffusion.output_channels(config.features)
+    if out_features != config.features:
+        config = dataclasses.replace(config, out_features=out_features)
     model = UNet(config).to(device)
     ema = EMA(model, settings.ema_decay)
     fused = device.type in ("cpu", "cuda")  # one pass over the weights per step instead of several
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
                             fused=fused)
-    return model, ema, opt, GaussianDiffusion(**settings.diffusion).to(device)
+    return model, ema, opt, diffusion
 
 
 def optimize(net: nn.Module, model: UNet, ema: EMA, opt: torch.optim.Optimizer, diffusion: GaussianDiffusion,
@@ -511,7 +518,8 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     random.seed(settings.seed)
-    model, ema, opt, diffusion = build(settings, config, device)
+    codes = Encoding.from_stats(data.stats).code_groups() if settings.prediction == "softmax" else None
+    model, ema, opt, diffusion = build(settings, config, device, codes)
     fp = fingerprint(settings, data)
     ckpt_path = checkpoint_path(models_dir)
     if rank.main:  # a kill during a write leaves its temp file (5 MB for a tiny checkpoint) behind
@@ -584,6 +592,7 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
                disable=None if rank.main else True)
     start_step, t0 = state.step, time.perf_counter()
     while state.step < end:
+        follow_load()
         if graphed is None:  # a graphed step refills its own lr tensor
             for group in opt.param_groups:
                 group["lr"] = settings.lr_at(state.step)

@@ -33,6 +33,7 @@ from pipeline.errors import DmcError
 class UNetConfig:
     features: int = 3                                  # frequency, duration, delta (or their code's channels)
     cond_features: int = 0                             # extra input channels (self-conditioning's x_0)
+    out_features: int = 0                              # output channels, when not `features` (logits)
     channels: tuple[int, ...] = (64, 128, 256, 256)    # input block, then each down block
     bottleneck: tuple[int, ...] = (512, 512, 256)      # one conv block each
     time_dim: int = 256                                # sinusoidal diffusion-time embedding
@@ -293,7 +294,7 @@ class UNet(nn.Module):
             ups.append(Up(c, ch[j], ch[j], ch[max(j - 1, 0)], cfg))
             c = ch[max(j - 1, 0)]
         self.ups = nn.ModuleList(ups)
-        self.out = nn.Linear(c, cfg.features)  # the 1×1 output convolution
+        self.out = nn.Linear(c, cfg.out_features or cfg.features)  # the 1×1 output convolution
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -301,7 +302,8 @@ class UNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """x: [B, C, H, W] noisy segments, t: [B] timesteps -> predicted noise [B, C, H, W]."""
+        """x: [B, C, H, W] noisy segments, t: [B] timesteps -> the prediction [B, C', H, W] (noise, v or x_0;
+        C' = C; or one logit per code of each categorical group: `GaussianDiffusion.output_channels`)."""
         W = x.shape[-1]
         if W % self.config.stride:
             raise ValueError(f"width {W} is not a multiple of {self.config.stride}")
@@ -359,7 +361,7 @@ def default_device() -> torch.device:
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, dict, dict]:
     """Load `models/model.pt`: (U-Net with the EMA weights, in eval mode; stats dict; diffusion kwargs).
 
-    The file's checksum is verified first (`pipeline.checkpoints`): damaged weights are refused, not
+    The file's checksum is verified first (`pipeline.model.checkpoints`): damaged weights are refused, not
     sampled from."""
     from pipeline.model.checkpoints import read_checkpoint
 

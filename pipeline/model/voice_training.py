@@ -1,10 +1,10 @@
-"""Prepare and train the grid layout (`pipeline.voices`): four-voice files -> grid windows -> a U-Net.
+"""Prepare and train the grid layout (`pipeline.data.voices`): four-voice files -> grid windows -> a U-Net.
 
-Prepare reads each file's voices (`instruments`, found as `pipeline.instruments` finds them; a file must
-have all of them), lays them on the data's grid (the coarsest of `pipeline.encoding.GRIDS` that 99% of
+Prepare reads each file's voices (`instruments`, found as `pipeline.data.instruments` finds them; a file must
+have all of them), lays them on the data's grid (the coarsest of `pipeline.data.encoding.GRIDS` that 99% of
 onsets and durations lie on: 1/4 beat for the chorales), snapping the few notes off it, and cuts windows
 of `seq_len` steps every `prepare.hop` steps (the last one padded with rests). Files go to train, val and
-test by `pipeline.segments.split_of`, as in the note layout, so both layouts test on the same chorales.
+test by `pipeline.data.segments.split_of`, as in the note layout, so both layouts test on the same chorales.
 Windows are kept symbolic (pitch and state per cell); training encodes each batch after moving it to a
 random key (up to `train.transpose` semitones, where every voice stays inside its train range), and the
 network is the project's U-Net with CHANNELS input channels, non-causal: a voice at step j hears every
@@ -31,6 +31,7 @@ from pipeline.data import voices
 from pipeline.data.rows import RowNotes, read_rows
 from pipeline.errors import DmcError
 from pipeline.files import atomic_path
+from pipeline.threads import follow_load
 
 GRID_FILE = "grid.npz"
 FILES_FILE = "grid_files.json"  # each kept file's split, for evaluate-harmony
@@ -169,25 +170,47 @@ class GridData:
     def pitches(self) -> voices.PitchRange:
         return voices.PitchRange.from_dict(self.stats["pitch_range"])
 
+    def digest(self) -> str:
+        """What the weights depend on besides the settings (`pipeline.model.training.fingerprint`)."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps(self.stats, sort_keys=True).encode())
+        for windows in (self.train, self.val):
+            for a in [getattr(windows, f.name) for f in dataclasses.fields(windows)] if windows else []:
+                h.update(str(a.shape).encode())
+                h.update(np.ascontiguousarray(a).data)
+        return h.hexdigest()
+
 
 def load_grid_data(prepared_dir: str | Path) -> GridData:
     prepared_dir = Path(prepared_dir)
+    stats = _grid_stats(prepared_dir)
+    train = load_grid_split(prepared_dir, "train")
+    if train is None:
+        raise DmcError(f"{prepared_dir}: the train split holds no grid windows")
+    return GridData(train, load_grid_split(prepared_dir, "val"), stats)
+
+
+def _grid_stats(prepared_dir: Path) -> dict[str, Any]:
     try:
         stats = json.loads((prepared_dir / STATS_FILE).read_text())
-        arrays = dict(np.load(prepared_dir / GRID_FILE))
-    except FileNotFoundError as err:
-        raise DmcError(f"{prepared_dir}: no grid-layout data ({Path(err.filename).name}); run the prepare "
-                       "stage with layout: grid") from None
+        if stats.get("layout") == "grid" and (prepared_dir / GRID_FILE).is_file():
+            return stats
+    except FileNotFoundError:
+        pass
+    raise DmcError(f"{prepared_dir}: no grid-layout data ({GRID_FILE}); run the prepare stage with "
+                   "layout: grid")
 
-    def split(name: str) -> GridWindows | None:
+
+def load_grid_split(prepared_dir: str | Path, name: str) -> GridWindows | None:
+    """The windows of split `name` (train, val, test) of a grid-layout prepared folder; None if none."""
+    prepared_dir = Path(prepared_dir)
+    _grid_stats(prepared_dir)
+    with np.load(prepared_dir / GRID_FILE) as arrays:
         if f"{name}_pitch" not in arrays:
             return None
         return GridWindows(*(arrays[f"{name}_{k}"] for k in ("pitch", "state", "down", "up")))
-
-    train = split("train")
-    if train is None:
-        raise DmcError(f"{prepared_dir}: the train split holds no grid windows")
-    return GridData(train, split("val"), stats)
 
 
 def grid_config(preset: str) -> Any:
@@ -198,10 +221,17 @@ def grid_config(preset: str) -> Any:
 
 
 def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[str], None] = print,
-               device: str = "cpu") -> dict[str, Any]:
-    """Train the grid U-Net for `settings.steps` (a `pipeline.training.TrainSettings`) and write the EMA
-    model to `out`, in the checkpoint format `pipeline.model.load_trained` reads. Returns its metrics."""
-    from pipeline.model.training import TrainData, batch_indices, build, optimize, save_model, step_seed
+               device: str = "cpu", stop_at: int | None = None) -> dict[str, Any] | None:
+    """Train (or resume) the grid U-Net to `settings.steps` (a `pipeline.model.training.TrainSettings`)
+    and write the EMA model to `out`, in the checkpoint format `pipeline.model.unet.load_trained` reads.
+    Returns its metrics (None when `stop_at` ended the run early, as a kill would).
+
+    Every `checkpoint_every` steps (and at `stop_at`) the whole state goes to `checkpoints/last.pt` beside
+    `out`, the random key moves' generator included, so a run resumed there ends with the weights an
+    uninterrupted one has; a checkpoint of other settings or data is set aside and training starts fresh.
+    """
+    from pipeline.model import training as t
+    from pipeline.model.checkpoints import read_checkpoint, write_checkpoint
 
     config = grid_config(settings.preset)
     width = int(data.stats["seq_len"])
@@ -209,25 +239,55 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
         raise DmcError(f"seq_len {width} is not a multiple of {config.stride}")
     torch.manual_seed(settings.seed)
     dev = torch.device(device)
-    model, ema, opt, diffusion = build(settings, config, dev)
+    model, ema, opt, diffusion = t.build(settings, config, dev)
     pitches = data.pitches
     rng = np.random.default_rng(settings.seed)
-    gen = torch.Generator(dev)
     losses: list[float] = []
+    ckpt_path = t.checkpoint_path(Path(out).parent)
+    fp = t.fingerprint(settings, data)
+    start = 0
+    if ckpt_path.is_file():
+        ckpt = read_checkpoint(ckpt_path, t.RESUME_ADVICE.format(path=ckpt_path))
+        if ckpt.get("fingerprint") == fp:
+            model.load_state_dict(ckpt["model"])
+            ema.model.load_state_dict(ckpt["ema"])
+            opt.load_state_dict(ckpt["opt"])
+            rng.bit_generator.state = json.loads(ckpt["key_moves"])
+            start, losses = int(ckpt["step"]), ckpt["train_loss"].tolist()
+            log(f"train (grid): resuming from {ckpt_path} at step {start}")
+        else:
+            log(f"train (grid): {ckpt_path} was written for other params or data; starting fresh")
+
+    def save_checkpoint(step: int) -> None:
+        write_checkpoint(ckpt_path, {
+            "step": step, "model": model.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
+            # The generator's state holds 128-bit integers: kept as JSON text, which the checksum covers.
+            "key_moves": json.dumps(rng.bit_generator.state), "fingerprint": fp,
+            "train_loss": torch.tensor(losses, dtype=torch.float64), "config": dataclasses.asdict(config),
+            "stats": data.stats, "diffusion": settings.diffusion})
+
+    gen = torch.Generator(dev)
+    end = settings.steps if stop_at is None else min(stop_at, settings.steps)
     model.train()
     t0 = time.perf_counter()
-    for step in tqdm(range(settings.steps), desc="train (grid)", unit="step", disable=None):
+    for step in tqdm(range(start, end), desc="train (grid)", unit="step", disable=None, initial=start,
+                     total=settings.steps):
+        follow_load()
         for group in opt.param_groups:
             group["lr"] = settings.lr_at(step)
-        index = batch_indices(step, len(data.train), settings.batch_size, settings.seed)
+        index = t.batch_indices(step, len(data.train), settings.batch_size, settings.seed)
         x0 = torch.from_numpy(data.train.batch(index, pitches, settings.transpose, rng)).to(dev)
-        gen.manual_seed(step_seed(settings.seed, step, 0))
-        loss = optimize(model, model, ema, opt, diffusion, x0, gen, step, settings.grad_clip,
+        gen.manual_seed(t.step_seed(settings.seed, step, 0))
+        loss = t.optimize(model, model, ema, opt, diffusion, x0, gen, step, settings.grad_clip,
                         contextlib.nullcontext())
         losses.append(float(loss))
         if not math.isfinite(losses[-1]):
             raise DmcError(f"loss became {losses[-1]} at step {step}; try a lower lr")
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == end:
+            save_checkpoint(step + 1)
     seconds = time.perf_counter() - t0
+    if end < settings.steps:
+        return None
     val_loss = None
     if data.val is not None and len(data.val):
         from pipeline.model.training import validation_loss
@@ -235,14 +295,15 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
         val = torch.from_numpy(data.val.batch(np.arange(len(data.val)), pitches)).to(dev)
         val_loss = validation_loss(ema.model, diffusion, val, settings.batch_size, settings.seed,
                                    contextlib.nullcontext())
-    save_model(Path(out), ema, TrainData(np.zeros(0), np.zeros(0), data.stats), settings, settings.steps)
+    t.save_model(Path(out), ema, t.TrainData(np.zeros(0), np.zeros(0), data.stats), settings, settings.steps)
+    ran = settings.steps - start
     metrics = {"loss": float(np.mean(losses[-100:])), "val_loss": val_loss, "steps": settings.steps,
-               "seconds": round(seconds, 1), "steps_per_s": round(settings.steps / seconds, 3),
+               "seconds": round(seconds, 1), "steps_per_s": round(ran / seconds, 3) if ran else None,
                "parameters": sum(p.numel() for p in model.parameters()), "preset": settings.preset,
                "device": dev.type, "layout": "grid",
                "batch_size": settings.batch_size}
-    log(f"train (grid): {settings.steps} steps in {seconds:.0f} s, loss {metrics['loss']:.4f}, "
-        f"val loss {val_loss}")
+    log(f"train (grid): {settings.steps} steps ({ran} in this run, {seconds:.0f} s), "
+        f"loss {metrics['loss']:.4f}, val loss {val_loss}")
     return metrics
 
 
@@ -250,7 +311,8 @@ def export_grid_model(name: str, checkpoint: str | Path, params: dict[str, Any],
                       train: dict[str, Any], note: str = "", dest: str | Path | None = None) -> Path:
     """Write the shipped-model folder `dest/NAME` (default pipeline/weights/NAME) of a grid model trained
     with `params` (the keys its prepare and train read), with bfloat16 weights and a card as
-    `pipeline.pretrained.export_model` writes one; `evaluation` is its `dmc evaluate-harmony` JSON. Atomic."""
+    `pipeline.compose.catalog.export_model` writes one; `evaluation` is its `dmc evaluate-harmony` JSON.
+    Atomic."""
     import datetime
 
     from pipeline.compose import shipped as pretrained

@@ -124,6 +124,11 @@ def track_stage(stage: str, workdir: str | Path = ".") -> Iterator[None]:
     if not enabled():
         yield
         return
+    # MLflow, and pandas with it, load before the stage runs, not when it ends: a Ctrl-C that lands in the
+    # stage's own lazy import of pandas (pyarrow makes one) leaves pandas half-initialized, and MLflow could
+    # then not record the run KILLED (seen in the fault campaign).
+    import mlflow  # noqa: F401
+
     start = time.time()
     try:
         yield
