@@ -22,7 +22,7 @@ from pipeline.data.midi import Notes, RejectedFile, TrackNotes, frequency, write
 from pipeline.data.prepared import load_mask, load_split, load_stats, write_prepared
 from pipeline.data.segments import PrepareConfig
 from pipeline.errors import DmcError
-from pipeline.evaluate import metrics
+from pipeline.evaluate import pieces
 from pipeline.evaluate.baselines import MarkovChain, masked_baseline_sets, shuffle_segments
 
 SATB = ("soprano", "alto", "tenor", "bass")
@@ -221,10 +221,10 @@ def test_masked_baselines_move_and_count_only_real_notes(satb_prepared):
 def test_segment_rows_mix_back_to_the_masked_segment_piece(satb_prepared):
     encoding = Encoding.from_stats(load_stats(satb_prepared))
     x, mask = load_split(satb_prepared, "test"), load_mask(satb_prepared, "test")
-    merged = metrics.pieces_from_segments(x, encoding, mask)
-    for rows, piece, m in zip(metrics.segment_rows(x, encoding, mask), merged, mask, strict=True):
+    merged = pieces.pieces_from_segments(x, encoding, mask)
+    for rows, piece, m in zip(pieces.segment_rows(x, encoding, mask), merged, mask, strict=True):
         assert [len(r) for r in rows] == m.sum(axis=1).tolist()
-        together = metrics.mix(rows)
+        together = pieces.mix(rows)
         assert np.array_equal(together.pitch, piece.pitch) and np.allclose(together.onset, piece.onset)
 
 

@@ -12,18 +12,19 @@ from scipy.stats import gaussian_kde
 
 from pipeline.data.midi import extract_notes
 from pipeline.evaluate import metrics as M
+from pipeline.evaluate import pieces as P
 from pipeline.evaluate.baselines import shuffle_segments
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71, 72]
 
 
-def scale(pitches=C_MAJOR, length: float = 1.0) -> M.Piece:
+def scale(pitches=C_MAJOR, length: float = 1.0) -> P.Piece:
     """One note per beat."""
     n = len(pitches)
-    return M.Piece.from_notes(np.array(pitches), np.arange(n) * length, np.full(n, length))
+    return P.Piece.from_notes(np.array(pitches), np.arange(n) * length, np.full(n, length))
 
 
-def stats(piece: M.Piece) -> dict[str, float]:
+def stats(piece: P.Piece) -> dict[str, float]:
     return M.piece_statistics(piece)
 
 
@@ -46,32 +47,32 @@ def test_pitch_class_entropy_counts_the_octave_as_the_same_class():
 def test_a_melody_has_polyphony_one_and_a_triad_three():
     melody = stats(scale())
     assert melody["polyphony"] == 1.0 and melody["polyphony_rate"] == 0.0
-    triad = stats(M.Piece.from_notes(np.array([60, 64, 67]), np.zeros(3), np.full(3, 4.0)))
+    triad = stats(P.Piece.from_notes(np.array([60, 64, 67]), np.zeros(3), np.full(3, 4.0)))
     assert triad["polyphony"] == 3.0 and triad["polyphony_rate"] == 1.0
 
 
 def test_polyphony_rate_counts_two_sounding_pitches_as_polyphonic():
     # Two beats of a dyad, two beats of one note.
-    dyad = M.Piece.from_notes(np.array([60, 64, 67]), np.array([0.0, 0.0, 2.0]), np.full(3, 2.0))
+    dyad = P.Piece.from_notes(np.array([60, 64, 67]), np.array([0.0, 0.0, 2.0]), np.full(3, 2.0))
     assert stats(dyad)["polyphony_rate"] == pytest.approx(0.5)
 
 
 def test_empty_beat_rate_counts_silent_beats():
     # Half-beat notes on beats 0 and 3: of beats 0-3, beats 1 and 2 are silent.
-    gap = M.Piece.from_notes(np.array([60, 62]), np.array([0.0, 3.0]), np.array([0.5, 0.5]))
+    gap = P.Piece.from_notes(np.array([60, 62]), np.array([0.0, 3.0]), np.array([0.5, 0.5]))
     assert stats(gap)["empty_beat_rate"] == pytest.approx(2 / 4)
 
 
 def test_groove_consistency_is_one_for_identical_bars_and_lower_when_they_differ():
-    same = M.Piece.from_notes(np.full(8, 60), np.arange(8.0), np.ones(8))
+    same = P.Piece.from_notes(np.full(8, 60), np.arange(8.0), np.ones(8))
     assert stats(same)["groove_consistency"] == 1.0
     # Bar 1 has onsets on every beat, bar 2 only on beat 1: 3 of 96 positions differ.
-    differ = M.Piece.from_notes(np.full(5, 60), np.array([0.0, 1, 2, 3, 4]), np.array([1, 1, 1, 1, 4.0]))
-    assert stats(differ)["groove_consistency"] == pytest.approx(1 - 3 / (4 * M.RESOLUTION))
+    differ = P.Piece.from_notes(np.full(5, 60), np.array([0.0, 1, 2, 3, 4]), np.array([1, 1, 1, 1, 4.0]))
+    assert stats(differ)["groove_consistency"] == pytest.approx(1 - 3 / (4 * P.RESOLUTION))
 
 
 def test_an_empty_piece_has_undefined_statistics_not_an_error():
-    empty = M.Piece.from_notes(np.zeros(0), np.zeros(0), np.zeros(0))
+    empty = P.Piece.from_notes(np.zeros(0), np.zeros(0), np.zeros(0))
     assert all(math.isnan(v) for v in stats(empty).values())
 
 
@@ -98,7 +99,7 @@ def test_pitch_class_transition_matrix_counts_consecutive_classes():
 
 def test_inter_onset_interval_ignores_notes_of_the_same_chord():
     onsets = np.array([0, 0, 0, 2, 2, 2.0])
-    chords = M.Piece.from_notes(np.array([60, 64, 67, 62, 65, 69]), onsets, np.full(6, 2.0))
+    chords = P.Piece.from_notes(np.array([60, 64, 67, 62, 65, 69]), onsets, np.full(6, 2.0))
     assert M.average_inter_onset_interval(chords) == 2.0
 
 
@@ -108,7 +109,7 @@ def test_note_lengths_fall_in_their_nearest_class():
     hist = M.note_length_histogram(scale(length=0.5))
     assert hist[3] == 1.0  # all eighths
     nltm = M.note_length_transition_matrix(
-        M.Piece.from_notes(np.array([60, 62, 64]), np.array([0, 1, 2.5]), np.array([1, 1.5, 1.0])))
+        P.Piece.from_notes(np.array([60, 62, 64]), np.array([0, 1, 2.5]), np.array([1, 1.5, 1.0])))
     assert nltm[2, 6] == 0.5 and nltm[6, 2] == 0.5
 
 
@@ -172,7 +173,7 @@ def test_pieces_shorter_than_two_frames_contribute_no_pairs():
 
 def test_framewise_quantizes_to_sixteenths():
     # 0.26 beats rounds to one 16th, like 0.25: the frames are the same.
-    wobbly = M.Piece.from_notes(np.full(24, 60), np.arange(24.0), np.where(np.arange(24) < 12, 0.26, 0.25))
+    wobbly = P.Piece.from_notes(np.full(24, 60), np.arange(24.0), np.where(np.arange(24) < 12, 0.26, 0.25))
     assert M.frame_overlaps(wobbly, "duration").tolist() == [pytest.approx(1.0)]
 
 
@@ -201,8 +202,8 @@ def chorale_windows(folder: Path) -> np.ndarray:
     return np.array(windows, dtype=float)
 
 
-def to_pieces(windows: np.ndarray) -> list[M.Piece]:
-    return [M.Piece.from_notes(w[0, 0], np.cumsum(w[2, 0]), w[1, 0]) for w in windows]
+def to_pieces(windows: np.ndarray) -> list[P.Piece]:
+    return [P.Piece.from_notes(w[0, 0], np.cumsum(w[2, 0]), w[1, 0]) for w in windows]
 
 
 @pytest.fixture(scope="module")
@@ -246,12 +247,12 @@ def test_evaluate_sets_reports_flat_finite_numbers_for_every_set(chorale_halves)
 
 
 def test_edge_and_chord_fractions_count_notes_not_pieces():
-    chord_then_run = M.Piece.from_notes(np.array([60, 64, 67, 72, 36]), np.array([0.0, 0, 0, 1, 2]),
+    chord_then_run = P.Piece.from_notes(np.array([60, 64, 67, 72, 36]), np.array([0.0, 0, 0, 1, 2]),
                                         np.ones(5))
-    run = M.Piece.from_notes(np.array([88, 62, 64]), np.array([0.0, 1, 2]), np.ones(3))
+    run = P.Piece.from_notes(np.array([88, 62, 64]), np.array([0.0, 1, 2]), np.ones(3))
     assert M.edge_fraction([chord_then_run, run], low=36, high=88) == 2 / 8
     assert M.chord_fraction([chord_then_run, run]) == 2 / 6  # of the notes after each piece's first
-    assert np.isnan(M.chord_fraction([M.Piece.from_notes(np.array([60]), np.zeros(1), np.ones(1))]))
+    assert np.isnan(M.chord_fraction([P.Piece.from_notes(np.array([60]), np.zeros(1), np.ones(1))]))
 
 
 def test_a_merged_duplicate_does_not_change_oa_on_fixed_length_segments():
@@ -260,14 +261,14 @@ def test_a_merged_duplicate_does_not_change_oa_on_fixed_length_segments():
     oa_mean, and the duplicate is merged in the set that holds it, as in the file written from it."""
     rng = np.random.default_rng(0)
 
-    def piece(n: int = 16) -> M.Piece:
+    def piece(n: int = 16) -> P.Piece:
         onset = np.cumsum(rng.integers(1, 3, n)) * 0.5
-        return M.Piece.from_notes(rng.integers(55, 75, n), onset, rng.choice([0.5, 1.0, 2.0], n))
+        return P.Piece.from_notes(rng.integers(55, 75, n), onset, rng.choice([0.5, 1.0, 2.0], n))
 
     reference = [piece() for _ in range(12)]
     generated = [piece() for _ in range(8)]
     first = generated[0]
-    doubled = M.Piece.from_notes(np.append(first.pitch, first.pitch[3]),
+    doubled = P.Piece.from_notes(np.append(first.pitch, first.pitch[3]),
                                  np.append(first.onset, first.onset[3]), np.append(first.duration, 2.0))
     assert doubled.merged == 1 and len(doubled) == len(first)
     flat = [M.flat_metrics(M.evaluate_sets({"generated": g}, reference))
@@ -275,15 +276,15 @@ def test_a_merged_duplicate_does_not_change_oa_on_fixed_length_segments():
     assert flat[0]["generated.oa_mean"] == flat[1]["generated.oa_mean"]
     assert M.constant_features(M.evaluate_sets({"generated": generated}, reference)) == ["note_count"]
     # A set whose pieces came back from files one note short is marked down by the old mean only.
-    short = [M.Piece.from_notes(p.pitch[:-1], p.onset[:-1], p.duration[:-1]) for p in generated]
+    short = [P.Piece.from_notes(p.pitch[:-1], p.onset[:-1], p.duration[:-1]) for p in generated]
     old = M.flat_metrics(M.evaluate_sets({"generated": short}, reference))
     assert old["generated.oa.note_count"] < 0.5 and old["generated.oa_mean_all"] < old["generated.oa_mean"]
-    assert M.merged_notes(short, notes_per_piece=16) == 8 and M.merged_notes([doubled]) == 1
+    assert P.merged_notes(short, notes_per_piece=16) == 8 and P.merged_notes([doubled]) == 1
 
 
 def test_grid_fraction_counts_durations_and_deltas_on_the_grid():
-    on = M.Piece.from_notes(np.array([60, 64, 67]), np.array([0.0, 0.0, 0.75]), np.array([0.75, 1.0, 0.25]))
-    off = M.Piece.from_notes(np.array([60, 62]), np.array([0.0, 0.3]), np.array([0.3, 1.0]))
+    on = P.Piece.from_notes(np.array([60, 64, 67]), np.array([0.0, 0.0, 0.75]), np.array([0.75, 1.0, 0.25]))
+    off = P.Piece.from_notes(np.array([60, 62]), np.array([0.0, 0.3]), np.array([0.3, 1.0]))
     assert M.grid_fraction([on], 0.25) == 1.0
     # durations 0.3 (off), 1.0 (on); one delta 0.3 (off)
     assert M.grid_fraction([off], 0.25) == pytest.approx(1 / 3)

@@ -22,6 +22,16 @@ from pipeline.data.prepared import load_mask, load_split, load_stats
 from pipeline.errors import DmcError
 from pipeline.evaluate import metrics
 from pipeline.evaluate.baselines import baseline_sets, choose, masked_baseline_sets
+from pipeline.evaluate.pieces import (
+    Piece,
+    from_zero,
+    merged_notes,
+    mix,
+    pieces_from_segments,
+    read_pieces,
+    read_rows,
+    segment_rows,
+)
 
 SETS = ("generated", "markov", "shuffle", "real")  # `real`: train segments, the real-vs-real ceiling
 
@@ -51,21 +61,21 @@ def evaluate_samples(prepared_dir: str | Path, samples_dir: str | Path, seed: in
                        "use a larger dataset or a larger 'prepare.split.test'")
     test_rng, train_rng = np.random.default_rng(seed).spawn(2)
     pick = choose(len(test), n_baseline, test_rng)
-    rows: dict[str, list[list[metrics.Piece]]] = {}  # set -> piece -> instrument row (several rows only)
+    rows: dict[str, list[list[Piece]]] = {}  # set -> piece -> instrument row (several rows only)
     if len(groups) == 1:
-        generated, rejected = metrics.read_pieces(samples_dir)
-        reference = metrics.pieces_from_segments(test[pick], encoding)
+        generated, rejected = read_pieces(samples_dir)
+        reference = pieces_from_segments(test[pick], encoding)
         train_sets = baseline_sets(load_split(prepared_dir, "train"), encoding, n_baseline, train_rng)
         sets = {"generated": generated,
-                **{k: metrics.pieces_from_segments(v, encoding) for k, v in train_sets.items()}}
+                **{k: pieces_from_segments(v, encoding) for k, v in train_sets.items()}}
     else:
-        rows["generated"], rejected = metrics.read_rows(samples_dir, groups)
-        rows["test"] = metrics.segment_rows(test[pick], encoding, load_mask(prepared_dir, "test")[pick])
+        rows["generated"], rejected = read_rows(samples_dir, groups)
+        rows["test"] = segment_rows(test[pick], encoding, load_mask(prepared_dir, "test")[pick])
         for k, (x, mask) in masked_baseline_sets(load_split(prepared_dir, "train"),
                                                  load_mask(prepared_dir, "train"), encoding, n_baseline,
                                                  train_rng).items():
-            rows[k] = metrics.segment_rows(x, encoding, mask)
-        sets = {k: [metrics.mix(r) for r in v] for k, v in rows.items()}
+            rows[k] = segment_rows(x, encoding, mask)
+        sets = {k: [mix(r) for r in v] for k, v in rows.items()}
         generated, reference = sets["generated"], sets.pop("test")
     if not generated:
         raise DmcError(f"no {samples_dir}/*.mid; run the sample stage first (dvc repro sample)")
@@ -75,7 +85,7 @@ def evaluate_samples(prepared_dir: str | Path, samples_dir: str | Path, seed: in
     low, high = (int(pitch_of(stats["normalization"]["frequency"][k])) for k in ("min", "max"))
     for name, pieces in {"test": reference, **sets}.items():
         expected = notes_per_piece if name == "generated" and len(groups) == 1 else None
-        flat[f"{name}.merged_notes"] = float(metrics.merged_notes(pieces, expected))
+        flat[f"{name}.merged_notes"] = float(merged_notes(pieces, expected))
         grid = metrics.grid_fraction(pieces, stats["grid"]) if stats.get("grid") else math.nan
         for key, value in (("edge_fraction", metrics.edge_fraction(pieces, low, high)),
                            ("chord_fraction", metrics.chord_fraction(pieces)), ("grid_fraction", grid)):
@@ -84,11 +94,11 @@ def evaluate_samples(prepared_dir: str | Path, samples_dir: str | Path, seed: in
     missing = {}
     for h, group in enumerate(groups if rows else []):
         # One instrument: its rows where it plays in the test segments, every piece of the other sets.
-        ref = [metrics.from_zero(r[h]) for r in rows["test"] if len(r[h])]
+        ref = [from_zero(r[h]) for r in rows["test"] if len(r[h])]
         if len(ref) < 2:
             missing[group] = f"plays in {len(ref)} test segment(s)"
             continue
-        own = metrics.evaluate_sets({k: [metrics.from_zero(r[h]) for r in rows[k]] for k in SETS}, ref,
+        own = metrics.evaluate_sets({k: [from_zero(r[h]) for r in rows[k]] for k in SETS}, ref,
                                     frame_beats=frame_beats, hop_beats=hop_beats)
         for key, value in metrics.flat_metrics(own).items():
             name, rest = key.split(".", 1)
@@ -164,9 +174,9 @@ def evaluate_grid_samples(prepared_dir: str | Path, samples_dir: str | Path, see
     rows["markov"] = [cut([None if c is None else markov_voice(c, 0.0, end, train_rng) for c in chains])[0]
                       for _ in range(n_baseline)]
 
-    def pieces(name: str, h: int | None = None) -> list[metrics.Piece]:
-        as_piece = [[metrics.Piece.from_notes(r.pitch, r.onset, r.duration) for r in p] for p in rows[name]]
-        return [metrics.mix(p) if h is None else metrics.from_zero(p[h]) for p in as_piece]
+    def pieces(name: str, h: int | None = None) -> list[Piece]:
+        as_piece = [[Piece.from_notes(r.pitch, r.onset, r.duration) for r in p] for p in rows[name]]
+        return [mix(p) if h is None else from_zero(p[h]) for p in as_piece]
 
     reference = pieces("test")
     reports = metrics.evaluate_sets({k: pieces(k) for k in SETS}, reference, frame_beats=frame_beats,
@@ -175,7 +185,7 @@ def evaluate_grid_samples(prepared_dir: str | Path, samples_dir: str | Path, see
     low, high = int(stats["pitch_range"]["low"]), int(stats["pitch_range"]["high"])
     for name in ("test", *SETS):
         mixed = reference if name == "test" else pieces(name)
-        flat[f"{name}.merged_notes"] = float(metrics.merged_notes(mixed))
+        flat[f"{name}.merged_notes"] = float(merged_notes(mixed))
         flat[f"{name}.edge_fraction"] = metrics.edge_fraction(mixed, low, high)
         flat[f"{name}.grid_fraction"] = metrics.grid_fraction(mixed, step)
         flat[f"{name}.chord_fraction"] = metrics.chord_fraction(mixed)

@@ -33,7 +33,8 @@ from pipeline.data.prepared import SEGMENTS_FILE
 from pipeline.data.rows import NO_NOTES, RowNotes, read_rows
 from pipeline.errors import DmcError
 from pipeline.evaluate.baselines import MarkovChain
-from pipeline.evaluate.metrics import QUANTUM, Piece, evaluate_sets, flat_metrics, from_zero
+from pipeline.evaluate.metrics import QUANTUM, evaluate_sets, flat_metrics
+from pipeline.evaluate.pieces import Piece, from_zero
 from pipeline.evaluate.voice_leading import voice_leading
 
 SETS = ("model", "markov", "bach")
