@@ -188,7 +188,7 @@ def sample_and_score(params: dict[str, Any], prepared: Path, model: Path, sample
 
 def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces: int,
                device: str | None, seed: int = 0, sample_seed: int | None = None) -> dict[str, Any]:
-    from pipeline.model import training
+    from pipeline.model import train_data, training
 
     trained, _, variant = name.partition("@")
     if trained not in CONFIGS or (variant and variant not in VARIANTS):
@@ -202,7 +202,7 @@ def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces:
     if not model.is_file():  # train once per (config, preset, steps); variants reuse the model
         settings = training.TrainSettings.from_params(params)
         start = time.perf_counter()
-        metrics = training.train(settings, training.load_data(prepared, params["seq_len"], settings.key),
+        metrics = training.train(settings, train_data.load_data(prepared, params["seq_len"], settings.key),
                                  models_dir=folder / "models", metrics_dir=folder / "metrics",
                                  device=device, log=lambda *_: None)
         write_json(folder / "train.json", {**metrics, "seconds": round(time.perf_counter() - start, 1)})

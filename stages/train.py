@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.model import training
+from pipeline.model import train_data, training
 from pipeline.params import load_params
 from stages import run
 
@@ -28,7 +28,7 @@ def main() -> None:
         metrics = train_grid(settings, load_grid_data(PREPARED), MODELS / "model.pt")
         write_json(METRICS / "train.json", metrics)
     else:
-        data = training.load_data(PREPARED, seq_len=params["seq_len"], key=params["train"]["key"])
+        data = train_data.load_data(PREPARED, seq_len=params["seq_len"], key=params["train"]["key"])
         metrics = training.train(settings, data, models_dir=MODELS, metrics_dir=METRICS)
     if metrics:
         print(f"train: {metrics['steps']} steps of preset {settings.preset} on {metrics['device']} "

@@ -252,12 +252,12 @@ def test_sampled_rows_are_written_with_their_programs_and_drums_on_the_drum_chan
 def test_training_loss_counts_only_real_notes(satb_prepared, prepared_dir):
     import torch
 
-    from pipeline.model import training
+    from pipeline.model import train_data, training
     from pipeline.model.diffusion import GaussianDiffusion
 
-    data = training.load_data(satb_prepared)
+    data = train_data.load_data(satb_prepared)
     assert np.array_equal(data.train_mask, load_mask(satb_prepared, "train"))
-    assert training.load_data(prepared_dir).train_mask is None  # single piano: nothing to mask
+    assert train_data.load_data(prepared_dir).train_mask is None  # single piano: nothing to mask
     diffusion = GaussianDiffusion(timesteps=20)
     x0 = torch.from_numpy(data.val)
     mask = torch.from_numpy(data.val_mask)[:, None]

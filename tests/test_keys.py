@@ -11,7 +11,7 @@ from pipeline.data import keys, midi
 from pipeline.data.encoding import Encoding
 from pipeline.data.prepared import load_pitches, load_split, write_prepared
 from pipeline.data.segments import PrepareConfig
-from pipeline.model.training import load_data
+from pipeline.model.train_data import load_data
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71, 72]
 

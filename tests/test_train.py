@@ -20,7 +20,8 @@ from conftest import HANG_GUARD_S, PREPARED_SPLIT, REPO, repo_params
 
 from pipeline.errors import DmcError
 from pipeline.model.checkpoints import write_checkpoint
-from pipeline.model.training import TrainData, TrainSettings, batch_indices, checkpoint_path, load_data, train
+from pipeline.model.train_data import TrainData, batch_indices, load_data
+from pipeline.model.training import TrainSettings, checkpoint_path, train
 from pipeline.params import validate
 
 SETTINGS = TrainSettings(preset="tiny", steps=6, batch_size=8, val_every=3, checkpoint_every=2)

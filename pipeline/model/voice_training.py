@@ -230,6 +230,7 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     `out`, the random key moves' generator included, so a run resumed there ends with the weights an
     uninterrupted one has; a checkpoint of other settings or data is set aside and training starts fresh.
     """
+    from pipeline.model import train_data
     from pipeline.model import training as t
     from pipeline.model.checkpoints import read_checkpoint, write_checkpoint
 
@@ -275,9 +276,9 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
         follow_load()
         for group in opt.param_groups:
             group["lr"] = settings.lr_at(step)
-        index = t.batch_indices(step, len(data.train), settings.batch_size, settings.seed)
+        index = train_data.batch_indices(step, len(data.train), settings.batch_size, settings.seed)
         x0 = torch.from_numpy(data.train.batch(index, pitches, settings.transpose, rng)).to(dev)
-        gen.manual_seed(t.step_seed(settings.seed, step, 0))
+        gen.manual_seed(train_data.step_seed(settings.seed, step, 0))
         loss = t.optimize(model, model, ema, opt, diffusion, x0, gen, step, settings.grad_clip,
                         contextlib.nullcontext())
         losses.append(float(loss))
@@ -295,7 +296,8 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
         val = torch.from_numpy(data.val.batch(np.arange(len(data.val)), pitches)).to(dev)
         val_loss = validation_loss(ema.model, diffusion, val, settings.batch_size, settings.seed,
                                    contextlib.nullcontext())
-    t.save_model(Path(out), ema, t.TrainData(np.zeros(0), np.zeros(0), data.stats), settings, settings.steps)
+    no_data = train_data.TrainData(np.zeros(0), np.zeros(0), data.stats)
+    t.save_model(Path(out), ema, no_data, settings, settings.steps)
     ran = settings.steps - start
     metrics = {"loss": float(np.mean(losses[-100:])), "val_loss": val_loss, "steps": settings.steps,
                "seconds": round(seconds, 1), "steps_per_s": round(ran / seconds, 3) if ran else None,
