@@ -38,7 +38,8 @@ import torch
 
 from pipeline.files import write_json
 from pipeline.model.diffusion import GaussianDiffusion
-from pipeline.model.training import EMA, TrainSettings, build, optimize, step_seed
+from pipeline.model.train_data import step_seed
+from pipeline.model.training import EMA, TrainSettings, build, optimize
 from pipeline.model.unet import PRESETS, count, get_config
 from pipeline.threads import configure_threads, limit_threads
 

@@ -315,7 +315,8 @@ def _steps(kind: str, device: str, masked: bool, steps: int = 5) -> tuple[torch.
     import contextlib
 
     from pipeline.model.cuda_graph import CudaGraphStep, StaticStep
-    from pipeline.model.training import build, optimize, step_seed
+    from pipeline.model.train_data import step_seed
+    from pipeline.model.training import build, optimize
     from pipeline.model.unet import get_config
 
     settings = TrainSettings(preset="tiny", steps=steps, batch_size=4, lr=1e-3, lr_final=1e-4, lr_switch=0.6)
