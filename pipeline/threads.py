@@ -105,8 +105,7 @@ def busy_cpus(cpus: set[int] | None = None, window_s: float = WINDOW_S) -> float
     """How many of this process's CPUs (`cpus`: its affinity when None) other processes keep busy now:
     /proc/stat's busy share over `window_s`, less this process's own CPU time; elsewhere the 1-minute load
     average; 0 where neither exists."""
-    if cpus is None:
-        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(available_cpus()))
+    cpus = own_cpus() if cpus is None else cpus
     stat = Path("/proc/stat")
     try:
         before, own = cpu_ticks(stat.read_text(), cpus), time.process_time()
@@ -116,11 +115,25 @@ def busy_cpus(cpus: set[int] | None = None, window_s: float = WINDOW_S) -> float
         with contextlib.suppress(OSError, AttributeError):
             return min(float(len(cpus)), os.getloadavg()[0])
         return 0.0
+    busy = others_busy(before, after, own, len(cpus))
+    return 0.0 if busy is None else busy
+
+
+def own_cpus() -> set[int]:
+    """The CPUs this process may run on, by number (all of them where affinity is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(available_cpus()))
+
+
+def others_busy(before: tuple[int, int], after: tuple[int, int], own_s: float, cpus: int) -> float | None:
+    """The CPUs other processes kept busy between two `cpu_ticks` readings of `cpus` CPUs, this process's
+    own `own_s` CPU seconds in between taken out; None when no tick passed."""
     total = after[1] - before[1]
     if total <= 0:
-        return 0.0
-    own_ticks = own * os.sysconf("SC_CLK_TCK")
-    return max(0.0, min(float(len(cpus)), len(cpus) * (after[0] - before[0] - own_ticks) / total))
+        return None
+    others = (after[0] - before[0] - own_s * os.sysconf("SC_CLK_TCK")) / total
+    return max(0.0, min(float(cpus), cpus * others))
 
 
 def threads_for(cpus: int, busy: float, jobs: int = 1) -> int:
@@ -171,8 +184,7 @@ class LoadFollower:
 
     def __init__(self, jobs: int = 1, every_s: float = FOLLOW_EVERY_S,
                  stat: Path = Path("/proc/stat")) -> None:
-        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-        self.cpus = affinity or set(range(available_cpus()))
+        self.cpus = own_cpus()
         self.jobs, self.every_s, self.stat = jobs, every_s, stat
         self.last = self._sample()
 
@@ -189,12 +201,12 @@ class LoadFollower:
         now = self._sample()
         if now is None:
             return None
-        (_, (busy0, total0), own0), (_, (busy1, total1), own1) = self.last, now
+        (_, before, own_before), (_, after, own_after) = self.last, now
         self.last = now
-        if total1 <= total0:
+        busy = others_busy(before, after, own_after - own_before, len(self.cpus))
+        if busy is None:
             return None
-        others = (busy1 - busy0 - (own1 - own0) * os.sysconf("SC_CLK_TCK")) / (total1 - total0)
-        threads = threads_for(len(self.cpus), max(0.0, len(self.cpus) * others), self.jobs)
+        threads = threads_for(len(self.cpus), busy, self.jobs)
         torch = sys.modules.get("torch")
         if torch is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
