@@ -38,6 +38,7 @@ PREDICTIONS = ("epsilon", "v", "x0", "softmax")
 LOSS_WEIGHTS = ("none", "min_snr")
 SAMPLERS = ("ddpm", "ddim", "dpm++", "unipc")
 GUARDS = ("clip", "step_clip", "dynamic", "none")
+VOICES_AS = ("channels", "rows")  # pipeline.model.voice_training.grid_config
 
 
 def _number(lo: float | None = None, hi: float | None = None, integer: bool = False, lo_open: bool = False):
@@ -168,6 +169,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "diffusion.self_condition": _BOOL,
     "train.transpose": _number(0, 11, integer=True),
     "train.key": _choice(*KEYS),
+    "train.voices": _choice(*VOICES_AS),
     "sample.n": _POS_INT,
     "sample.sampler": _choice(*SAMPLERS),
     "sample.guard": _choice(*GUARDS),
@@ -268,20 +270,18 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
     if lattice and f["scale"] != "symmetric":
         raise DmcError(f"params: 'features.scale' must be symmetric with the lattice codes (pitch "
                        f"{f['pitch']}, time {f['time']}), got {f['scale']!r}")
-    if params["train"]["transpose"] and (lattice or f["chord"]):
+    # The grid layout moves its symbolic windows (pipeline/model/voice_training.py), whatever the features.
+    if params["train"]["transpose"] and (lattice or f["chord"]) and params["layout"] == "notes":
         raise DmcError("params: 'train.transpose' works on the scalar pitch codes only; set it to 0 with "
                        f"pitch {f['pitch']!r}, time {f['time']!r}, chord {f['chord']}")
     d = params["diffusion"]
     if d["prediction"] == "softmax":
-        if not (lattice or f["chord"]):
+        if params["layout"] == "notes" and not (lattice or f["chord"]):  # a grid cell is always categorical
             raise DmcError("params: 'diffusion.prediction' softmax predicts over a lattice code's classes; "
                            "choose features.pitch helix or pitch_class, time grid, or chord true")
         if d["loss_weight"] != "none":
             raise DmcError("params: 'diffusion.loss_weight' must be none with prediction softmax "
                            f"(a cross-entropy), got {d['loss_weight']!r}")
-        if params["layout"] != "notes":
-            raise DmcError("params: 'diffusion.prediction' softmax works with layout notes, not "
-                           f"{params['layout']!r}")
     return params
 
 

@@ -169,6 +169,26 @@ def test_non_causal_variant_does_see_later_notes():
     assert not torch.allclose(y[..., :10], z[..., :10])
 
 
+def test_folded_rows_are_one_row_of_every_rows_channels_and_unfold_back():
+    # rows_as_channels=H reads [B, C, H, W] as the one-row network reads [B, C*H, 1, W], so each layer sees
+    # every row at step j together; the output unfolds in the same order.
+    torch.manual_seed(0)
+    base = dataclasses.replace(get_config("tiny", causal=False), features=5)
+    folded = UNet(dataclasses.replace(base, rows_as_channels=4)).double().eval()
+    flat = UNet(dataclasses.replace(base, features=20)).double().eval()
+    flat.load_state_dict(folded.state_dict())
+    x, t = torch.randn(2, 5, 4, 32, dtype=torch.float64), torch.tensor([10, 500])
+    with torch.no_grad():
+        y = folded(x, t)
+        assert y.shape == x.shape
+        assert torch.equal(y, flat(x.reshape(2, 20, 1, 32), t).reshape(2, 5, 4, 32))
+        moved = x.clone()
+        moved[:, :, 3, 9] += 1.0  # the bass at step 9 only
+        assert not torch.allclose(y[:, :, 0, 9], folded(moved, t)[:, :, 0, 9])
+    with pytest.raises(ValueError, match="3 rows; this network folds exactly 4"):
+        folded(x[:, :, :3], t)
+
+
 # -- learning and loading -------------------------------------------------------------------------------
 
 

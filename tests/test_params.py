@@ -43,7 +43,7 @@ def _with(key: str, value) -> dict:
     ("seq_len", 0), ("seq_len", -8), ("seq_len", 100), ("seq_len", "128"), ("seq_len", True),
     ("dataset", "mozart"), ("prepare.max_duration", 0.0), ("prepare.threshold_policy", "drop"),
     ("prepare.programs", [0, 200]), ("prepare.programs", []), ("prepare.n_jobs", -1),
-    ("prepare.split.train", 1.5), ("lr", float("nan")), ("instruments", []),
+    ("prepare.split.train", 1.5), ("lr", float("nan")), ("instruments", []), ("train.voices", "columns"),
 ])
 def test_an_invalid_value_is_one_line_naming_the_key(key, value):
     with pytest.raises(DmcError) as err:
@@ -61,7 +61,8 @@ def test_a_bad_quantize_grid_names_the_params_key_not_the_cli_flag(grid):
 
 @pytest.mark.parametrize(("key", "value"), [("sample.quantize", "auto"), ("sample.sampler", "dpm++"),
                                             ("sample.guard", "clip"), ("diffusion.prediction", "v"),
-                                            ("diffusion.schedule", "cosine"), ("features", "original")])
+                                            ("diffusion.schedule", "cosine"), ("features", "original"),
+                                            ("train.voices", "rows")])
 def test_the_quality_levers_accept_their_documented_values(key, value):
     validate(_with(key, value))
 
@@ -124,17 +125,18 @@ def test_a_softmax_head_is_refused_where_it_has_nothing_to_predict_over():
     params["diffusion"]["prediction"] = "softmax"
     assert validate(params)["diffusion"]["prediction"] == "softmax"  # the default lattice code
     for change, message in ((("features", "original"), "predicts over a lattice code's classes"),
-                            (("layout", "grid"), "works with layout notes"),
                             (("diffusion", {**params["diffusion"], "loss_weight": "min_snr"}),
                              "'diffusion.loss_weight' must be none with prediction softmax")):
         bad = {**params, change[0]: change[1]}
         with pytest.raises(DmcError, match=message):
             validate(bad)
+    # A grid cell's pitch, sounding and onset are categorical whatever features says.
+    assert validate({**params, "features": "original", "layout": "grid"})["layout"] == "grid"
 
 
 def test_params_name_the_same_levers_as_the_model_code():
     from pipeline import params
-    from pipeline.model import diffusion, unet
+    from pipeline.model import diffusion, unet, voice_training
 
     assert sorted(params.PRESETS) == sorted(unet.PRESETS)
     assert tuple(diffusion.SCHEDULES) == params.SCHEDULES
@@ -142,3 +144,12 @@ def test_params_name_the_same_levers_as_the_model_code():
     assert tuple(diffusion.LOSS_WEIGHTS) == params.LOSS_WEIGHTS
     assert tuple(diffusion.SAMPLERS) == params.SAMPLERS
     assert tuple(diffusion.GUARDS) == params.GUARDS
+    assert voice_training.VOICES_AS == params.VOICES_AS
+
+
+def test_the_grid_layout_transposes_its_voices_whatever_the_note_features():
+    params = repo_params()
+    params["train"]["transpose"] = 6
+    with pytest.raises(DmcError, match="'train.transpose' works on the scalar pitch codes only"):
+        validate(params)
+    assert validate({**params, "layout": "grid"})["train"]["transpose"] == 6

@@ -120,6 +120,33 @@ def test_grid_round_trip_notes_grid_values_notes_is_exact_on_real_chorales(satb_
     assert checked > 1000
 
 
+def test_a_sure_softmax_head_over_the_cell_codes_gives_back_real_chorales_exactly(satb_project):
+    from pipeline.model.diffusion import GaussianDiffusion
+
+    rows = [read_rows(f, SATB) for f in chorales(satb_project)[:3]]
+    pitches = voices.pitch_range(rows, len(SATB))
+    groups = voices.code_groups(pitches)
+    diffusion = GaussianDiffusion(prediction="softmax", codes=groups)
+    assert diffusion.output_channels(voices.CHANNELS) == (pitches.high - pitches.low + 2) + 2 + 2
+    for file_rows in rows:
+        grid = voices.rows_to_grid(file_rows, 0.25)
+        x0 = torch.from_numpy(voices.encode(grid, pitches))[None]
+        # Logits sure of the code each cell holds: one-hot times a large number, group by group.
+        logits, channel = [], 0
+        for width, table in groups:
+            table = torch.as_tensor(table, dtype=torch.float32)
+            distance = (x0[:, None, channel:channel + width] - table[None, :, :, None, None]) ** 2
+            index = distance.sum(2).argmin(1)
+            logits.append(torch.nn.functional.one_hot(index, len(table)).permute(0, 3, 1, 2).float() * 50)
+            channel += width
+        sure = torch.cat(logits, 1)
+        estimate = diffusion.expected_code(sure)
+        assert torch.allclose(estimate, x0, atol=1e-5)
+        assert torch.allclose(diffusion.loss(lambda x, t, sure=sure: sure, x0), torch.zeros(()), atol=1e-4)
+        back = voices.decode(estimate[0].numpy(), pitches)
+        assert np.array_equal(back.pitch, grid.pitch) and np.array_equal(back.state, grid.state)
+
+
 def test_repeated_notes_and_rests_survive_the_round_trip():
     row = RowNotes.of([60, 60, 62, 62], [0.0, 1.0, 2.5, 3.0], [1.0, 1.0, 0.5, 0.25])
     grid = voices.rows_to_grid([row, None], 0.25)
@@ -176,6 +203,24 @@ def test_a_resumed_grid_training_ends_with_the_weights_of_a_straight_run(grid_pr
     train_grid(dataclasses.replace(settings, lr=2e-3), data, tmp_path / "resumed" / "model.pt",
                log=notes.append)
     assert any("starting fresh" in n for n in notes)
+
+
+def test_a_softmax_grid_model_trains_loads_and_harmonizes_with_the_melody_exact(grid_project, satb_project,
+                                                                                 tmp_path):
+    from pipeline.model.training import TrainSettings
+
+    data = load_grid_data(grid_project / "prepared")
+    settings = TrainSettings(preset="tiny", steps=3, batch_size=4, lr=1e-3, lr_final=1e-4, timesteps=20,
+                             prediction="softmax", causal=False)
+    metrics = train_grid(settings, data, tmp_path / "model.pt", log=lambda _: None)
+    assert metrics is not None and np.isfinite(metrics["loss"])
+    # A cross-entropy over every cell's 47 pitch codes (46 pitches and a rest) and two flags, ±1 each.
+    assert metrics["loss"] > np.log(47)
+    model = load_grid_model(tmp_path / "model.pt", Sampler("ddim", 5))
+    assert model.model.config.out_features == data.pitches.high - data.pitches.low + 2 + 4
+    soprano = read_rows(chorales(satb_project)[1], SATB)[0]
+    piece = harmonize([{0: soprano}], model, seed=0)[0]
+    assert piece[0] is soprano and all(len(row) for row in piece[1:])
 
 
 # -- harmonizing -----------------------------------------------------------------------------------------

@@ -73,7 +73,8 @@ def load_grid_model(path: str | Path, sampler: Any, device: str | torch.device =
                        "the shipped bach-satb")
     # Every cell lies in [-1, 1]: the x_0 estimate is clipped there.
     clip = {} if sampler.guard == "none" else {"clip_sample": (-1.0, 1.0)}
-    diffusion = GaussianDiffusion(**diffusion_kwargs, **clip).to(device)
+    codes = voices.code_groups(voices.PitchRange.from_dict(stats["pitch_range"]))
+    diffusion = GaussianDiffusion(**diffusion_kwargs, **clip, codes=codes).to(device)
     return GridModel(model, stats, diffusion, sampler, torch.device(device))
 
 
@@ -152,6 +153,8 @@ def denoise(model: GridModel, known: torch.Tensor, mask: torch.Tensor, generator
         return x
     if sampler.name not in ("ddim", "ddpm"):
         raise DmcError(f"--resample needs the ddim or ddpm sampler, not {sampler.name}")
+    if d.self_condition:
+        raise DmcError("--resample does not work with a self-conditioned model; use --resample 1")
     scheduler, net = d.scheduler(sampler.name, steps), d.guarded(model.model)
     kwargs: dict[str, Any] = {"generator": generator}
     if sampler.name == "ddim":

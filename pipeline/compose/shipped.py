@@ -109,7 +109,8 @@ def probe(model: torch.nn.Module) -> list[float]:
     what the code computes with these weights. Independent of the schedule and the encoding."""
     width = model.config.stride * 8
     channels = model.config.features + model.config.cond_features  # self-conditioning reads x_0 too
-    x = torch.randn(1, channels, 1, width, generator=torch.Generator().manual_seed(0))
+    rows = max(model.config.rows_as_channels, 1)
+    x = torch.randn(1, channels, rows, width, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         y = model(x, torch.tensor([PROBE_TIMESTEP])).flatten().double()
     index = torch.linspace(0, y.numel() - 1, PROBE_VALUES).round().long()

@@ -211,6 +211,15 @@ def decode(x: np.ndarray, pitches: PitchRange) -> VoiceGrid:
     return VoiceGrid(pitch, state)
 
 
+def code_groups(pitches: PitchRange) -> list[tuple[int, np.ndarray]]:
+    """A cell's channels as the categorical groups a softmax head predicts over (`GaussianDiffusion`,
+    prediction `softmax`): the helix code of each pitch of the train range and of a rest (0, 0, 0), then
+    sounding and onset, ±1 each."""
+    pitch_codes = helix(np.arange(pitches.low, pitches.high + 1), pitches.low, pitches.high).T
+    flag = np.array([[-1.0], [1.0]])
+    return [(3, np.concatenate([pitch_codes, np.zeros((1, 3))])), (1, flag), (1, flag)]
+
+
 def pitch_range(rows: Sequence[Sequence[RowNotes | None]], n_rows: int) -> PitchRange:
     """The pitches of every file's voices: overall and per row (DmcError when a row never sounds)."""
     per_row: list[list[int]] = [[] for _ in range(n_rows)]

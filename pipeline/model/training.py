@@ -73,6 +73,7 @@ class TrainSettings:
     self_condition: bool = False
     transpose: int = 0  # random key changes of up to this many semitones, train batches only
     key: str = "none"  # none | common: every window moved to one key (pipeline.data.keys)
+    voices: str = "channels"  # grid layout: channels (voices folded into the channels) | rows (one row each)
     val_every: int = 100
     checkpoint_every: int = 100
     compile: bool = False
@@ -88,7 +89,7 @@ class TrainSettings:
                    beta_start=d["beta_start"], beta_end=d["beta_end"], schedule=d["schedule"],
                    prediction=d["prediction"], loss_weight=d["loss_weight"], min_snr_gamma=d["min_snr_gamma"],
                    self_condition=d["self_condition"],
-                   transpose=t["transpose"], key=t["key"], val_every=t["val_every"],
+                   transpose=t["transpose"], key=t["key"], voices=t["voices"], val_every=t["val_every"],
                    checkpoint_every=t["checkpoint_every"],
                    compile=t["compile"], graph=t["graph"])
 

@@ -5,6 +5,10 @@ piano), W notes. Inside, activations are kept channels-last, `[B, H, W, C]`: Lay
 and attention then work on contiguous memory, and the convolutions run as channels-last conv2d on
 `[B*H, C, 1, W]` views, so no layer copies its input into another layout.
 
+With `rows_as_channels=H` the rows are folded into the channels at the input (`[B, C*H, 1, W]`) and unfolded
+at the output: the grid layout's voices, whose column j is one time in every row, are then read together by
+every layer.
+
 Causality: with `causal=True` the output at note t depends only on inputs at notes <= t (any row).
 - convolutions are padded on the left only;
 - squeeze-and-excitation squeezes over the prefix (a running mean) instead of the whole width;
@@ -44,6 +48,7 @@ class UNetConfig:
     kernel: int = 5                                    # down and up blocks
     kernel_mid: int = 3                                # bottleneck
     causal: bool = True
+    rows_as_channels: int = 0                          # >0: this many rows folded into the channels (below)
 
     @property
     def stride(self) -> int:
@@ -282,7 +287,8 @@ class UNet(nn.Module):
         super().__init__()
         self.config = cfg = config
         ch = cfg.channels
-        self.input = ConvBlock(cfg.features + cfg.cond_features, ch[0], ch[0], cfg.kernel_in, cfg)
+        fold = max(cfg.rows_as_channels, 1)
+        self.input = ConvBlock((cfg.features + cfg.cond_features) * fold, ch[0], ch[0], cfg.kernel_in, cfg)
         self.pos = nn.Linear(cfg.pos_dim, ch[0])
         self.downs = nn.ModuleList(Down(a, b, cfg) for a, b in zip(ch[:-1], ch[1:], strict=True))
         mids = [ch[-1], *cfg.bottleneck]
@@ -294,7 +300,7 @@ class UNet(nn.Module):
             ups.append(Up(c, ch[j], ch[j], ch[max(j - 1, 0)], cfg))
             c = ch[max(j - 1, 0)]
         self.ups = nn.ModuleList(ups)
-        self.out = nn.Linear(c, cfg.out_features or cfg.features)  # the 1×1 output convolution
+        self.out = nn.Linear(c, (cfg.out_features or cfg.features) * fold)  # the 1×1 output convolution
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -304,9 +310,15 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """x: [B, C, H, W] noisy segments, t: [B] timesteps -> the prediction [B, C', H, W] (noise, v or x_0;
         C' = C; or one logit per code of each categorical group: `GaussianDiffusion.output_channels`)."""
-        W = x.shape[-1]
+        B, _, H, W = x.shape
         if W % self.config.stride:
             raise ValueError(f"width {W} is not a multiple of {self.config.stride}")
+        if self.config.rows_as_channels:
+            if self.config.rows_as_channels != H:
+                raise ValueError(f"{H} rows; this network folds exactly {self.config.rows_as_channels}")
+            # Every row's channels at one step become one position's: each convolution then reads all the
+            # voices sounding together, where row-by-row layers only meet them through attention.
+            x = x.reshape(B, -1, 1, W)
         temb = sinusoidal(t, self.config.time_dim).to(x.dtype)
         h = self.input(x.permute(0, 2, 3, 1))
         h = h + self.pos(sinusoidal(torch.arange(W, device=x.device), self.config.pos_dim).to(x.dtype))
@@ -316,7 +328,7 @@ class UNet(nn.Module):
         h = self.mid(skips.pop())  # the deepest level feeds the bottleneck, not an up block
         for up in self.ups:
             h = up(h, skips.pop(), temb)
-        return self.out(h).permute(0, 3, 1, 2)
+        return self.out(h).permute(0, 3, 1, 2).reshape(B, -1, H, W)
 
 
 # -- inspection and loading ---------------------------------------------------------------------------
