@@ -50,14 +50,20 @@ def main() -> None:
     parser.add_argument("--model", default="bach-satb", help="a shipped grid model or a checkpoint")
     parser.add_argument("--melody", help="a four-voice MIDI file whose soprano is timed (default: a test "
                         "chorale of the shipped data, bwv11.6, materialized from music21's corpus)")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=16)  # dmc harmonize's
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
     import torch
 
-    from pipeline.compose.harmonize import grid_model_path, harmonize, load_grid_model
+    from pipeline.compose.harmonize import (
+        default_hop,
+        grid_model_path,
+        harmonize,
+        load_grid_model,
+        window_starts,
+    )
     from pipeline.compose.sampler import Sampler
     from pipeline.data.rows import read_rows
     from pipeline.evaluate.voice_leading import voice_leading
@@ -83,9 +89,9 @@ def main() -> None:
         harmonize([{0: melody}], model)
         times.append(time.perf_counter() - start)
     length = int(np.ceil((melody.onset + melody.duration).max() / model.step))
-    windows = 1 if length <= model.width else len(range(0, length - model.width + model.width // 2,
-                                                        model.width // 2))
-    x = torch.randn(1, 5, len(model.groups), model.width)
+    windows = len(window_starts(length, model.width, default_hop(model.width)))
+    config = model.model.config  # a self-conditioned network reads its x_0 estimate too
+    x = torch.randn(1, config.features + config.cond_features, len(model.groups), model.width)
     t = torch.full((1,), 500)
     with torch.inference_mode():
         model.model(x, t)

@@ -105,7 +105,7 @@ def _add_evaluate_harmony(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", type=Path, default=Path("data/manifest.json"), help="where the files are")
     p.add_argument("--limit", type=int, help="harmonize only the first N test files")
     p.add_argument("--sampler", default="ddim")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=16, help="denoising steps (default 16, as dmc harmonize)")
     p.add_argument("--guard", default="step_clip")
     p.add_argument("--resample", type=int, default=1, metavar="R",
                    help="grid-layout models: take each denoising step R times (RePaint; default 1)")
@@ -158,7 +158,7 @@ def _add_harmonize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1, help="harmonizations to write (default 1)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives identical files")
     p.add_argument("--sampler", default="ddim", help="ddpm (all T steps), ddim, dpm++ or unipc")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--steps", type=int, default=16, help="denoising steps (default 16)")
     p.add_argument("--resample", type=int, default=1, metavar="R",
                    help="take each denoising step R times, re-noising in between (RePaint; default 1)")
     p.add_argument("--tempo", type=float, default=100.0, help="beats per minute (default 100)")
