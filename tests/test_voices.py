@@ -205,13 +205,13 @@ def test_a_resumed_grid_training_ends_with_the_weights_of_a_straight_run(grid_pr
     assert any("starting fresh" in n for n in notes)
 
 
-def test_a_softmax_grid_model_trains_loads_and_harmonizes_with_the_melody_exact(grid_project, satb_project,
-                                                                                 tmp_path):
+def test_a_self_conditioned_softmax_grid_model_trains_and_harmonizes_the_melody_exactly(
+        grid_project, satb_project, tmp_path):
     from pipeline.model.training import TrainSettings
 
     data = load_grid_data(grid_project / "prepared")
     settings = TrainSettings(preset="tiny", steps=3, batch_size=4, lr=1e-3, lr_final=1e-4, timesteps=20,
-                             prediction="softmax", causal=False)
+                             prediction="softmax", self_condition=True, causal=False)
     metrics = train_grid(settings, data, tmp_path / "model.pt", log=lambda _: None)
     assert metrics is not None and np.isfinite(metrics["loss"])
     # A cross-entropy over every cell's 47 pitch codes (46 pitches and a rest) and two flags, ±1 each.
@@ -219,8 +219,9 @@ def test_a_softmax_grid_model_trains_loads_and_harmonizes_with_the_melody_exact(
     model = load_grid_model(tmp_path / "model.pt", Sampler("ddim", 5))
     assert model.model.config.out_features == data.pitches.high - data.pitches.low + 2 + 4
     soprano = read_rows(chorales(satb_project)[1], SATB)[0]
-    piece = harmonize([{0: soprano}], model, seed=0)[0]
-    assert piece[0] is soprano and all(len(row) for row in piece[1:])
+    for resample in (1, 2):  # RePaint's loop feeds the x_0 estimate back too
+        piece = harmonize([{0: soprano}], model, seed=0, resample=resample)[0]
+        assert piece[0] is soprano and all(len(row) for row in piece[1:])
 
 
 # -- harmonizing -----------------------------------------------------------------------------------------
