@@ -153,17 +153,7 @@ def denoise(model: GridModel, known: torch.Tensor, mask: torch.Tensor, generator
         return x
     if sampler.name not in ("ddim", "ddpm"):
         raise DmcError(f"--resample needs the ddim or ddpm sampler, not {sampler.name}")
-    scheduler, guarded = d.scheduler(sampler.name, steps), d.guarded(model.model)
-    estimate = torch.zeros_like(x)  # self-conditioning: the last x_0 estimate, as in denoise_steps
-
-    def net(x_t: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-        nonlocal estimate
-        if not d.self_condition:
-            return guarded(x_t, tt)
-        out = guarded(torch.cat([x_t, estimate], dim=1), tt)
-        estimate = (out if d.prediction == "softmax" else d.predicted_x0(out, x_t, tt)).clamp(-1, 1)
-        return out
-
+    scheduler, net = d.scheduler(sampler.name, steps), d.sampling_net(model.model)
     kwargs: dict[str, Any] = {"generator": generator}
     if sampler.name == "ddim":
         kwargs["eta"] = sampler.eta

@@ -299,12 +299,7 @@ class GaussianDiffusion(nn.Module):
         (0 = deterministic, 1 = DDPM's variance); the other samplers ignore it.
         """
         scheduler = self.scheduler(sampler, steps)
-        estimate = torch.zeros_like(x)  # self-conditioning: the previous step's x_0 estimate
-
-        def conditioned(x_t: Tensor, t: Tensor) -> Tensor:
-            return model(torch.cat([x_t, estimate], dim=1), t)
-
-        net = self.guarded(conditioned if self.self_condition else model)
+        net = self.sampling_net(model)
         # Only the stochastic samplers draw noise: DDPM always, DDIM when eta > 0.
         kwargs = {"eta": eta, "generator": generator} if sampler == "ddim" else \
             {"generator": generator} if sampler == "ddpm" else {}
@@ -315,13 +310,33 @@ class GaussianDiffusion(nn.Module):
                 noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
                 x = torch.where(known_mask.bool(), self.add_noise(known, noise, tt), x)
             out = net(x, tt).to(x.dtype)
-            if self.self_condition:  # a softmax head's `net` gives x_0 already
-                x0 = out if self.prediction == "softmax" else self.predicted_x0(out, x, tt)
-                estimate = x0.clamp(-1, 1)
             x = scheduler.step(out, t, x, return_dict=False, **kwargs)[0]
             if known is not None and i == last:
                 x = torch.where(known_mask.bool(), known, x)
             yield x
+
+    def sampling_net(self, model: Denoiser) -> Denoiser:
+        """`model` as one sampling run calls it: guarded (`guarded`), and when self-conditioned fed its own
+        x_0 estimate of the call before (zeros at first) beside x_t. Stateful: one per run."""
+        if not self.self_condition:
+            return self.guarded(model)
+        estimate: Tensor | None = None
+
+        def conditioned(x_t: Tensor, t: Tensor) -> Tensor:
+            previous = torch.zeros_like(x_t) if estimate is None else estimate
+            return model(torch.cat([x_t, previous], dim=1), t)
+
+        guarded = self.guarded(conditioned)  # the guard reads x_t, not x_t and the estimate
+
+        def net(x_t: Tensor, t: Tensor) -> Tensor:
+            nonlocal estimate
+            out = guarded(x_t, t).to(x_t.dtype)
+            # A softmax head's guarded output is its x_0 estimate already.
+            x0 = out if self.prediction == "softmax" else self.predicted_x0(out, x_t, t)
+            estimate = x0.clamp(-1, 1)
+            return out
+
+        return net
 
     @torch.no_grad()
     def sample(self, model: Denoiser, shape: tuple[int, ...], sampler: str = "ddim", steps: int | None = 50,
