@@ -33,13 +33,19 @@ class TrainData:
     val_mask: np.ndarray | None = None
 
     def digest(self) -> str:
-        h = hashlib.blake2b(digest_size=16)
-        h.update(json.dumps(self.stats, sort_keys=True).encode())
-        arrays = [self.train, self.val] + [m for m in (self.train_mask, self.val_mask) if m is not None]
-        for a in arrays:
-            h.update(str(a.shape).encode())
-            h.update(np.ascontiguousarray(a).data)
-        return h.hexdigest()
+        masks = [m for m in (self.train_mask, self.val_mask) if m is not None]
+        return data_digest(self.stats, [self.train, self.val, *masks])
+
+
+def data_digest(stats: dict[str, Any], arrays: list[np.ndarray]) -> str:
+    """What the weights depend on besides the settings (`pipeline.model.training.fingerprint`): the stats
+    and every array, shape and bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(stats, sort_keys=True).encode())
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
 
 
 def load_data(prepared_dir: str | Path, seq_len: int | None = None, key: str = "none") -> TrainData:

@@ -172,16 +172,10 @@ class GridData:
         return voices.PitchRange.from_dict(self.stats["pitch_range"])
 
     def digest(self) -> str:
-        """What the weights depend on besides the settings (`pipeline.model.training.fingerprint`)."""
-        import hashlib
+        from pipeline.model.train_data import data_digest
 
-        h = hashlib.blake2b(digest_size=16)
-        h.update(json.dumps(self.stats, sort_keys=True).encode())
-        for windows in (self.train, self.val):
-            for a in [getattr(windows, f.name) for f in dataclasses.fields(windows)] if windows else []:
-                h.update(str(a.shape).encode())
-                h.update(np.ascontiguousarray(a).data)
-        return h.hexdigest()
+        windows = [w for w in (self.train, self.val) if w is not None]
+        return data_digest(self.stats, [getattr(w, f.name) for w in windows for f in dataclasses.fields(w)])
 
 
 def load_grid_data(prepared_dir: str | Path) -> GridData:
