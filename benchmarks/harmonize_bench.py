@@ -90,7 +90,7 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     length = int(np.ceil((melody.onset + melody.duration).max() / model.step))
     windows = len(window_starts(length, model.width, default_hop(model.width)))
-    config = model.model.config  # a self-conditioned network reads its x_0 estimate too
+    config = model.model.config  # a network may read its x_0 estimate and the given cells too
     x = torch.randn(1, config.features + config.cond_features, len(model.groups), model.width)
     t = torch.full((1,), 500)
     with torch.inference_mode():

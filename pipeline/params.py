@@ -167,6 +167,7 @@ SCHEMA: dict[str, Callable[[Any], str | None]] = {
     "features.scale": _choice(*SCALE),
     "features.chord": _BOOL,
     "diffusion.self_condition": _BOOL,
+    "diffusion.inpainting": _BOOL,
     "train.transpose": _number(0, 11, integer=True),
     "train.key": _choice(*KEYS),
     "train.voices": _choice(*VOICES_AS),
@@ -275,6 +276,9 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
         raise DmcError("params: 'train.transpose' works on the scalar pitch codes only; set it to 0 with "
                        f"pitch {f['pitch']!r}, time {f['time']!r}, chord {f['chord']}")
     d = params["diffusion"]
+    if d["inpainting"] and params["layout"] != "grid":
+        raise DmcError("params: 'diffusion.inpainting' trains on the grid layout's voices; set layout: grid "
+                       "or inpainting: false")
     if d["prediction"] == "softmax":
         if params["layout"] == "notes" and not (lattice or f["chord"]):  # a grid cell is always categorical
             raise DmcError("params: 'diffusion.prediction' softmax predicts over a lattice code's classes; "

@@ -242,6 +242,38 @@ def test_self_conditioning_feeds_the_previous_x0_estimate_back_to_the_network():
     assert torch.allclose(loss, ((x0 - 0.25) ** 2).mean())
 
 
+def test_an_inpainting_network_reads_the_given_entries_clean_and_learns_only_the_rest():
+    """Training: beside x_t the network sees x_0 where given (zeros elsewhere) and the mask, and the loss
+    leaves the given entries out. Sampling: it sees `known` where given at every step; with nothing
+    given, zeros and an empty mask (composing from scratch)."""
+    d = GaussianDiffusion(1000, prediction="x0", inpainting=True)
+    assert d.context_channels(3) == 4
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 2, 8, generator=gen) * 2 - 1
+    given = torch.zeros(4, 1, 2, 8, dtype=torch.bool)
+    given[:, :, 0] = True  # the first row, as a melody
+    seen = []
+
+    def knows_only_the_first_row(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return torch.cat([x0[:, :, :1], torch.zeros_like(x0[:, :, 1:])], dim=2)
+    loss = d.loss(knows_only_the_first_row, x0, generator=gen, given=given)
+    assert seen[0].shape[1] == 3 + 3 + 1
+    assert torch.equal(seen[0][:, 3:6, 0], x0[:, :, 0]) and (seen[0][:, 3:6, 1] == 0).all()
+    assert torch.equal(seen[0][:, 6:], given.float())
+    assert torch.allclose(loss, (x0[:, :, 1] ** 2).mean())  # the first row's perfect answer counts nothing
+    assert d.loss(lambda x, t: x0, x0, generator=gen, given=given) == 0
+
+    seen.clear()
+    d.sample(knows_only_the_first_row, (4, 3, 2, 8), "ddim", 3, generator=gen, known=x0, known_mask=given)
+    assert len(seen) == 3 and all(torch.equal(x[:, 3:6, 0], x0[:, :, 0]) for x in seen)
+    seen.clear()
+    d.sample(knows_only_the_first_row, (4, 3, 2, 8), "ddim", 2, generator=gen)
+    assert all(x.shape[1] == 7 and (x[:, 3:] == 0).all() for x in seen)
+    with pytest.raises(ValueError, match="one flag per position"):
+        d.loss(knows_only_the_first_row, x0, generator=gen, given=given.expand(4, 3, 2, 8))
+
+
 # A code of three groups, as `Encoding.code_groups` gives them: a 2-channel categorical one with three codes,
 # a continuous one, and a ±1 flag.
 CODES = [(2, [[-1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), (1, None), (1, [[-1.0], [1.0]])]

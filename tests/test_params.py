@@ -134,6 +134,14 @@ def test_a_softmax_head_is_refused_where_it_has_nothing_to_predict_over():
     assert validate({**params, "features": "original", "layout": "grid"})["layout"] == "grid"
 
 
+def test_inpainting_is_the_grid_layouts_own():
+    params = repo_params()
+    inpainting = {**params["diffusion"], "inpainting": True}
+    assert validate({**params, "layout": "grid", "diffusion": inpainting})["diffusion"]["inpainting"]
+    with pytest.raises(DmcError, match="'diffusion.inpainting' trains on the grid layout"):
+        validate({**params, "diffusion": inpainting})
+
+
 def test_params_name_the_same_levers_as_the_model_code():
     from pipeline import params
     from pipeline.model import diffusion, unet, voice_training

@@ -205,23 +205,42 @@ def test_a_resumed_grid_training_ends_with_the_weights_of_a_straight_run(grid_pr
     assert any("starting fresh" in n for n in notes)
 
 
+@pytest.mark.parametrize("inpainting", [False, True])
 def test_a_self_conditioned_softmax_grid_model_trains_and_harmonizes_the_melody_exactly(
-        grid_project, satb_project, tmp_path):
+        grid_project, satb_project, tmp_path, inpainting):
     from pipeline.model.training import TrainSettings
 
     data = load_grid_data(grid_project / "prepared")
     settings = TrainSettings(preset="tiny", steps=3, batch_size=4, lr=1e-3, lr_final=1e-4, timesteps=20,
-                             prediction="softmax", self_condition=True, causal=False)
+                             prediction="softmax", self_condition=True, inpainting=inpainting, causal=False)
     metrics = train_grid(settings, data, tmp_path / "model.pt", log=lambda _: None)
     assert metrics is not None and np.isfinite(metrics["loss"])
     # A cross-entropy over every cell's 47 pitch codes (46 pitches and a rest) and two flags, ±1 each.
     assert metrics["loss"] > np.log(47)
     model = load_grid_model(tmp_path / "model.pt", Sampler("ddim", 5))
     assert model.model.config.out_features == data.pitches.high - data.pitches.low + 2 + 4
+    # x_t, the x_0 estimate, and for inpainting the given cells and their mask
+    assert model.model.config.cond_features == voices.CHANNELS + inpainting * (voices.CHANNELS + 1)
+    assert model.diffusion.inpainting == inpainting
     soprano = read_rows(chorales(satb_project)[1], SATB)[0]
     for resample in (1, 2):  # RePaint's loop feeds the x_0 estimate back too
         piece = harmonize([{0: soprano}], model, seed=0, resample=resample)[0]
         assert piece[0] is soprano and all(len(row) for row in piece[1:])
+
+
+def test_inpainting_windows_are_given_a_melody_other_voices_a_seam_or_nothing():
+    from pipeline.model.voice_training import draw_given
+
+    given = draw_given(4000, 4, 64, np.random.default_rng(0))[:, 0]
+    assert given.shape == (4000, 4, 64) and given.dtype == bool
+    whole_rows = given.all(2)
+    melody = whole_rows[:, 0] & ~whole_rows[:, 1:].any(1)
+    assert 0.35 < melody.mean() < 0.5
+    assert not whole_rows.all(1).any()  # never every voice
+    nothing = ~given.any((1, 2))
+    assert 0.2 < nothing.mean() < 0.3  # composing from scratch: 35% of the windows less those given a seam
+    seam = given[:, :, 0].all(1)  # a window that re-reads the one before: every voice's first steps
+    assert 0.25 < (seam & ~whole_rows.any(1)).mean() / (1 - whole_rows.any(1).mean()) < 0.35
 
 
 # -- harmonizing -----------------------------------------------------------------------------------------

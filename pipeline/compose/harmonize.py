@@ -1,9 +1,10 @@
 """Harmonize a melody (and compose from scratch) with a grid-layout model (`pipeline.data.voices`).
 
 The kept voices (the melody: a soprano, or the one track of any tune) are laid on the model's grid and
-held fixed while the model denoises the other rows around them: inpainting by replacement, the kept
-cells re-noised to the current level before every step (`GaussianDiffusion.denoise_steps`), as Coconet
-keeps the soprano and resamples the rest. Before that the melody is moved by the smallest shift in
+held fixed while the model denoises the other rows around them: the kept cells are re-noised to the
+current level before every step (`GaussianDiffusion.denoise_steps`), as Coconet keeps the soprano and
+resamples the rest, and a model trained for inpainting (`diffusion.inpainting`) also reads them clean,
+with their mask, at every step. Before that the melody is moved by the smallest shift in
 semitones that puts every kept voice inside its train range, and the harmonization is moved back after,
 so any key fits; the kept notes are written back as they came, never read from the model.
 
@@ -153,7 +154,7 @@ def denoise(model: GridModel, known: torch.Tensor, mask: torch.Tensor, generator
         return x
     if sampler.name not in ("ddim", "ddpm"):
         raise DmcError(f"--resample needs the ddim or ddpm sampler, not {sampler.name}")
-    scheduler, net = d.scheduler(sampler.name, steps), d.sampling_net(model.model)
+    scheduler, net = d.scheduler(sampler.name, steps), d.sampling_net(model.model, known, mask)
     kwargs: dict[str, Any] = {"generator": generator}
     if sampler.name == "ddim":
         kwargs["eta"] = sampler.eta

@@ -108,7 +108,7 @@ def probe(model: torch.nn.Module) -> list[float]:
     """The network's output at PROBE_VALUES fixed positions for a fixed noisy input: a fingerprint of
     what the code computes with these weights. Independent of the schedule and the encoding."""
     width = model.config.stride * 8
-    channels = model.config.features + model.config.cond_features  # self-conditioning reads x_0 too
+    channels = model.config.features + model.config.cond_features  # and x_0, given cells (context)
     rows = max(model.config.rows_as_channels, 1)
     x = torch.randn(1, channels, rows, width, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

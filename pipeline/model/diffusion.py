@@ -14,6 +14,12 @@ re-noised to the current level before every step).
 on their grid, the chord flag) the network gives one logit per code, trained by cross-entropy against the
 code x_0 holds; its x_0 estimate is the softmax's expected code, which the samplers use as an x0
 prediction. Continuous groups are predicted as x_0 under squared error.
+
+`inpainting` trains the network to fill in what is not given, as Stable Diffusion's inpainting model and
+Coconet do: besides x_t it reads the given entries and a mask of them (one flag per position), clean at
+every noise level, and learns only the entries that are not given. Replacement inpainting alone shows the
+network the given entries noised like everything else, so at high noise it composes around a melody it
+cannot yet hear.
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ class GaussianDiffusion(nn.Module):
     The first eight arguments are the training config a checkpoint stores (`config`); the defaults are
     the original recipe. With `self_condition` (Chen et al. 2022, "Analog Bits") the network takes twice
     the data's channels: x_t, then its own previous estimate of x_0 (zeros on the first step, and in
-    training half the time; the other half, the estimate of a first, gradient-free pass).
+    training half the time; the other half, the estimate of a first, gradient-free pass). With `inpainting`
+    it also takes the given entries (zero elsewhere) and their mask: `context_channels`.
 
     `codes` (`Encoding.code_groups`) is what prediction `softmax` predicts over; it follows from the
     data's statistics, so a checkpoint's config does not store it.
@@ -68,7 +75,7 @@ class GaussianDiffusion(nn.Module):
 
     def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  schedule: str = "linear", prediction: str = "epsilon", loss_weight: str = "none",
-                 min_snr_gamma: float = 5.0, self_condition: bool = False,
+                 min_snr_gamma: float = 5.0, self_condition: bool = False, inpainting: bool = False,
                  codes: Sequence[tuple[int, Any]] | None = None,
                  clip_sample: tuple[float | Sequence[float], float | Sequence[float]] | None = None,
                  dynamic_threshold: tuple[float, float] | None = None):
@@ -80,8 +87,10 @@ class GaussianDiffusion(nn.Module):
                 raise ValueError(f"unknown diffusion {name} {value!r}; choose one of {', '.join(options)}")
         self.config = {"timesteps": timesteps, "beta_start": beta_start, "beta_end": beta_end,
                        "schedule": schedule, "prediction": prediction, "loss_weight": loss_weight,
-                       "min_snr_gamma": min_snr_gamma, "self_condition": self_condition}
+                       "min_snr_gamma": min_snr_gamma, "self_condition": self_condition,
+                       "inpainting": inpainting}
         self.self_condition = self_condition
+        self.inpainting = inpainting
         self.timesteps = timesteps
         self.prediction = prediction
         self.loss_weight = loss_weight
@@ -192,16 +201,35 @@ class GaussianDiffusion(nn.Module):
         t = torch.randint(0, self.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
         return t, torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
 
+    def context_channels(self, channels: int) -> int:
+        """How many input channels the network reads beside x_t's `channels`: self-conditioning's x_0
+        estimate, and inpainting's given entries and their mask."""
+        return channels * self.self_condition + (channels + 1) * self.inpainting
+
+    def _context(self, x_t: Tensor, known: Tensor | None, given: Tensor | None) -> Tensor:
+        """Inpainting's extra input: the known entries where given (zero elsewhere), then the mask."""
+        if known is None or given is None:
+            return torch.zeros((x_t.shape[0], x_t.shape[1] + 1, *x_t.shape[2:]), device=x_t.device,
+                               dtype=x_t.dtype)
+        if given.shape[1] != 1:
+            raise ValueError(f"an inpainting mask has one flag per position ([B, 1, ...]), not "
+                             f"{given.shape[1]}")
+        g = given.to(x_t.dtype).expand(x_t.shape[0], 1, *x_t.shape[2:])
+        return torch.cat([known.to(x_t.dtype) * g, g], dim=1)
+
     def loss(self, model: Denoiser, x0: Tensor, mask: Tensor | None = None,
-             generator: torch.Generator | None = None, drawn: tuple[Tensor, Tensor] | None = None) -> Tensor:
+             generator: torch.Generator | None = None, drawn: tuple[Tensor, Tensor] | None = None,
+             given: Tensor | None = None) -> Tensor:
         """Mean squared error of the prediction at uniformly drawn timesteps, weighted per sample.
 
         `mask` (broadcastable to x0, 1 = real entry) restricts the loss to real notes, so padded or
         absent instrument rows teach the network nothing. `drawn` is (t, noise) drawn beforehand (`draw`),
-        for a step replayed as a CUDA graph, which cannot draw.
+        for a step replayed as a CUDA graph, which cannot draw. `given` ([B, 1, ...], 1 = given; none
+        when omitted) is what an inpainting network is shown of x_0; the loss leaves those entries out.
         """
         t, noise = self.draw(x0, generator) if drawn is None else drawn
         x_t = self.add_noise(x0, noise, t)
+        context = [self._context(x_t, x0, given)] if self.inpainting else []
         if self.self_condition:
             if drawn is not None:
                 raise ValueError("self-conditioning draws its own coin per sample; it has no CUDA-graph form")
@@ -209,15 +237,19 @@ class GaussianDiffusion(nn.Module):
             use = torch.rand(x0.shape[0], device=x0.device, generator=generator) < 0.5
             if use.any():
                 with torch.no_grad():
-                    first = model(torch.cat([x_t, estimate], dim=1), t).to(x0.dtype)
+                    first = model(torch.cat([x_t, estimate, *context], dim=1), t).to(x0.dtype)
                     guess = self.predicted_x0(first, x_t, t).clamp(-1, 1)
                 estimate = torch.where(use.view(-1, *([1] * (x0.ndim - 1))), guess, estimate)
-            x_t = torch.cat([x_t, estimate], dim=1)
+            context.insert(0, estimate)
+        net_input = torch.cat([x_t, *context], dim=1) if context else x_t
         if self.prediction == "softmax":
-            error = self._code_loss(model(x_t, t), x0)
+            error = self._code_loss(model(net_input, t), x0)
         else:
-            error = (model(x_t, t).float() - self.target(x0, noise, t).float()) ** 2
+            error = (model(net_input, t).float() - self.target(x0, noise, t).float()) ** 2
             error = error * self.snr_weight(t).view(-1, *([1] * (error.ndim - 1)))
+        if self.inpainting and given is not None:
+            free = ~given.bool()
+            mask = free if mask is None else mask.bool() & free
         if mask is None:
             return error.mean()
         mask = mask.to(error.dtype).expand_as(error)
@@ -299,7 +331,7 @@ class GaussianDiffusion(nn.Module):
         (0 = deterministic, 1 = DDPM's variance); the other samplers ignore it.
         """
         scheduler = self.scheduler(sampler, steps)
-        net = self.sampling_net(model)
+        net = self.sampling_net(model, known, known_mask)
         # Only the stochastic samplers draw noise: DDPM always, DDIM when eta > 0.
         kwargs = {"eta": eta, "generator": generator} if sampler == "ddim" else \
             {"generator": generator} if sampler == "ddpm" else {}
@@ -315,18 +347,26 @@ class GaussianDiffusion(nn.Module):
                 x = torch.where(known_mask.bool(), known, x)
             yield x
 
-    def sampling_net(self, model: Denoiser) -> Denoiser:
-        """`model` as one sampling run calls it: guarded (`guarded`), and when self-conditioned fed its own
-        x_0 estimate of the call before (zeros at first) beside x_t. Stateful: one per run."""
-        if not self.self_condition:
+    def sampling_net(self, model: Denoiser, known: Tensor | None = None, given: Tensor | None = None
+                     ) -> Denoiser:
+        """`model` as one sampling run calls it: guarded (`guarded`); when self-conditioned fed its own
+        x_0 estimate of the call before (zeros at first) beside x_t; when inpainting, shown `known` where
+        `given` ([B, 1, ...]) is set. Stateful: one per run."""
+        if not (self.self_condition or self.inpainting):
             return self.guarded(model)
         estimate: Tensor | None = None
 
         def conditioned(x_t: Tensor, t: Tensor) -> Tensor:
-            previous = torch.zeros_like(x_t) if estimate is None else estimate
-            return model(torch.cat([x_t, previous], dim=1), t)
+            parts = [x_t]
+            if self.self_condition:
+                parts.append(torch.zeros_like(x_t) if estimate is None else estimate)
+            if self.inpainting:
+                parts.append(self._context(x_t, known, given))
+            return model(torch.cat(parts, dim=1), t)
 
-        guarded = self.guarded(conditioned)  # the guard reads x_t, not x_t and the estimate
+        guarded = self.guarded(conditioned)  # the guard reads x_t, not x_t and the context
+        if not self.self_condition:
+            return guarded
 
         def net(x_t: Tensor, t: Tensor) -> Tensor:
             nonlocal estimate

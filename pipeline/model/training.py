@@ -71,6 +71,7 @@ class TrainSettings:
     loss_weight: str = "none"
     min_snr_gamma: float = 5.0
     self_condition: bool = False
+    inpainting: bool = False  # grid layout: the network reads the given cells (pipeline.model.diffusion)
     transpose: int = 0  # random key changes of up to this many semitones, train batches only
     key: str = "none"  # none | common: every window moved to one key (pipeline.data.keys)
     voices: str = "channels"  # grid layout: channels (voices folded into the channels) | rows (one row each)
@@ -88,7 +89,7 @@ class TrainSettings:
                    seed=params["seed"], causal=t["causal"], timesteps=d["timesteps"],
                    beta_start=d["beta_start"], beta_end=d["beta_end"], schedule=d["schedule"],
                    prediction=d["prediction"], loss_weight=d["loss_weight"], min_snr_gamma=d["min_snr_gamma"],
-                   self_condition=d["self_condition"],
+                   self_condition=d["self_condition"], inpainting=d["inpainting"],
                    transpose=t["transpose"], key=t["key"], voices=t["voices"], val_every=t["val_every"],
                    checkpoint_every=t["checkpoint_every"],
                    compile=t["compile"], graph=t["graph"])
@@ -98,7 +99,8 @@ class TrainSettings:
         """The diffusion config a checkpoint stores: `GaussianDiffusion(**settings.diffusion)`."""
         return {"timesteps": self.timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end,
                 "schedule": self.schedule, "prediction": self.prediction, "loss_weight": self.loss_weight,
-                "min_snr_gamma": self.min_snr_gamma, "self_condition": self.self_condition}
+                "min_snr_gamma": self.min_snr_gamma, "self_condition": self.self_condition,
+                "inpainting": self.inpainting}
 
     def lr_at(self, step: int) -> float:
         """`lr` for the first `lr_switch` of the steps, then `lr_final` (the original: 150K + 50K)."""
@@ -332,6 +334,7 @@ def build(settings: TrainSettings, config: UNetConfig, device: torch.device,
     out_features = diffusion.output_channels(config.features)
     if out_features != config.features:
         config = dataclasses.replace(config, out_features=out_features)
+    config = dataclasses.replace(config, cond_features=diffusion.context_channels(config.features))
     model = UNet(config).to(device)
     ema = EMA(model, settings.ema_decay)
     fused = device.type in ("cpu", "cuda")  # one pass over the weights per step instead of several
@@ -342,12 +345,14 @@ def build(settings: TrainSettings, config: UNetConfig, device: torch.device,
 
 def optimize(net: nn.Module, model: UNet, ema: EMA, opt: torch.optim.Optimizer, diffusion: GaussianDiffusion,
              x0: Tensor, gen: torch.Generator, step: int, grad_clip: float,
-             autocast: contextlib.AbstractContextManager, mask: Tensor | None = None) -> Tensor:
+             autocast: contextlib.AbstractContextManager, mask: Tensor | None = None,
+             given: Tensor | None = None) -> Tensor:
     """One training step: diffusion loss through `net` (the model, maybe DDP- or compile-wrapped),
     backward, gradient clipping, AdamW, EMA. `mask` ([B, 1, H, W], 1 = a real note) keeps padded and
-    absent entries out of the loss. Returns the loss, still on the device."""
+    absent entries out of the loss; `given` is what an inpainting network is shown. Returns the loss,
+    still on the device."""
     with autocast:
-        loss = diffusion.loss(net, x0, mask=mask, generator=gen)
+        loss = diffusion.loss(net, x0, mask=mask, generator=gen, given=given)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
@@ -401,8 +406,7 @@ def train(settings: TrainSettings, data: TrainData, models_dir: str | Path = "mo
 def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_dir: Path, stop_at: int | None,
            device: torch.device, rank: Rank, log: Callable[[str], None]) -> dict[str, Any] | None:
     channels = data.train.shape[1]  # the encoding's code (`Encoding.channels`)
-    config: UNetConfig = dataclasses.replace(get_config(settings.preset, settings.causal), features=channels,
-                                             cond_features=channels if settings.self_condition else 0)
+    config: UNetConfig = dataclasses.replace(get_config(settings.preset, settings.causal), features=channels)
     width = data.train.shape[-1]
     if width % config.stride:
         raise DmcError(f"seq_len {width} is not a multiple of {config.stride} (the U-Net halves it "

@@ -99,6 +99,28 @@ class GridWindows:
         return np.stack(out)
 
 
+def draw_given(n: int, rows: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """What an inpainting model is shown of each of `n` training windows: [n, 1, rows, width] bool.
+
+    The tasks it is used for, mixed: the first voice alone (a melody to harmonize) 40%, another set of
+    voices 25%, nothing (composing from scratch) 35%. On top of that, 30% of the windows are given every
+    voice's first steps (up to half the window), as a window that re-reads the one before it, and 15%
+    their last steps, as the rests after a melody's end."""
+    kind = rng.random(n)
+    kept = np.zeros((n, rows), dtype=bool)
+    kept[kind < 0.4, 0] = True
+    other = (kind >= 0.4) & (kind < 0.65)
+    subsets = rng.random((n, rows)) < 0.5
+    subsets[subsets.all(1), rng.integers(0, rows)] = False  # never every voice
+    kept[other] = subsets[other]
+    given = np.repeat(kept[:, :, None], width, axis=2)
+    steps = np.arange(width)[None, None, :]
+    prefix = np.where(rng.random(n) < 0.3, rng.integers(1, width // 2 + 1, n), 0)
+    suffix = np.where(rng.random(n) < 0.15, rng.integers(1, width // 2 + 1, n), 0)
+    given |= (steps < prefix[:, None, None]) | (steps >= width - suffix[:, None, None])
+    return given[:, None]
+
+
 def read_voice_files(root: Path, files: Sequence[str], groups: Sequence[str]
                      ) -> tuple[list[str], list[list[RowNotes]]]:
     """The files (relative to `root`) with a track for every group, and their voices."""
@@ -240,7 +262,6 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     from pipeline.model.checkpoints import read_checkpoint, write_checkpoint
 
     config = grid_config(settings.preset, settings.voices, len(data.stats["instruments"]))
-    config = dataclasses.replace(config, cond_features=voices.CHANNELS if settings.self_condition else 0)
     width = int(data.stats["seq_len"])
     if width % config.stride:
         raise DmcError(f"seq_len {width} is not a multiple of {config.stride}")
@@ -248,6 +269,7 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     dev = torch.device(device)
     pitches = data.pitches
     model, ema, opt, diffusion = t.build(settings, config, dev, voices.code_groups(pitches))
+    rows = len(data.stats["instruments"])
     config = model.config  # a softmax head's output width included
     rng = np.random.default_rng(settings.seed)
     losses: list[float] = []
@@ -285,9 +307,12 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
             group["lr"] = settings.lr_at(step)
         index = train_data.batch_indices(step, len(data.train), settings.batch_size, settings.seed)
         x0 = torch.from_numpy(data.train.batch(index, pitches, settings.transpose, rng)).to(dev)
+        given = None
+        if settings.inpainting:
+            given = torch.from_numpy(draw_given(len(x0), rows, width, rng)).to(dev)
         gen.manual_seed(train_data.step_seed(settings.seed, step, 0))
         loss = t.optimize(model, model, ema, opt, diffusion, x0, gen, step, settings.grad_clip,
-                        contextlib.nullcontext())
+                          contextlib.nullcontext(), given=given)
         losses.append(float(loss))
         if not math.isfinite(losses[-1]):
             raise DmcError(f"loss became {losses[-1]} at step {step}; try a lower lr")
