@@ -261,7 +261,8 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     from pipeline.model import training as t
     from pipeline.model.checkpoints import read_checkpoint, write_checkpoint
 
-    config = grid_config(settings.preset, settings.voices, len(data.stats["instruments"]))
+    rows = len(data.stats["instruments"])
+    config = grid_config(settings.preset, settings.voices, rows)
     width = int(data.stats["seq_len"])
     if width % config.stride:
         raise DmcError(f"seq_len {width} is not a multiple of {config.stride}")
@@ -269,7 +270,6 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     dev = torch.device(device)
     pitches = data.pitches
     model, ema, opt, diffusion = t.build(settings, config, dev, voices.code_groups(pitches))
-    rows = len(data.stats["instruments"])
     config = model.config  # a softmax head's output width included
     rng = np.random.default_rng(settings.seed)
     losses: list[float] = []
