@@ -109,6 +109,7 @@ def _add_evaluate_harmony(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guard", default="step_clip")
     p.add_argument("--resample", type=int, default=1, metavar="R",
                    help="grid-layout models: take each denoising step R times (RePaint; default 1)")
+    _add_repair(p)
     p.add_argument("--quantize", default="auto", metavar="GRID",
                    help="the generated voices' rhythm grid: auto (the data's, default), 1/16, or '' for none")
     p.add_argument("--seed", type=int, default=0)
@@ -130,6 +131,7 @@ def _run_evaluate_harmony(args: argparse.Namespace) -> None:
     # Only the frame lengths are read, so a params.yaml of another version of dmc serves as well.
     evaluate = (yaml.safe_load(args.params.read_text()) or {}).get("evaluate", {}) if args.params.is_file() \
         else {}
+    _check_repair(args.repair)
     if args.limit is not None and args.limit < 2:
         raise DmcError(f"--limit must be at least 2, got {args.limit}")
     opts = GenerateOptions(sampler=args.sampler, steps=args.steps, guard=args.guard, seed=args.seed,
@@ -138,11 +140,24 @@ def _run_evaluate_harmony(args: argparse.Namespace) -> None:
     report, groups = harmony.harmonize_checkout(
         args.model, opts, args.prepared, args.manifest, _groups(args.keep), args.limit, args.out,
         args.samples, evaluate.get("frame_beats", 16.0), evaluate.get("hop_beats", 8.0),
-        log=lambda line: print(line, file=sys.stderr), resample=args.resample)
+        log=lambda line: print(line, file=sys.stderr), resample=args.resample, repair=args.repair)
     print(f"evaluate-harmony: {len(report.files)} test files, {', '.join(report.kept)} kept, "
           f"{args.sampler}-{args.steps}, grid {args.quantize or 'none'}")
     print(report.table(groups))
     print(f"evaluate-harmony: wrote {args.out}" + (f" and {args.samples}/" if args.samples else ""))
+
+
+def _add_repair(p: argparse.ArgumentParser) -> None:
+    from pipeline.compose.harmonize import REPAIR_ROUNDS
+
+    p.add_argument("--repair", type=int, default=REPAIR_ROUNDS, metavar="N",
+                   help="rounds of writing again the notes that make parallel fifths and octaves "
+                   f"(default {REPAIR_ROUNDS}; 0: none)")
+
+
+def _check_repair(rounds: int) -> None:
+    if rounds < 0:
+        raise DmcError(f"--repair must be 0 or more, got {rounds}")
 
 
 def _add_harmonize(sub: argparse._SubParsersAction) -> None:
@@ -161,6 +176,7 @@ def _add_harmonize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=16, help="denoising steps (default 16)")
     p.add_argument("--resample", type=int, default=1, metavar="R",
                    help="take each denoising step R times, re-noising in between (RePaint; default 1)")
+    _add_repair(p)
     p.add_argument("--tempo", type=float, default=100.0, help="beats per minute (default 100)")
     p.add_argument("--audio", default="ogg", metavar="FORMAT",
                    help="render wav, ogg (default) or mp3 with fluidsynth; '' for none")
@@ -183,7 +199,9 @@ def _run_harmonize(args: argparse.Namespace) -> None:
                        "model (layout: grid), such as the shipped bach-satb")
     if args.resample < 1:
         raise DmcError(f"--resample must be at least 1, got {args.resample}")
+    _check_repair(args.repair)
     summary = harmonize.harmonize_files(args.melody, args.out, opts, model, opts.keep, args.resample,
+                                        args.repair,
                                         log=lambda line: print(line, file=sys.stderr))
     consonance = ", ".join(f"{c:.2f}" for c in summary["consonance"])
     print(f"harmonize: {args.n} harmonization(s) of {summary['melody_notes']} melody notes in {args.out} "

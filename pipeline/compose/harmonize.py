@@ -29,6 +29,7 @@ from pipeline.data.rows import RowNotes
 from pipeline.errors import DmcError
 from pipeline.threads import follow_load
 
+REPAIR_ROUNDS = 3  # `pipeline.compose.repair`: rounds of writing parallel fifths and octaves again
 BEAT = 1.0  # a piece's grid starts on a beat, so step j has the metric place it had in training
 
 
@@ -182,9 +183,10 @@ def default_hop(width: int) -> int:
     return width * 3 // 4
 
 
-def fill(jobs: Sequence[Job], model: GridModel, hop: int | None = None, seed: int = 0, resample: int = 1
-         ) -> list[voices.VoiceGrid]:
-    """Every job's grid with its free cells written by the model, window by window, all jobs batched."""
+def fill(jobs: Sequence[Job], model: GridModel, hop: int | None = None, seed: int = 0, resample: int = 1,
+         repair: int = REPAIR_ROUNDS) -> list[voices.VoiceGrid]:
+    """Every job's grid with its free cells written by the model, window by window, all jobs batched; then
+    `repair` rounds of writing again the notes of parallel fifths and octaves (`pipeline.compose.repair`)."""
     width = model.width
     hop = hop or default_hop(width)
     pitches = model.pitches
@@ -215,6 +217,10 @@ def fill(jobs: Sequence[Job], model: GridModel, hop: int | None = None, seed: in
                 g.pitch[:, a:a + n] = np.where(free, new.pitch[:, :n], g.pitch[:, a:a + n])
                 g.state[:, a:a + n] = np.where(free, new.state[:, :n], g.state[:, a:a + n])
                 k[:, a:a + n] = True
+    if repair:
+        from pipeline.compose.repair import repair as repair_parallels
+
+        grids = repair_parallels(grids, [j.fixed for j in jobs], model, generator, repair)
     return grids
 
 
@@ -226,17 +232,19 @@ def finish(job: Job, grid: voices.VoiceGrid, model: GridModel) -> list[RowNotes]
 
 
 def harmonize(kept_rows: Sequence[Mapping[int, RowNotes]], model: GridModel, seed: int = 0,
-              hop: int | None = None, resample: int = 1) -> list[list[RowNotes]]:
+              hop: int | None = None, resample: int = 1, repair: int = REPAIR_ROUNDS) -> list[list[RowNotes]]:
     """Harmonize each piece's kept rows (row index -> notes): every row of every piece, kept ones exact."""
     jobs = [plan(k, model) for k in kept_rows]
-    return [finish(j, g, model) for j, g in zip(jobs, fill(jobs, model, hop, seed, resample), strict=True)]
+    grids = fill(jobs, model, hop, seed, resample, repair)
+    return [finish(j, g, model) for j, g in zip(jobs, grids, strict=True)]
 
 
-def compose(n: int, steps: int, model: GridModel, seed: int = 0, hop: int | None = None
-            ) -> list[list[RowNotes]]:
+def compose(n: int, steps: int, model: GridModel, seed: int = 0, hop: int | None = None,
+            repair: int = REPAIR_ROUNDS) -> list[list[RowNotes]]:
     """`n` pieces of `steps` grid steps from scratch."""
     jobs = [plan({}, model, steps) for _ in range(n)]
-    return [finish(j, g, model) for j, g in zip(jobs, fill(jobs, model, hop, seed), strict=True)]
+    grids = fill(jobs, model, hop, seed, repair=repair)
+    return [finish(j, g, model) for j, g in zip(jobs, grids, strict=True)]
 
 
 # -- from a melody file to a folder of files ------------------------------------------------------------
@@ -317,8 +325,8 @@ def write_pieces(out_dir: str | Path, stems: Sequence[str], pieces: Sequence[lis
 
 
 def harmonize_files(melody: str | Path, out_dir: str | Path, opts: Any, model_path: Path,
-                    keep: Sequence[str] = ("soprano",), resample: int = 1, log: Any = print
-                    ) -> dict[str, Any]:
+                    keep: Sequence[str] = ("soprano",), resample: int = 1, repair: int = REPAIR_ROUNDS,
+                    log: Any = print) -> dict[str, Any]:
     """`dmc harmonize`: `opts.n` harmonizations of `melody` by the grid model at `model_path`, written
     into `out_dir` as MELODY_000.mid, ... Returns a summary (files, seconds, consonance of each)."""
     import time
@@ -334,7 +342,7 @@ def harmonize_files(melody: str | Path, out_dir: str | Path, opts: Any, model_pa
     pieces = []
     for first in range(0, opts.n, opts.batch_size):
         pieces += harmonize([kept] * min(opts.batch_size, opts.n - first), model, opts.seed + first,
-                            resample=resample)
+                            resample=resample, repair=repair)
     seconds = time.perf_counter() - start
     stem = Path(melody).stem
     stems = [f"{stem}_{i:03d}" for i in range(opts.n)]

@@ -122,13 +122,17 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
                      device: str = "cpu", frame_beats: float = 16.0, hop_beats: float = 8.0,
                      n_reference: int = 64, grid: int | None = None,
                      progress: bool | None = None, grid_model: Any = None,
-                     n_unconditional: int = 16, resample: int = 1) -> HarmonyReport:
+                     n_unconditional: int = 16, resample: int = 1, repair: int | None = None
+                     ) -> HarmonyReport:
     """Harmonize every test file's kept parts with the model and with Markov voices; measure all three.
     `grid` (ticks) puts the generated voices on a rhythm grid, as `dmc generate --quantize` does.
     `grid_model` (a `pipeline.compose.harmonize.GridModel`) harmonizes instead of the note-layout model.
     `n_unconditional` pieces composed from scratch (one window each) give `unconditional.*`. `resample`:
-    RePaint's repeats per step for a grid model (`pipeline.compose.harmonize.denoise`)."""
+    RePaint's repeats per step for a grid model (`pipeline.compose.harmonize.denoise`); `repair`: its
+    rounds of writing parallel fifths and octaves again (`pipeline.compose.repair`; None: harmonize's
+    default)."""
     from pipeline.compose import harmonize
+    repair = harmonize.REPAIR_ROUNDS if repair is None else repair
     groups = list(stats["instruments"])
     if len(groups) < 2:
         raise DmcError(f"evaluate-harmony: the model has one row ({groups[0]}); it needs several instrument "
@@ -152,9 +156,9 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
         model_rows, scratch = [], []
         for first in range(0, len(givens), batch_size):
             model_rows += harmonize.harmonize([g.kept for g in givens[first:first + batch_size]], grid_model,
-                                              seed + first, resample=resample)
+                                              seed + first, resample=resample, repair=repair)
         if n_unconditional:
-            scratch = harmonize.compose(n_unconditional, grid_model.width, grid_model, seed)
+            scratch = harmonize.compose(n_unconditional, grid_model.width, grid_model, seed, repair=repair)
     else:
         model_rows = [p for batch in generate_rows(model, diffusion, sampler, encoding, len(givens),
                                                    len(groups), int(stats["seq_len"]), None, givens,
@@ -214,7 +218,8 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
                        manifest: str | Path, keep: Sequence[str] | None = None, limit: int | None = None,
                        out: str | Path | None = None, samples_dir: str | Path | None = None,
                        frame_beats: float = 16.0, hop_beats: float = 8.0,
-                       log: Any = print, resample: int = 1) -> tuple[HarmonyReport, list[str]]:
+                       log: Any = print, resample: int = 1, repair: int | None = None
+                       ) -> tuple[HarmonyReport, list[str]]:
     """`dmc evaluate-harmony`: load the model, harmonize the test files, write the metrics to `out` (JSON)
     and, with `samples_dir`, each harmonization as MIDI and a piano roll named after its test file.
     Returns the report and the model's instrument groups."""
@@ -244,10 +249,10 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
     report = evaluate_harmony(loaded.model, loaded.diffusion, loaded.sampler, loaded.encoding, loaded.stats,
                               prepared_dir, root, keep, limit, opts.seed, opts.batch_size, loaded.device,
                               frame_beats, hop_beats, grid=grid_ticks(opts.quantize, loaded.stats),
-                              progress=opts.progress, grid_model=grid_model, resample=resample)
+                              progress=opts.progress, grid_model=grid_model, resample=resample, repair=repair)
     if out is not None:
         write_json(out, {"kept": report.kept, "sampler": loaded.sampler.name, "quantize": opts.quantize,
-                         "resample": resample,
+                         "resample": resample, "repair": repair,
                          "steps": loaded.sampler.n_steps(loaded.diffusion.timesteps), **report.metrics})
     if samples_dir is not None:
         kept = [groups.index(k) for k in report.kept]

@@ -65,10 +65,10 @@ def consonant_fraction(voices: Sequence[Voice]) -> float:
     return consonant / total if total else float("nan")
 
 
-def parallels(voices: Sequence[Voice]) -> tuple[int, int]:
-    """(parallel fifths, parallel octaves) between any two voices, slice to slice (module docstring)."""
-    grid = slices(voices)
-    fifths = octaves = 0
+def parallel_motions(grid: np.ndarray) -> np.ndarray:
+    """Every parallel fifth and octave in slices `grid` [T, V] (`slices`): [N, 4] rows of (slice i, voice a,
+    voice b, FIFTH or OCTAVE), the motion from slice i to slice i + 1 (module docstring)."""
+    found = []
     now, nxt = grid[:-1], grid[1:]
     for a in range(grid.shape[1]):
         for b in range(a + 1, grid.shape[1]):
@@ -78,9 +78,16 @@ def parallels(voices: Sequence[Voice]) -> tuple[int, int]:
             similar = sounding & (move_a != 0) & (np.sign(move_a) == np.sign(move_b))
             before = np.abs(now[:, a] - now[:, b]) % 12
             after = np.abs(nxt[:, a] - nxt[:, b]) % 12
-            fifths += int((similar & (before == FIFTH) & (after == FIFTH)).sum())
-            octaves += int((similar & (before == OCTAVE) & (after == OCTAVE)).sum())
-    return fifths, octaves
+            for kind in (FIFTH, OCTAVE):
+                for i in np.flatnonzero(similar & (before == kind) & (after == kind)):
+                    found.append((int(i), a, b, kind))
+    return np.array(sorted(found), dtype=np.int64).reshape(-1, 4)
+
+
+def parallels(voices: Sequence[Voice]) -> tuple[int, int]:
+    """(parallel fifths, parallel octaves) between any two voices, slice to slice (module docstring)."""
+    kinds = parallel_motions(slices(voices))[:, 3]
+    return int((kinds == FIFTH).sum()), int((kinds == OCTAVE).sum())
 
 
 def voice_leading(voices: Sequence[Voice]) -> dict[str, float]:
