@@ -204,6 +204,15 @@ def test_a_resumed_grid_training_ends_with_the_weights_of_a_straight_run(grid_pr
     train_grid(dataclasses.replace(settings, lr=2e-3), data, tmp_path / "resumed" / "model.pt",
                log=notes.append)
     assert any("starting fresh" in n for n in notes)
+    # The same settings with other weights in it: refused in one line, as the note layout's trainer does.
+    path = tmp_path / "resumed" / "checkpoints" / "last.pt"
+    ckpt = read_checkpoint(path, "")
+    ckpt["model"] = UNet(grid_config("small")).state_dict()
+    write_checkpoint(path, ckpt)
+    with pytest.raises(DmcError, match="does not fit this config") as err:
+        train_grid(dataclasses.replace(settings, lr=2e-3), data, tmp_path / "resumed" / "model.pt",
+                   log=lambda _: None)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("inpainting", [False, True])

@@ -228,30 +228,47 @@ class State:
         self.val_loss = self.val_loss or []
 
 
-def _resume(path: Path, fp: str, model: UNet, ema: EMA, opt: torch.optim.Optimizer,
-            device: torch.device, log: Callable[[str], None]) -> State:
-    """Restore from last.pt when it was written for the same params and data; else start fresh.
+def _unfit(path: Path, err: Exception) -> DmcError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return DmcError(f"checkpoint {path} does not fit this config ({reason[:200]}); delete it to start fresh")
+
+
+def restore(path: Path, fp: str, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
+            device: torch.device | str, log: Callable[[str], None], who: str = "train"
+            ) -> dict[str, Any] | None:
+    """Load the networks and the optimizer from last.pt when it was written for the same params and data
+    (fingerprint `fp`) and return the checkpoint for the caller's own state; None: start fresh.
 
     A damaged or unreadable last.pt is refused (read_checkpoint checks its checksum): resuming from
-    flipped weights would train on, and record, a broken model without a word."""
+    flipped weights would train on, and record, a broken model without a word. So is one whose tensors
+    do not fit, in one line."""
     if not path.is_file():
-        return State()
+        return None
     ckpt = read_checkpoint(path, RESUME_ADVICE.format(path=path), device)
     if ckpt.get("fingerprint") != fp:
-        log(f"train: {path} was written for other params or data; starting fresh")
-        return State()
+        log(f"{who}: {path} was written for other params or data; starting fresh")
+        return None
     try:
         model.load_state_dict(ckpt["model"])
         ema.model.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
-        set_rng_state(ckpt["rng"])
-        state = State(ckpt["step"], _history_rows(ckpt["train_loss"]), _history_rows(ckpt["val_loss"]))
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DmcError(f"checkpoint {path} does not fit this config ({reason[:200]}); "
-                       "delete it to start fresh") from None
-    log(f"train: resuming from {path} at step {state.step}")
-    return state
+        raise _unfit(path, err) from None
+    log(f"{who}: resuming from {path} at step {ckpt.get('step')}")
+    return ckpt
+
+
+def _resume(path: Path, fp: str, model: UNet, ema: EMA, opt: torch.optim.Optimizer,
+            device: torch.device, log: Callable[[str], None]) -> State:
+    """Restore from last.pt (`restore`), with the random state and the loss history; else a fresh State."""
+    ckpt = restore(path, fp, model, ema, opt, device, log)
+    if ckpt is None:
+        return State()
+    try:
+        set_rng_state(ckpt["rng"])
+        return State(ckpt["step"], _history_rows(ckpt["train_loss"]), _history_rows(ckpt["val_loss"]))
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise _unfit(path, err) from None
 
 
 def save_checkpoint(path: Path, state: State, model: UNet, ema: EMA, opt: torch.optim.Optimizer,

@@ -268,7 +268,7 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     """
     from pipeline.model import train_data
     from pipeline.model import training as t
-    from pipeline.model.checkpoints import read_checkpoint, write_checkpoint
+    from pipeline.model.checkpoints import write_checkpoint
 
     rows = len(data.stats["instruments"])
     config = grid_config(settings.preset, settings.voices, rows)
@@ -285,17 +285,10 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
     ckpt_path = t.checkpoint_path(Path(out).parent)
     fp = t.fingerprint(settings, data)
     start = 0
-    if ckpt_path.is_file():
-        ckpt = read_checkpoint(ckpt_path, t.RESUME_ADVICE.format(path=ckpt_path))
-        if ckpt.get("fingerprint") == fp:
-            model.load_state_dict(ckpt["model"])
-            ema.model.load_state_dict(ckpt["ema"])
-            opt.load_state_dict(ckpt["opt"])
-            rng.bit_generator.state = json.loads(ckpt["key_moves"])
-            start, losses = int(ckpt["step"]), ckpt["train_loss"].tolist()
-            log(f"train (grid): resuming from {ckpt_path} at step {start}")
-        else:
-            log(f"train (grid): {ckpt_path} was written for other params or data; starting fresh")
+    ckpt = t.restore(ckpt_path, fp, model, ema, opt, dev, log, "train (grid)")
+    if ckpt is not None:
+        rng.bit_generator.state = json.loads(ckpt["key_moves"])
+        start, losses = int(ckpt["step"]), ckpt["train_loss"].tolist()
 
     def save_checkpoint(step: int) -> None:
         write_checkpoint(ckpt_path, {
