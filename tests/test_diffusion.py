@@ -329,6 +329,32 @@ def test_every_sampler_recovers_x0_from_a_sure_softmax_head(sampler, self_condit
     assert torch.allclose(x, x0, atol=1e-4)
 
 
+def test_code_nll_is_the_heads_cross_entropy_per_position_and_reads_the_inpainting_context():
+    d = GaussianDiffusion(1000, prediction="softmax", codes=CODES, self_condition=True, inpainting=True)
+    gen = torch.Generator().manual_seed(2)
+    classes = torch.randint(0, 3, (2, 1, 8), generator=gen)
+    flags = torch.randint(0, 2, (2, 1, 8), generator=gen)
+    value = torch.rand(2, 1, 1, 8, generator=gen) * 2 - 1
+    x0 = _coded(classes, flags, value)
+    given = torch.zeros(2, 1, 1, 8, dtype=torch.bool)
+    given[..., :3] = True
+    seen = []
+
+    def net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append((x, t))
+        return _logits(classes, flags, value, margin=60.0)
+
+    nll = d.code_nll(net, x0, 500, gen, x0, given)
+    assert nll.shape == (2, 1, 1, 8) and nll.max() < 1e-6  # a sure head is not surprised
+    x, t = seen[0]
+    assert t.tolist() == [500, 500] and x.shape[1] == 4 + 4 + 4 + 1  # x_t, zero estimate, context, mask
+    assert torch.equal(x[:, 4:8], torch.zeros_like(x0)) and torch.equal(x[:, 8:12], x0 * given)
+    wrong = d.code_nll(lambda x, t: _logits((classes + 1) % 3, flags, value, margin=60.0), x0, 500, gen)
+    assert torch.allclose(wrong, torch.full_like(wrong, 60.0), atol=1e-3)  # one class 60 logits off
+    with pytest.raises(ValueError, match="softmax head"):
+        GaussianDiffusion(1000).code_nll(net, x0, 500)
+
+
 def test_a_softmax_head_needs_categorical_codes_and_no_loss_weight():
     with pytest.raises(ValueError, match="categorical groups"):
         GaussianDiffusion(prediction="softmax")

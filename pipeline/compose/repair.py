@@ -7,8 +7,14 @@ definition). For each parallel motion, the voices of the pair that are free (not
 that make it, the one sounding at each of the two slices, and the inpainting model writes those cells
 again around everything else, held fixed: Coconet's blocked Gibbs sampling (Huang et al. 2017), one block
 per fault. Of `CANDIDATES` rewrites, the one that leaves the piece with the fewest parallels replaces the
-old notes, and only if it leaves fewer than before; otherwise the old notes stay. Rounds repeat until no
+old notes, and only if it leaves fewer than before; otherwise the old notes stay. Among rewrites with as
+few parallels, the model itself chooses: the one whose cells surprise it least, read back from a few
+noise levels with everything around them given (`GaussianDiffusion.code_nll`). Rounds repeat until no
 parallel is left or the rounds are spent, so a piece never comes out with more parallels than it went in.
+
+Why the model's choice: a parallel is two perfect consonances in a row, so the notes it replaces are more
+consonant than the model's average (0.81 against 0.75 on the test melodies), and the first rewrite
+without a parallel lands near that average (0.73). The least surprising one keeps more of it (0.76).
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ from pipeline.evaluate.voice_leading import parallel_motions, slices
 if TYPE_CHECKING:
     from pipeline.compose.harmonize import GridModel
 
-CANDIDATES = 4  # rewrites drawn per fault
+CANDIDATES = 4  # rewrites drawn per fault: 8 gave +0.002 consonance at 1.4 times the time
 ROUNDS = 3  # default rounds of repair
+# Noise levels at which a candidate's cells are scored: high enough that the cells are mostly noise, so
+# the score says how well they fit what is around them, not how well the model reads them back.
+SCORE_LEVELS = (200, 500, 800)
 
 
 @dataclass(frozen=True)
@@ -113,13 +122,28 @@ def repair(grids: Sequence[voices.VoiceGrid], fixed: Sequence[np.ndarray], model
         mask_t = torch.as_tensor(np.repeat(np.stack(mask), candidates, axis=0)[:, None], device=model.device)
         with torch.inference_mode():
             out = denoise(model, known_t, mask_t, generator).float().cpu().numpy()
+            written = [voices.decode(o, model.pitches) for o in out]
+            surprise = _surprise(model, written, known_t, mask_t, generator)
         for k, (f, a) in enumerate(zip(todo, starts, strict=True)):
-            best, fewest = None, count(grids[f.piece])
-            for c in range(candidates):
-                option = _written(grids[f.piece], f, a, voices.decode(out[k * candidates + c], model.pitches))
-                n = count(option)
-                if n < fewest:
-                    best, fewest = option, n
-            if best is not None:
-                grids[f.piece] = best
+            drawn = range(k * candidates, (k + 1) * candidates)
+            options = [_written(grids[f.piece], f, a, written[i]) for i in drawn]
+            ranks = [(count(o), float(surprise[i])) for o, i in zip(options, drawn, strict=True)]
+            best = min(range(candidates), key=ranks.__getitem__)
+            if ranks[best][0] < count(grids[f.piece]):
+                grids[f.piece] = options[best]
     return grids
+
+
+def _surprise(model: GridModel, written: Sequence[voices.VoiceGrid], known: torch.Tensor, mask: torch.Tensor,
+              generator: torch.Generator) -> np.ndarray:
+    """Per candidate window: the model's mean cross-entropy over the rewritten cells (`code_nll`), summed
+    over SCORE_LEVELS; zeros for a model without a softmax head, whose candidates then rank in order."""
+    if model.diffusion.prediction != "softmax":
+        return np.zeros(len(written))
+    x0 = torch.as_tensor(np.stack([voices.encode(w, model.pitches) for w in written]), device=known.device)
+    free = (~mask).float()
+    total = torch.zeros(len(written))
+    for t in SCORE_LEVELS:
+        nll = model.diffusion.code_nll(model.model, x0, t, generator, known, mask)
+        total += ((nll * free).sum((1, 2, 3)) / free.sum((1, 2, 3)).clamp_min(1)).float().cpu()
+    return total.numpy()

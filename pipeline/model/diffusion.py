@@ -347,6 +347,29 @@ class GaussianDiffusion(nn.Module):
                 x = torch.where(known_mask.bool(), known, x)
             yield x
 
+    def _net_input(self, x_t: Tensor, estimate: Tensor | None, known: Tensor | None, given: Tensor | None
+                   ) -> Tensor:
+        """What the network reads at sampling: x_t, then its last x_0 estimate when self-conditioned (zeros
+        at first), then inpainting's context."""
+        parts = [x_t]
+        if self.self_condition:
+            parts.append(torch.zeros_like(x_t) if estimate is None else estimate)
+        if self.inpainting:
+            parts.append(self._context(x_t, known, given))
+        return torch.cat(parts, dim=1)
+
+    def code_nll(self, model: Denoiser, x0: Tensor, t: int, generator: torch.Generator | None = None,
+                 known: Tensor | None = None, given: Tensor | None = None) -> Tensor:
+        """Per position [B, 1, ...]: a softmax head's cross-entropy for the codes of `x0`, read from x_t
+        drawn from q(x_t | x_0) at level `t` (and inpainting's `known` entries where `given`): how well x_0
+        fits what the model expects there, the term by which candidates of one gap can be ranked."""
+        if self.prediction != "softmax":
+            raise ValueError(f"code_nll needs a softmax head, not {self.prediction}-prediction")
+        tt = torch.full((x0.shape[0],), int(t), device=x0.device, dtype=torch.long)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_t = self.add_noise(x0, noise, tt)
+        return self._code_loss(model(self._net_input(x_t, None, known, given), tt), x0)
+
     def sampling_net(self, model: Denoiser, known: Tensor | None = None, given: Tensor | None = None
                      ) -> Denoiser:
         """`model` as one sampling run calls it: guarded (`guarded`); when self-conditioned fed its own
@@ -357,12 +380,7 @@ class GaussianDiffusion(nn.Module):
         estimate: Tensor | None = None
 
         def conditioned(x_t: Tensor, t: Tensor) -> Tensor:
-            parts = [x_t]
-            if self.self_condition:
-                parts.append(torch.zeros_like(x_t) if estimate is None else estimate)
-            if self.inpainting:
-                parts.append(self._context(x_t, known, given))
-            return model(torch.cat(parts, dim=1), t)
+            return model(self._net_input(x_t, estimate, known, given), t)
 
         guarded = self.guarded(conditioned)  # the guard reads x_t, not x_t and the context
         if not self.self_condition:
