@@ -238,7 +238,7 @@ def test_a_self_conditioned_softmax_grid_model_trains_and_harmonizes_the_melody_
         assert piece[0] is soprano and all(len(row) for row in piece[1:])
 
 
-def test_inpainting_windows_are_given_a_melody_other_voices_a_hole_a_seam_or_nothing():
+def test_inpainting_windows_are_given_a_melody_other_voices_a_seam_or_nothing():
     from pipeline.model.voice_training import draw_given
 
     given = draw_given(4000, 4, 64, np.random.default_rng(0))[:, 0]
@@ -248,11 +248,7 @@ def test_inpainting_windows_are_given_a_melody_other_voices_a_hole_a_seam_or_not
     assert 0.35 < melody.mean() < 0.5
     assert not whole_rows.all(1).any()  # never every voice
     nothing = ~given.any((1, 2))
-    assert 0.15 < nothing.mean() < 0.22  # composing from scratch: 30% of the windows less those given a seam
-    holes = (given.sum(2) >= 48).all(1) & ~given.all((1, 2))  # a few free steps in some voices
-    assert 0.08 < holes.mean() < 0.13
-    hole_steps = (~given[holes]).sum(2).max(1)
-    assert hole_steps.min() >= 2 and hole_steps.max() <= 16
+    assert 0.2 < nothing.mean() < 0.3  # composing from scratch: 35% of the windows less those given a seam
     seam = given[:, :, 0].all(1)  # a window that re-reads the one before: every voice's first steps
     assert 0.25 < (seam & ~whole_rows.any(1)).mean() / (1 - whole_rows.any(1).mean()) < 0.35
 

@@ -103,30 +103,21 @@ def draw_given(n: int, rows: int, width: int, rng: np.random.Generator) -> np.nd
     """What an inpainting model is shown of each of `n` training windows: [n, 1, rows, width] bool.
 
     The tasks it is used for, mixed: the first voice alone (a melody to harmonize) 40%, another set of
-    voices 20%, every voice but a hole of 2 to width/4 steps in some of them (a fault that
-    `pipeline.compose.repair` writes again) 10%, nothing (composing from scratch) 30%. On top of that, 30%
-    of the windows without a hole are given every voice's first steps (up to half the window), as a window
-    that re-reads the one before it, and 15% their last steps, as the rests after a melody's end."""
+    voices 25%, nothing (composing from scratch) 35%. On top of that, 30% of the windows are given every
+    voice's first steps (up to half the window), as a window that re-reads the one before it, and 15%
+    their last steps, as the rests after a melody's end."""
     kind = rng.random(n)
     kept = np.zeros((n, rows), dtype=bool)
     kept[kind < 0.4, 0] = True
-    other = (kind >= 0.4) & (kind < 0.6)
+    other = (kind >= 0.4) & (kind < 0.65)
     subsets = rng.random((n, rows)) < 0.5
     subsets[subsets.all(1), rng.integers(0, rows)] = False  # never every voice
     kept[other] = subsets[other]
     given = np.repeat(kept[:, :, None], width, axis=2)
     steps = np.arange(width)[None, None, :]
-    holes = (kind >= 0.6) & (kind < 0.7)
-    in_hole = rng.random((n, rows)) < 0.35
-    in_hole[~in_hole.any(1), rng.integers(0, rows)] = True  # at least one voice
-    length = rng.integers(2, width // 4 + 1, n)
-    first = rng.integers(0, width - length + 1)
-    hole = in_hole[:, :, None] & (steps >= first[:, None, None]) & (steps < (first + length)[:, None, None])
-    given[holes] = ~hole[holes]
     prefix = np.where(rng.random(n) < 0.3, rng.integers(1, width // 2 + 1, n), 0)
     suffix = np.where(rng.random(n) < 0.15, rng.integers(1, width // 2 + 1, n), 0)
-    edges = (steps < prefix[:, None, None]) | (steps >= width - suffix[:, None, None])
-    given |= edges & ~holes[:, None, None]  # a hole's window is given all else already
+    given |= (steps < prefix[:, None, None]) | (steps >= width - suffix[:, None, None])
     return given[:, None]
 
 
