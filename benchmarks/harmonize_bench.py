@@ -58,12 +58,12 @@ def main() -> None:
 
     import torch
 
+    from pipeline.compose.grid_model import load_grid_model
     from pipeline.compose.harmonize import (
         REPAIR_ROUNDS,
         default_hop,
         grid_model_path,
         harmonize,
-        load_grid_model,
         window_starts,
     )
     from pipeline.compose.sampler import Sampler

@@ -16,7 +16,8 @@ from conftest import SATB
 
 from pipeline.cli import main
 from pipeline.compose import repair
-from pipeline.compose.harmonize import compose, harmonize, load_grid_model
+from pipeline.compose.grid_model import load_grid_model
+from pipeline.compose.harmonize import compose, harmonize
 from pipeline.compose.sampler import Sampler
 from pipeline.data import voices
 from pipeline.data.encoding import Encoding, helix

@@ -11,6 +11,8 @@ so any key fits; the kept notes are written back as they came, never read from t
 Long melodies go window by window: each window of seq_len steps starts `hop` steps after the previous
 one and re-reads what the previous ones wrote (every voice) as known cells, so the voices run on across
 seams. Steps after the melody ends are known rests, as the end of a piece is in the training windows.
+Then the voice-leading repair (`pipeline.compose.repair`) writes again the notes of parallel fifths and
+octaves. The model and its window denoising live in `pipeline.compose.grid_model`.
 """
 
 from __future__ import annotations
@@ -24,60 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.compose.grid_model import GridModel, denoise, is_grid, load_grid_model
+from pipeline.compose.repair import ROUNDS as REPAIR_ROUNDS
+from pipeline.compose.repair import repair as repair_parallels
 from pipeline.data import voices
 from pipeline.data.rows import RowNotes
 from pipeline.errors import DmcError
-from pipeline.threads import follow_load
 
-REPAIR_ROUNDS = 3  # `pipeline.compose.repair`: rounds of writing parallel fifths and octaves again
 BEAT = 1.0  # a piece's grid starts on a beat, so step j has the metric place it had in training
-
-
-@dataclass
-class GridModel:
-    """A loaded grid-layout model: the network, its stats, its diffusion process and sampler."""
-
-    model: Any
-    stats: dict[str, Any]
-    diffusion: Any
-    sampler: Any
-    device: torch.device
-
-    @property
-    def groups(self) -> list[str]:
-        return list(self.stats["instruments"])
-
-    @property
-    def pitches(self) -> voices.PitchRange:
-        return voices.PitchRange.from_dict(self.stats["pitch_range"])
-
-    @property
-    def step(self) -> float:
-        return float(self.stats["grid"])
-
-    @property
-    def width(self) -> int:
-        return int(self.stats["seq_len"])
-
-
-def is_grid(stats: Mapping[str, Any]) -> bool:
-    return stats.get("layout") == "grid"
-
-
-def load_grid_model(path: str | Path, sampler: Any, device: str | torch.device = "cpu") -> GridModel:
-    """A grid-layout checkpoint ready to sample with `sampler` (a `pipeline.compose.sampler.Sampler`)."""
-    from pipeline.model.diffusion import GaussianDiffusion
-    from pipeline.model.unet import load_trained
-
-    model, stats, diffusion_kwargs = load_trained(path, device)
-    if not is_grid(stats):
-        raise DmcError(f"{path}: a model of the note layout; harmonize needs a grid-layout model such as "
-                       "the shipped bach-satb")
-    # Every cell lies in [-1, 1]: the x_0 estimate is clipped there.
-    clip = {} if sampler.guard == "none" else {"clip_sample": (-1.0, 1.0)}
-    codes = voices.code_groups(voices.PitchRange.from_dict(stats["pitch_range"]))
-    diffusion = GaussianDiffusion(**diffusion_kwargs, **clip, codes=codes).to(device)
-    return GridModel(model, stats, diffusion, sampler, torch.device(device))
 
 
 # -- fitting the melody to the model ----------------------------------------------------------------------
@@ -139,44 +95,6 @@ def window_starts(length: int, width: int, hop: int) -> list[int]:
     return list(range(0, max(length - width, 0) + hop, hop)) if length > width else [0]
 
 
-def denoise(model: GridModel, known: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
-            resample: int = 1) -> torch.Tensor:
-    """One batch of windows denoised around `known` where `mask` is set. With `resample` R > 1, every
-    step but the last is taken R times, noising the result back to the step's level in between
-    (RePaint, Lugmayr et al. 2022), so the free voices hear the kept ones more than once per level."""
-    d, sampler = model.diffusion, model.sampler
-    follow_load()
-    x = torch.randn(known.shape, device=known.device, generator=generator)
-    steps = sampler.n_steps(d.timesteps)
-    if resample <= 1:
-        for x_step in d.denoise_steps(model.model, x, sampler.name, steps, sampler.eta, generator, known,
-                                      mask):
-            x = x_step
-        return x
-    if sampler.name not in ("ddim", "ddpm"):
-        raise DmcError(f"--resample needs the ddim or ddpm sampler, not {sampler.name}")
-    scheduler, net = d.scheduler(sampler.name, steps), d.sampling_net(model.model, known, mask)
-    kwargs: dict[str, Any] = {"generator": generator}
-    if sampler.name == "ddim":
-        kwargs["eta"] = sampler.eta
-    times = [int(t) for t in scheduler.timesteps]
-    for i, t in enumerate(times):
-        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        a_t = d.alphas_cumprod[t]
-        a_prev = d.alphas_cumprod[times[i + 1]] if i + 1 < len(times) else torch.ones_like(a_t)
-        for r in range(resample if i + 1 < len(times) else 1):
-            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-            x = torch.where(mask, d.add_noise(known, noise, tt), x)
-            x_prev = scheduler.step(net(x, tt).to(x.dtype), t, x, return_dict=False, **kwargs)[0]
-            if r + 1 < resample and i + 1 < len(times):  # back up to level t: q(x_t | x_{t-1})
-                ratio = a_t / a_prev
-                x = ratio.sqrt() * x_prev + (1 - ratio).sqrt() * torch.randn(
-                    x.shape, device=x.device, dtype=x.dtype, generator=generator)
-            else:
-                x = x_prev
-    return torch.where(mask, known, x)
-
-
 def default_hop(width: int) -> int:
     """Each window re-reads the last quarter of the one before (4 beats of the chorales' 16): as consonant
     as re-reading half (0.631 against 0.630 on the test melodies) with 6 windows instead of 8 for 66 beats."""
@@ -218,8 +136,6 @@ def fill(jobs: Sequence[Job], model: GridModel, hop: int | None = None, seed: in
                 g.state[:, a:a + n] = np.where(free, new.state[:, :n], g.state[:, a:a + n])
                 k[:, a:a + n] = True
     if repair:
-        from pipeline.compose.repair import repair as repair_parallels
-
         grids = repair_parallels(grids, [j.fixed for j in jobs], model, generator, repair)
     return grids
 

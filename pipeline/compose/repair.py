@@ -22,17 +22,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from pipeline.compose.grid_model import GridModel, denoise
 from pipeline.data import voices
 from pipeline.data.rows import RowNotes
 from pipeline.evaluate.voice_leading import parallel_motions, slices
-
-if TYPE_CHECKING:
-    from pipeline.compose.harmonize import GridModel
 
 CANDIDATES = 4  # rewrites drawn per fault: 8 gave +0.002 consonance at 1.4 times the time
 ROUNDS = 3  # default rounds of repair
@@ -104,8 +101,6 @@ def repair(grids: Sequence[voices.VoiceGrid], fixed: Sequence[np.ndarray], model
            ) -> list[voices.VoiceGrid]:
     """`grids` with the notes of their parallel fifths and octaves written again (module docstring);
     `fixed` [H, length] marks each grid's cells that must not change (the kept voices)."""
-    from pipeline.compose.harmonize import denoise
-
     grids = list(grids)
     width, rows = model.width, len(model.groups)
     # A fault is a few cells among given ones: half the steps write it as well (consonance 0.747 against

@@ -126,9 +126,9 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
                      ) -> HarmonyReport:
     """Harmonize every test file's kept parts with the model and with Markov voices; measure all three.
     `grid` (ticks) puts the generated voices on a rhythm grid, as `dmc generate --quantize` does.
-    `grid_model` (a `pipeline.compose.harmonize.GridModel`) harmonizes instead of the note-layout model.
+    `grid_model` (a `pipeline.compose.grid_model.GridModel`) harmonizes instead of the note-layout model.
     `n_unconditional` pieces composed from scratch (one window each) give `unconditional.*`. `resample`:
-    RePaint's repeats per step for a grid model (`pipeline.compose.harmonize.denoise`); `repair`: its
+    RePaint's repeats per step for a grid model (`pipeline.compose.grid_model.denoise`); `repair`: its
     rounds of writing parallel fifths and octaves again (`pipeline.compose.repair`; None: harmonize's
     default)."""
     from pipeline.compose import harmonize
@@ -224,7 +224,8 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
     and, with `samples_dir`, each harmonization as MIDI and a piano roll named after its test file.
     Returns the report and the model's instrument groups."""
     from pipeline.compose.generate import LoadedModel, load_sampler
-    from pipeline.compose.harmonize import grid_model_path, load_grid_model
+    from pipeline.compose.grid_model import load_grid_model
+    from pipeline.compose.harmonize import grid_model_path
     from pipeline.compose.options import grid_ticks
     from pipeline.compose.sampler import Sampler
     from pipeline.compose.write import programs_for, row_tracks
