@@ -60,12 +60,12 @@ def main() -> None:
 
     from pipeline.compose.grid_model import load_grid_model
     from pipeline.compose.harmonize import (
-        REPAIR_ROUNDS,
         default_hop,
         grid_model_path,
         harmonize,
         window_starts,
     )
+    from pipeline.compose.options import REPAIR_ROUNDS
     from pipeline.compose.sampler import Sampler
     from pipeline.data.rows import read_rows
     from pipeline.evaluate.voice_leading import voice_leading

@@ -131,16 +131,16 @@ def _run_evaluate_harmony(args: argparse.Namespace) -> None:
     # Only the frame lengths are read, so a params.yaml of another version of dmc serves as well.
     evaluate = (yaml.safe_load(args.params.read_text()) or {}).get("evaluate", {}) if args.params.is_file() \
         else {}
-    _check_repair(args.repair)
     if args.limit is not None and args.limit < 2:
         raise DmcError(f"--limit must be at least 2, got {args.limit}")
     opts = GenerateOptions(sampler=args.sampler, steps=args.steps, guard=args.guard, seed=args.seed,
-                           quantize=args.quantize, batch_size=args.batch_size, device=args.device)
+                           quantize=args.quantize, batch_size=args.batch_size, device=args.device,
+                           repair=args.repair)
     check_options(opts)
     report, groups = harmony.harmonize_checkout(
         args.model, opts, args.prepared, args.manifest, _groups(args.keep), args.limit, args.out,
         args.samples, evaluate.get("frame_beats", 16.0), evaluate.get("hop_beats", 8.0),
-        log=lambda line: print(line, file=sys.stderr), resample=args.resample, repair=args.repair)
+        log=lambda line: print(line, file=sys.stderr), resample=args.resample)
     print(f"evaluate-harmony: {len(report.files)} test files, {', '.join(report.kept)} kept, "
           f"{args.sampler}-{args.steps}, grid {args.quantize or 'none'}")
     print(report.table(groups))
@@ -148,16 +148,11 @@ def _run_evaluate_harmony(args: argparse.Namespace) -> None:
 
 
 def _add_repair(p: argparse.ArgumentParser) -> None:
-    from pipeline.compose.harmonize import REPAIR_ROUNDS
+    from pipeline.compose.options import REPAIR_ROUNDS
 
     p.add_argument("--repair", type=int, default=REPAIR_ROUNDS, metavar="N",
                    help="rounds of writing again the notes that make parallel fifths and octaves "
                    f"(default {REPAIR_ROUNDS}; 0: none)")
-
-
-def _check_repair(rounds: int) -> None:
-    if rounds < 0:
-        raise DmcError(f"--repair must be 0 or more, got {rounds}")
 
 
 def _add_harmonize(sub: argparse._SubParsersAction) -> None:
@@ -191,7 +186,7 @@ def _run_harmonize(args: argparse.Namespace) -> None:
 
     opts = GenerateOptions(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
                            tempo=args.tempo, audio=args.audio, plot=args.plot, device=args.device,
-                           prompt=args.melody, keep=_groups(args.keep))
+                           prompt=args.melody, keep=_groups(args.keep), repair=args.repair)
     check_options(opts)
     model = harmonize.grid_model_path(args.model)
     if model is None:
@@ -199,9 +194,7 @@ def _run_harmonize(args: argparse.Namespace) -> None:
                        "model (layout: grid), such as the shipped bach-satb")
     if args.resample < 1:
         raise DmcError(f"--resample must be at least 1, got {args.resample}")
-    _check_repair(args.repair)
     summary = harmonize.harmonize_files(args.melody, args.out, opts, model, opts.keep, args.resample,
-                                        args.repair,
                                         log=lambda line: print(line, file=sys.stderr))
     consonance = ", ".join(f"{c:.2f}" for c in summary["consonance"])
     print(f"harmonize: {args.n} harmonization(s) of {summary['melody_notes']} melody notes in {args.out} "

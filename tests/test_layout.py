@@ -84,10 +84,18 @@ def test_the_circle_check_finds_a_circle_through_a_function_level_import():
     assert circles({"a": {"b"}, "b": set()}) == []
 
 
-def test_loading_params_does_not_import_torch():
-    code = ("import sys; import pipeline.params as p; p.load_params(sys.argv[1]); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers')))")
+def _heavy_modules_after(code: str) -> str:
+    code += "; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers')))"
     out = subprocess.run([sys.executable, "-c", code, str(REPO / "params.yaml")], capture_output=True,
                          text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_loading_params_does_not_import_torch():
+    assert _heavy_modules_after("import sys; import pipeline.params as p; p.load_params(sys.argv[1])") == "[]"
+
+
+def test_building_the_cli_does_not_import_torch():
+    # `dmc --help`, `dmc download` and `dmc ui` should not pay torch's import time.
+    assert _heavy_modules_after("import sys; import pipeline.cli as c; c._parser()") == "[]"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.compose.grid_model import GridModel, denoise, is_grid, load_grid_model
-from pipeline.compose.repair import ROUNDS as REPAIR_ROUNDS
+from pipeline.compose.options import REPAIR_ROUNDS
 from pipeline.compose.repair import repair as repair_parallels
 from pipeline.data import voices
 from pipeline.data.rows import RowNotes
@@ -241,8 +241,8 @@ def write_pieces(out_dir: str | Path, stems: Sequence[str], pieces: Sequence[lis
 
 
 def harmonize_files(melody: str | Path, out_dir: str | Path, opts: Any, model_path: Path,
-                    keep: Sequence[str] = ("soprano",), resample: int = 1, repair: int = REPAIR_ROUNDS,
-                    log: Any = print) -> dict[str, Any]:
+                    keep: Sequence[str] = ("soprano",), resample: int = 1, log: Any = print
+                    ) -> dict[str, Any]:
     """`dmc harmonize`: `opts.n` harmonizations of `melody` by the grid model at `model_path`, written
     into `out_dir` as MELODY_000.mid, ... Returns a summary (files, seconds, consonance of each)."""
     import time
@@ -258,7 +258,7 @@ def harmonize_files(melody: str | Path, out_dir: str | Path, opts: Any, model_pa
     pieces = []
     for first in range(0, opts.n, opts.batch_size):
         pieces += harmonize([kept] * min(opts.batch_size, opts.n - first), model, opts.seed + first,
-                            resample=resample, repair=repair)
+                            resample=resample, repair=opts.repair)
     seconds = time.perf_counter() - start
     stem = Path(melody).stem
     stems = [f"{stem}_{i:03d}" for i in range(opts.n)]
@@ -289,8 +289,8 @@ def generate_grid_files(out_dir: str | Path, opts: Any, model_path: Path, log: A
     pieces = []
     for first in range(0, opts.n, opts.batch_size):
         b = min(opts.batch_size, opts.n - first)
-        pieces += harmonize([kept] * b, model, opts.seed + first) if opts.keep else \
-            compose(b, opts.length or model.width, model, opts.seed + first)
+        pieces += harmonize([kept] * b, model, opts.seed + first, repair=opts.repair) if opts.keep else \
+            compose(b, opts.length or model.width, model, opts.seed + first, repair=opts.repair)
     seconds = time.perf_counter() - start
     names = write_pieces(out_dir, [f"sample_{i:03d}" for i in range(opts.n)], pieces, model, opts, log)
     steps = model.sampler.n_steps(model.diffusion.timesteps)

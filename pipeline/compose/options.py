@@ -11,6 +11,7 @@ from pipeline.compose.decode import TICKS_PER_QUARTER
 from pipeline.errors import DmcError
 
 AUTO = "auto"  # quantize: snap to the grid the training data lies on
+REPAIR_ROUNDS = 3  # `pipeline.compose.repair`: rounds of writing parallel fifths and octaves again
 
 
 @dataclass
@@ -33,6 +34,7 @@ class GenerateOptions:
     prompt: Path | None = None
     prompt_notes: int = 32
     keep: tuple[str, ...] = ()  # instrument groups taken whole from `prompt` (multi-row models)
+    repair: int = REPAIR_ROUNDS  # grid-layout models: rounds of the voice-leading repair (0: none)
     device: str | None = None
     progress: bool | None = None
 
@@ -58,6 +60,8 @@ def check_options(opts: GenerateOptions) -> None:
         raise DmcError(f"--length must be positive, got {opts.length}")
     if opts.batch_size <= 0:
         raise DmcError(f"--batch-size must be positive, got {opts.batch_size}")
+    if opts.repair < 0:
+        raise DmcError(f"--repair must be 0 or more, got {opts.repair}")
     if opts.keep and opts.prompt is None:
         raise DmcError("--keep needs --prompt FILE.mid: the file the kept parts come from")
     if opts.prompt_notes <= 0:

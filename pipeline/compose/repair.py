@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from pipeline.compose.grid_model import GridModel, denoise
+from pipeline.compose.options import REPAIR_ROUNDS
 from pipeline.data import voices
 from pipeline.data.rows import RowNotes
 from pipeline.evaluate.voice_leading import parallel_motions, slices
 
 CANDIDATES = 4  # rewrites drawn per fault: 8 gave +0.002 consonance at 1.4 times the time
-ROUNDS = 3  # default rounds of repair
 # Noise levels at which a candidate's cells are scored: high enough that the cells are mostly noise, so
 # the score says how well they fit what is around them, not how well the model reads them back.
 SCORE_LEVELS = (200, 500, 800)
@@ -97,7 +97,7 @@ def _written(grid: voices.VoiceGrid, fault: Fault, start: int, new: voices.Voice
 
 
 def repair(grids: Sequence[voices.VoiceGrid], fixed: Sequence[np.ndarray], model: GridModel,
-           generator: torch.Generator, rounds: int = ROUNDS, candidates: int = CANDIDATES
+           generator: torch.Generator, rounds: int = REPAIR_ROUNDS, candidates: int = CANDIDATES
            ) -> list[voices.VoiceGrid]:
     """`grids` with the notes of their parallel fifths and octaves written again (module docstring);
     `fixed` [H, length] marks each grid's cells that must not change (the kept voices)."""

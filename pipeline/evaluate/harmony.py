@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline.compose.options import REPAIR_ROUNDS
 from pipeline.compose.prompts import check_keep
 from pipeline.compose.rows import Given, generate_rows
 from pipeline.compose.write import on_grid
@@ -122,17 +123,15 @@ def evaluate_harmony(model: Any, diffusion: Any, sampler: Any, encoding: Any, st
                      device: str = "cpu", frame_beats: float = 16.0, hop_beats: float = 8.0,
                      n_reference: int = 64, grid: int | None = None,
                      progress: bool | None = None, grid_model: Any = None,
-                     n_unconditional: int = 16, resample: int = 1, repair: int | None = None
+                     n_unconditional: int = 16, resample: int = 1, repair: int = REPAIR_ROUNDS
                      ) -> HarmonyReport:
     """Harmonize every test file's kept parts with the model and with Markov voices; measure all three.
     `grid` (ticks) puts the generated voices on a rhythm grid, as `dmc generate --quantize` does.
     `grid_model` (a `pipeline.compose.grid_model.GridModel`) harmonizes instead of the note-layout model.
     `n_unconditional` pieces composed from scratch (one window each) give `unconditional.*`. `resample`:
     RePaint's repeats per step for a grid model (`pipeline.compose.grid_model.denoise`); `repair`: its
-    rounds of writing parallel fifths and octaves again (`pipeline.compose.repair`; None: harmonize's
-    default)."""
+    rounds of writing parallel fifths and octaves again (`pipeline.compose.repair`)."""
     from pipeline.compose import harmonize
-    repair = harmonize.REPAIR_ROUNDS if repair is None else repair
     groups = list(stats["instruments"])
     if len(groups) < 2:
         raise DmcError(f"evaluate-harmony: the model has one row ({groups[0]}); it needs several instrument "
@@ -218,8 +217,7 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
                        manifest: str | Path, keep: Sequence[str] | None = None, limit: int | None = None,
                        out: str | Path | None = None, samples_dir: str | Path | None = None,
                        frame_beats: float = 16.0, hop_beats: float = 8.0,
-                       log: Any = print, resample: int = 1, repair: int | None = None
-                       ) -> tuple[HarmonyReport, list[str]]:
+                       log: Any = print, resample: int = 1) -> tuple[HarmonyReport, list[str]]:
     """`dmc evaluate-harmony`: load the model, harmonize the test files, write the metrics to `out` (JSON)
     and, with `samples_dir`, each harmonization as MIDI and a piano roll named after its test file.
     Returns the report and the model's instrument groups."""
@@ -250,10 +248,11 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
     report = evaluate_harmony(loaded.model, loaded.diffusion, loaded.sampler, loaded.encoding, loaded.stats,
                               prepared_dir, root, keep, limit, opts.seed, opts.batch_size, loaded.device,
                               frame_beats, hop_beats, grid=grid_ticks(opts.quantize, loaded.stats),
-                              progress=opts.progress, grid_model=grid_model, resample=resample, repair=repair)
+                              progress=opts.progress, grid_model=grid_model, resample=resample,
+                              repair=opts.repair)
     if out is not None:
         write_json(out, {"kept": report.kept, "sampler": loaded.sampler.name, "quantize": opts.quantize,
-                         "resample": resample, "repair": repair,
+                         "resample": resample, "repair": opts.repair,
                          "steps": loaded.sampler.n_steps(loaded.diffusion.timesteps), **report.metrics})
     if samples_dir is not None:
         kept = [groups.index(k) for k in report.kept]
