@@ -15,9 +15,10 @@ import torch
 from conftest import SATB
 
 from pipeline.cli import main
+from pipeline.compose import harmonize as harmonize_module
 from pipeline.compose import repair
 from pipeline.compose.grid_model import load_grid_model
-from pipeline.compose.harmonize import compose, harmonize
+from pipeline.compose.harmonize import compose, covering_length, harmonize
 from pipeline.compose.sampler import Sampler
 from pipeline.data import voices
 from pipeline.data.encoding import Encoding, helix
@@ -294,6 +295,27 @@ def test_pieces_from_scratch_fill_every_voice_on_the_grid(grid_model):
     assert len(pieces) == 2 and all(len(p) == 4 for p in pieces)
     assert all(float((r.onset + r.duration).max()) <= (WIDTH + 8) * 0.25 + 1e-9 for p in pieces for r in p
                if len(r))
+
+
+def test_a_piece_from_scratch_is_written_past_its_end_and_cut_there(grid_model, monkeypatch):
+    # Rests given past the end would tell the model the music stops there; the last window is free.
+    seen = []
+    real_fill = harmonize_module.fill
+
+    def spy(jobs, *args, **kwargs):
+        seen.extend(jobs)
+        return real_fill(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(harmonize_module, "fill", spy)
+    steps = WIDTH + 8
+    pieces = compose(1, steps, grid_model, seed=3, hop=WIDTH // 2)
+    assert seen[0].grid.shape[1] == covering_length(steps, WIDTH, WIDTH // 2) == WIDTH + WIDTH // 2
+    assert not seen[0].fixed.any()
+    assert max(float((r.onset + r.duration).max()) for r in pieces[0] if len(r)) <= steps * 0.25 + 1e-9
+
+
+def test_the_covering_length_is_whole_windows():
+    assert [covering_length(s, 64, 48) for s in (10, 64, 65, 112, 113, 128)] == [64, 64, 112, 112, 160, 160]
 
 
 def write_melody(path: Path, pitch, onset, duration, name="Flute") -> Path:
