@@ -68,6 +68,9 @@ def main() -> None:
               "(oa_mean_all keeps them)")
     print("evaluate: notes merged (one pitch twice at one onset): " + "  ".join(
         f"{k}={int(flat[f'{k}.merged_notes'])}" for k in ["test", *SETS]))
+    if not flat.get("test.framewise.pitch.pairs"):
+        print(f"evaluate: no framewise figures: no test piece is {p['frame_beats'] + p['hop_beats']:g} beats "
+              "long (two frames, evaluate.frame_beats and evaluate.hop_beats); shorten them")
     if rejected:
         print(f"evaluate: {len(rejected)} sample(s) without notes count as empty: {', '.join(rejected)}")
 
@@ -117,7 +120,8 @@ def _write_plot(path: Path, tables: Mapping[str, Mapping[str, np.ndarray]],
             if len(values):
                 ax.hist(values, bins=bins, density=True, histtype="step", label=name, **style)
         ax.set_title(f"adjacent-frame overlap: {feature}")
-    axes[10].legend(fontsize="small")
+    if axes[10].get_legend_handles_labels()[0]:  # no frame pairs, no histograms
+        axes[10].legend(fontsize="small")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 

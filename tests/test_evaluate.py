@@ -149,6 +149,18 @@ def test_evaluate_stage_without_samples_names_the_missing_step(evaluate_repo):
     assert not (evaluate_repo / "metrics" / "evaluate.json").exists()
 
 
+def test_frames_longer_than_the_test_pieces_are_named_in_one_line(evaluate_repo, capsys):
+    from stages.evaluate import main
+
+    params = yaml.safe_load((evaluate_repo / "params.yaml").read_text())
+    params["evaluate"].update(frame_beats=16.0, hop_beats=8.0)  # 24 beats; the segments last about 8
+    (evaluate_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    main()
+    data = json.loads((evaluate_repo / "metrics" / "evaluate.json").read_text())
+    assert data["test.framewise.pitch.pairs"] == 0
+    assert "no framewise figures: no test piece is 24 beats long" in capsys.readouterr().out
+
+
 def test_a_sample_without_notes_counts_as_an_empty_piece(evaluate_repo):
     from stages.evaluate import main
 
