@@ -271,10 +271,6 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
     if lattice and f["scale"] != "symmetric":
         raise DmcError(f"params: 'features.scale' must be symmetric with the lattice codes (pitch "
                        f"{f['pitch']}, time {f['time']}), got {f['scale']!r}")
-    # The grid layout moves its symbolic windows (pipeline/model/voice_training.py), whatever the features.
-    if params["train"]["transpose"] and (lattice or f["chord"]) and params["layout"] == "notes":
-        raise DmcError("params: 'train.transpose' works on the scalar pitch codes only; set it to 0 with "
-                       f"pitch {f['pitch']!r}, time {f['time']!r}, chord {f['chord']}")
     d = params["diffusion"]
     if d["inpainting"] and params["layout"] != "grid":
         raise DmcError("params: 'diffusion.inpainting' trains on the grid layout's voices; set layout: grid "

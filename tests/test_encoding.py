@@ -146,8 +146,26 @@ def test_features_param_accepts_original_or_a_mapping():
         validate(params)
     params["features"] = {"pitch": "helix", "time": "grid", "scale": "symmetric", "chord": True}
     params["train"]["transpose"] = 3
-    with pytest.raises(DmcError, match="'train.transpose' works on the scalar pitch codes only"):
-        validate(params)
+    assert validate(params)["train"]["transpose"] == 3  # the lattice codes transpose too
+
+
+@pytest.mark.parametrize("pitch", list(PITCH_CODES))
+def test_transposing_a_lattice_code_gives_the_code_of_the_transposed_notes(pitch, prepared_by_encoding):
+    folder = prepared_by_encoding[(pitch, "grid", "symmetric", True)]
+    encoding = Encoding.from_stats(load_stats(folder))
+    x = torch.from_numpy(encoding.code_stored(load_split(folder, "train")[:16]))
+    shifted = Transposer(encoding, 5, torch.device("cpu"))(x, torch.Generator().manual_seed(1)).numpy()
+    before, after = encoding.uncode(x.numpy()), encoding.uncode(shifted)
+    moved = (frequency_to_pitch(after[:, 0]) - frequency_to_pitch(before[:, 0])).reshape(len(x), -1)
+    assert (moved == moved[:, :1]).all() and (np.abs(moved) <= 5).all() and len(np.unique(moved)) > 2
+    assert np.array_equal(after[:, 1:], before[:, 1:])  # durations, deltas and chords untouched
+    # Exactly the code the moved notes have: the circle turned, or the classes permuted.
+    assert np.allclose(shifted, encoding.code(after), atol=1e-5)
+
+
+def test_a_scalar_pitch_has_no_code_to_transpose(prepared_by_encoding):
+    encoding = Encoding.from_stats(load_stats(prepared_by_encoding[("midi", "grid", "symmetric", True)]))
+    assert encoding.code_transpose(4).shape == (0, 0)
 
 
 def _notes_of(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

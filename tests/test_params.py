@@ -155,9 +155,8 @@ def test_params_name_the_same_levers_as_the_model_code():
     assert voice_training.VOICES_AS == params.VOICES_AS
 
 
-def test_the_grid_layout_transposes_its_voices_whatever_the_note_features():
+def test_both_layouts_transpose_whatever_the_note_features():
     params = repo_params()
     params["train"]["transpose"] = 6
-    with pytest.raises(DmcError, match="'train.transpose' works on the scalar pitch codes only"):
-        validate(params)
+    assert validate(params)["train"]["transpose"] == 6
     assert validate({**params, "layout": "grid"})["train"]["transpose"] == 6

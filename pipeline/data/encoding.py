@@ -323,6 +323,16 @@ class Encoding:
         m = (after[1] - after[0]) / span if span else 1.0
         return float(m), float(after[0] - m * before[0])
 
+    def code_transpose(self, semitones: int) -> np.ndarray:
+        """[k, k] M with code(pitch + semitones) = M @ code(pitch) for the k channels beside the height:
+        a rotation of the fifths circle (helix), a permutation of the classes (pitch_class); [0, 0] for a
+        scalar pitch. Each code is linear in its pitch class's place, so M is solved from the twelve
+        classes rather than derived per code."""
+        if self.pitch not in PITCH_CODES:
+            return np.zeros((0, 0))
+        classes = np.arange(12)
+        return self._pitch_code(classes + semitones) @ np.linalg.pinv(self._pitch_code(classes))
+
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
         """encoded = (transformed - offset) / scale, per feature."""
         t_lo = transform(np.asarray([self.lo]), self.pitch, self.time)[0]

@@ -316,29 +316,38 @@ def kept_checkpoint(models_dir: str | Path) -> str:
 
 
 class Transposer:
-    """Random key changes of whole train segments, up to `semitones` either way, in encoded space.
+    """Random key changes of whole train segments, up to `semitones` either way, in the model's channels.
 
     Chorales come in a handful of keys, so the network sees each progression in few transpositions;
-    shifting the pitch feature multiplies the data at no cost. A segment whose shifted pitches would leave
-    the train split's range keeps its key, so no note is pushed where sampling would clip it.
+    shifting the pitch multiplies the data at no cost. The height moves by the encoding's affine map and
+    a lattice pitch code by its own linear map (`Encoding.code_transpose`: the fifths circle turns, the
+    classes permute); times and the chord channel do not move. A segment whose shifted pitches would
+    leave the train split's range keeps its key, so no note is pushed where sampling would clip it.
     """
 
     def __init__(self, encoding: Encoding, semitones: int, device: torch.device):
-        maps = [encoding.transpose_map(k) for k in range(-semitones, semitones + 1)]
+        moves = range(-semitones, semitones + 1)
+        maps = [encoding.transpose_map(k) for k in moves]
         self.scale = torch.tensor([m for m, _ in maps], device=device)
         self.shift = torch.tensor([c for _, c in maps], device=device)
+        self.code = torch.tensor(np.stack([encoding.code_transpose(k) for k in moves]), dtype=torch.float32,
+                                 device=device)  # [moves, k, k]
         low, high = encoding.bounds
         self.low, self.high = float(low[0]) - 1e-6, float(high[0]) + 1e-6
 
     def __call__(self, x0: Tensor, gen: torch.Generator, mask: Tensor | None = None) -> Tensor:
-        """x0 `[B, 3, H, W]` with each segment's pitch row moved by its own random interval. `mask`
-        (`[B, 1, H, W]`, 1 = a real note) keeps padding untouched."""
+        """x0 `[B, C, H, W]` with each segment's pitch (the height, then any code channels) moved by its own
+        random interval. `mask` (`[B, 1, H, W]`, 1 = a real note) keeps padding untouched."""
         k = torch.randint(0, len(self.scale), (x0.shape[0],), device=x0.device, generator=gen)
         view = (-1, *([1] * (x0.ndim - 2)))
-        pitch = x0[:, 0] * self.scale[k].view(view) + self.shift[k].view(view)
-        real = torch.ones_like(pitch, dtype=torch.bool) if mask is None else mask[:, 0].bool()
-        inside = ((pitch >= self.low) & (pitch <= self.high) | ~real).flatten(1).all(1).view(view)
-        return torch.cat([torch.where(real & inside, pitch, x0[:, 0])[:, None], x0[:, 1:]], dim=1)
+        height = x0[:, 0] * self.scale[k].view(view) + self.shift[k].view(view)
+        real = torch.ones_like(height, dtype=torch.bool) if mask is None else mask[:, 0].bool()
+        inside = ((height >= self.low) & (height <= self.high) | ~real).flatten(1).all(1).view(view)
+        c = self.code.shape[1]
+        code = torch.einsum("bij,bj...->bi...", self.code[k].to(x0.dtype), x0[:, 1:1 + c])
+        moved = torch.cat([height[:, None], code], dim=1)
+        keep = (real & inside)[:, None]
+        return torch.cat([torch.where(keep, moved, x0[:, :1 + c]), x0[:, 1 + c:]], dim=1)
 
 
 
