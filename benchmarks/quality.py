@@ -88,6 +88,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "pitch_class+noncausal": {**LATTICE, "features.pitch": "pitch_class", "train.causal": False},
     "lattice+noncausal+key": {**LATTICE, "train.causal": False, "train.key": "common"},
     "lattice+key": {**LATTICE, "train.key": "common"},
+    # The issue's key study: ±6 semitones of random transposition per batch instead of one common key.
+    "lattice+noncausal+transpose": {**LATTICE, "train.causal": False, "train.transpose": 6},
     # The softmax head (CDCD / Analog Bits' x_softmax_xent) and x0-prediction against the default's epsilon.
     "lattice+noncausal+key+softmax": {**LATTICE, "train.causal": False, "train.key": "common",
                                       "diffusion.prediction": "softmax"},

@@ -25,7 +25,7 @@ def main() -> None:
         from pipeline.files import write_json
         from pipeline.model.voice_training import load_grid_data, train_grid
 
-        metrics = train_grid(settings, load_grid_data(PREPARED), MODELS / "model.pt")
+        metrics = train_grid(settings, load_grid_data(PREPARED), MODELS / "model.pt", metrics_dir=METRICS)
         write_json(METRICS / "train.json", metrics)
     else:
         data = train_data.load_data(PREPARED, seq_len=params["seq_len"], key=params["train"]["key"])

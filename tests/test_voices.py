@@ -197,8 +197,14 @@ def test_a_resumed_grid_training_ends_with_the_weights_of_a_straight_run(grid_pr
     assert stopped is None
     assert not (tmp_path / "resumed" / "model.pt").exists()
     notes: list[str] = []
-    resumed = train_grid(settings, data, tmp_path / "resumed" / "model.pt", log=notes.append)
+    resumed = train_grid(settings, data, tmp_path / "resumed" / "model.pt", log=notes.append,
+                         metrics_dir=tmp_path / "metrics")
     assert any("resuming" in n and "step 3" in n for n in notes) and resumed["steps"] == 4
+    # The loss curves dvc.yaml declares, the steps before the resume included.
+    curve = (tmp_path / "metrics" / "train_loss.csv").read_text().splitlines()
+    assert curve[0] == "step,loss" and [r.split(",")[0] for r in curve[1:]] == ["1", "2", "3", "4"]
+    val = (tmp_path / "metrics" / "val_loss.csv").read_text().splitlines()
+    assert val[0] == "step,val_loss" and val[1].split(",")[0] == "4"
     a, b = (read_checkpoint(tmp_path / d / "model.pt", "") for d in ("straight", "resumed"))
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
     # Other settings: the checkpoint is set aside, not loaded into a model it does not fit.

@@ -248,14 +248,17 @@ def grid_config(preset: str, voices_as: str = "channels", rows: int = 4) -> Any:
 
 
 def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[str], None] = print,
-               device: str = "cpu", stop_at: int | None = None) -> dict[str, Any] | None:
+               device: str = "cpu", stop_at: int | None = None,
+               metrics_dir: str | Path | None = None) -> dict[str, Any] | None:
     """Train (or resume) the grid U-Net to `settings.steps` (a `pipeline.model.training.TrainSettings`)
     and write the EMA model to `out`, in the checkpoint format `pipeline.model.unet.load_trained` reads.
     Returns its metrics (None when `stop_at` ended the run early, as a kill would).
 
-    Every `checkpoint_every` steps (and at `stop_at`) the whole state goes to `checkpoints/last.pt` beside
-    `out`, the random key moves' generator included, so a run resumed there ends with the weights an
-    uninterrupted one has; a checkpoint of other settings or data is set aside and training starts fresh.
+    With `metrics_dir`, the per-step train loss and the final val loss go to its train_loss.csv and
+    val_loss.csv. Every `checkpoint_every` steps (and at `stop_at`) the whole state goes to
+    `checkpoints/last.pt` beside `out`, the random key moves' generator included, so a run resumed there
+    ends with the weights an uninterrupted one has; a checkpoint of other settings or data is set aside
+    and training starts fresh.
     """
     from pipeline.model import train_data
     from pipeline.model import training as t
@@ -329,6 +332,11 @@ def train_grid(settings: Any, data: GridData, out: str | Path, log: Callable[[st
                "parameters": sum(p.numel() for p in model.parameters()), "preset": settings.preset,
                "device": dev.type, "layout": "grid",
                "batch_size": settings.batch_size}
+    if metrics_dir is not None:  # the loss curves the note layout writes, which dvc.yaml plots
+        t.write_csv(Path(metrics_dir) / "train_loss.csv", ("step", "loss"),
+                    [(i + 1, v) for i, v in enumerate(losses)])
+        t.write_csv(Path(metrics_dir) / "val_loss.csv", ("step", "val_loss"),
+                    [] if val_loss is None else [(settings.steps, val_loss)])
     log(f"train (grid): {settings.steps} steps ({ran} in this run, {seconds:.0f} s), "
         f"loss {metrics['loss']:.4f}, val loss {val_loss}")
     return metrics
