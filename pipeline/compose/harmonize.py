@@ -157,7 +157,7 @@ def harmonize(kept_rows: Sequence[Mapping[int, RowNotes]], model: GridModel, see
 
 def covering_length(steps: int, width: int, hop: int) -> int:
     """The fewest steps >= `steps` that windows of `width` every `hop` steps cover exactly."""
-    return width + -(-max(steps - width, 0) // hop) * hop
+    return window_starts(steps, width, hop)[-1] + width
 
 
 def compose(n: int, steps: int, model: GridModel, seed: int = 0, hop: int | None = None,
