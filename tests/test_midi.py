@@ -171,7 +171,6 @@ def test_frequency_is_equal_tempered_and_inverted_by_pitch_of():
     assert midi.pitch_of(midi.frequency(pitches)).tolist() == pitches.tolist()
 
 
-
 def test_each_midi_pitch_has_the_same_frequency_bits_on_every_cpu():
     """The stored frequencies feed the normalization and data/prepared's DVC hash; numpy's vectorized
     power gives E6 1318.5102276514795 on an AVX-512 machine and ...797 on AVX2, which changed that hash.

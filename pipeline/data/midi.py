@@ -66,7 +66,7 @@ _FREQUENCIES = np.array([440.0 * 2.0 ** ((p - 69) / 12) for p in range(128)])
 
 def frequency(pitch: np.ndarray | int) -> np.ndarray:
     """Equal-tempered frequency in Hz of a MIDI pitch: 440 * 2**((pitch - 69) / 12), the same bits on
-    every numpy build for the 128 MIDI pitches."""
+    every machine for the 128 MIDI pitches."""
     pitch = np.asarray(pitch, dtype=np.float64)
     whole = (pitch == np.round(pitch)) & (pitch >= 0) & (pitch <= 127)
     if whole.all():
