@@ -100,7 +100,10 @@ class _WindowProduct(torch.autograd.Function):
     adjoint) scatters through a zeroed padded copy with stride k; here the input gradient is k
     contiguous slice additions straight into its own storage, and the padding is never materialized."""
 
+    # Under CUDA autocast the product runs in bf16; custom_bwd gives the backward the forward's autocast
+    # state, so its products cast alike instead of meeting a bf16 gradient with fp32 windows.
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx: Any, x: Tensor, weight: Tensor, pad: tuple[int, int]) -> Tensor:
         B, H, W, C = x.shape
         c_out, _, k = weight.shape
@@ -112,6 +115,7 @@ class _WindowProduct(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor, None]:
         windows, taps = ctx.saved_tensors
         B, H, W, C = ctx.shape
