@@ -96,6 +96,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "lattice+noncausal+key+softmax+selfcond": {**LATTICE, "train.causal": False, "train.key": "common",
                                                "diffusion.prediction": "softmax",
                                                "diffusion.self_condition": True},
+    "lattice+noncausal+key+classes": {**LATTICE, "train.causal": False, "train.key": "common",
+                                      "features.time": "classes"},
+    "lattice+noncausal+key+classes+x0": {**LATTICE, "train.causal": False, "train.key": "common",
+                                         "features.time": "classes", "diffusion.prediction": "x0"},
+    "lattice+noncausal+key+classes+hybrid": {**LATTICE, "train.causal": False, "train.key": "common",
+                                             "features.time": "classes", "diffusion.prediction": "hybrid"},
+    "lattice+noncausal+key+classes+v": {**LATTICE, "train.causal": False, "train.key": "common",
+                                        "features.time": "classes", "diffusion.prediction": "v"},
     "lattice+noncausal+key+x0": {**LATTICE, "train.causal": False, "train.key": "common",
                                  "diffusion.prediction": "x0"},
     "pitch_class+noncausal+key": {**LATTICE, "features.pitch": "pitch_class", "train.causal": False,
@@ -269,6 +277,8 @@ def main() -> None:
                     help="torch threads (0: the cores other work leaves free, pipeline/threads.py)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: the best available)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--runs", type=Path, default=None, help="the folder of prepared data, models and samples "
+                    "(another one holds models trained elsewhere, such as on a GPU machine)")
     ap.add_argument("--list", action="store_true", help="list the configurations and variants")
     ap.add_argument("--table", action="store_true", help="print the table of --out and stop")
     ap.add_argument("--force", action="store_true", help="run configurations already in --out again")
@@ -279,6 +289,8 @@ def main() -> None:
         for name, o in VARIANTS.items():
             print(f"CONFIG@{name}: {o}")
         return
+    global RUNS
+    RUNS = (args.runs or RUNS).resolve()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if args.table:
         print(table(results))

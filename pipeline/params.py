@@ -34,7 +34,7 @@ DATASETS = ("bach", "bach-satb", "renaissance", "folder", "maestro", "lakh", "cl
 # to the code that acts on it (pipeline.model.unet.PRESETS, pipeline.model.diffusion).
 PRESETS = ("tiny", "compact", "small", "full")
 SCHEDULES = ("linear", "cosine")
-PREDICTIONS = ("epsilon", "v", "x0", "softmax")
+PREDICTIONS = ("epsilon", "v", "x0", "softmax", "hybrid")
 LOSS_WEIGHTS = ("none", "min_snr")
 SAMPLERS = ("ddpm", "ddim", "dpm++", "unipc")
 GUARDS = ("clip", "step_clip", "dynamic", "none")
@@ -282,6 +282,13 @@ def validate(params: Mapping[str, Any]) -> dict[str, Any]:
         if d["loss_weight"] != "none":
             raise DmcError("params: 'diffusion.loss_weight' must be none with prediction softmax "
                            f"(a cross-entropy), got {d['loss_weight']!r}")
+    if d["prediction"] == "hybrid":
+        if params["layout"] != "notes" or not (f["time"] == "classes" or f["pitch"] == "pitch_class"):
+            raise DmcError("params: 'diffusion.prediction' hybrid predicts x_0 for one-hot classes; choose "
+                           "layout notes with features.time classes or features.pitch pitch_class")
+        if d["loss_weight"] != "none":
+            raise DmcError("params: 'diffusion.loss_weight' must be none with prediction hybrid, got "
+                           f"{d['loss_weight']!r}")
     return params
 
 

@@ -7,7 +7,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from pipeline.model.diffusion import PREDICTIONS, SAMPLERS, GaussianDiffusion
 
-CONTINUOUS = [p for p in PREDICTIONS if p != "softmax"]  # the targets a network outputs directly
+# The targets a network outputs directly, one per channel alike (hybrid mixes two: its own tests below).
+CONTINUOUS = [p for p in PREDICTIONS if p not in ("softmax", "hybrid")]
 
 
 def oracle(diffusion: GaussianDiffusion, x0: torch.Tensor):
@@ -362,3 +363,40 @@ def test_a_softmax_head_needs_categorical_codes_and_no_loss_weight():
         GaussianDiffusion(prediction="softmax", codes=[(3, None)])
     with pytest.raises(ValueError, match="no loss_weight"):
         GaussianDiffusion(prediction="softmax", codes=CODES, loss_weight="min_snr")
+
+
+def hybrid_oracle(diffusion: GaussianDiffusion, x0: torch.Tensor):
+    """A perfect hybrid network for one known x0: x0 on its class channels, the noise in x_t elsewhere."""
+    def net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = diffusion.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return diffusion.target(x0, (x - a.sqrt() * x0) / (1 - a).sqrt(), t)
+    return net
+
+
+def test_a_hybrid_network_predicts_x0_on_its_class_channels_and_the_noise_elsewhere():
+    d = GaussianDiffusion(prediction="hybrid", x0_channels=[1, 2])
+    x0, noise = torch.randn(4, 4, 1, 8), torch.randn(4, 4, 1, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = d.add_noise(x0, noise, t)
+    target = d.target(x0, noise, t)
+    assert torch.equal(target[:, 1:3], x0[:, 1:3]) and torch.equal(target[:, [0, 3]], noise[:, [0, 3]])
+    assert torch.allclose(d.predicted_x0(target, x_t, t), x0, atol=1e-3)
+    assert torch.allclose(d.loss(lambda x, tt: target, x0, drawn=(t, noise)), torch.tensor(0.0))
+    # Sampling hands the scheduler (prediction_type "sample") the x_0 estimate of every channel.
+    assert torch.allclose(d.guarded(lambda x, tt: target)(x_t, t), x0, atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_recovers_x0_from_a_perfect_hybrid_network(sampler):
+    d = GaussianDiffusion(prediction="hybrid", x0_channels=[2])
+    x0 = torch.rand(2, 3, 1, 16) * 2 - 1
+    net = hybrid_oracle(d, x0)
+    x = d.sample(net, tuple(x0.shape), sampler, 20, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(x, x0, atol=1e-3)
+
+
+def test_a_hybrid_network_needs_class_channels_and_no_loss_weight():
+    with pytest.raises(ValueError, match="one-hot class channels"):
+        GaussianDiffusion(prediction="hybrid")
+    with pytest.raises(ValueError, match="no loss_weight"):
+        GaussianDiffusion(prediction="hybrid", x0_channels=[1], loss_weight="min_snr")

@@ -33,6 +33,7 @@ ORIGINAL_SPEC = ("frequency", "linear", "minmax", False)
 ENCODINGS = [(*spec, False) for spec in itertools.product(SCALAR_PITCH, SCALAR_TIME, SCALE)]
 LATTICE = [(pitch, time, "symmetric", chord) for pitch in ("midi", *PITCH_CODES) for time in ("log", "grid")
            for chord in (False, True) if pitch in PITCH_CODES or time == "grid" or chord]
+LATTICE += [("helix", "classes", "symmetric", True), ("midi", "classes", "symmetric", False)]
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,12 @@ def test_every_lattice_code_gives_back_the_chorales_notes_exactly(spec, prepared
     the same durations and deltas to the bit, for every note on the grid (99% of the chorales')."""
     folder = prepared_by_encoding[spec]
     encoding = Encoding.from_stats(load_stats(folder))
-    assert encoding.channels == 3 + PITCH_CODES.get(spec[0], 0) + int(spec[3]) and not encoding.scalar
+    classes = {"duration": 0, "delta": 0}
+    if spec[1] == "classes":  # a class per quarter-beat multiple up to the train split's longest time
+        classes = {f: round(encoding.hi[i] * 4) + (0 if f == "duration" else 1)  # delta 0 a class too
+                   for i, f in ((1, "duration"), (2, "delta"))}
+    assert encoding.channels == 3 + PITCH_CODES.get(spec[0], 0) + sum(classes.values()) + int(spec[3])
+    assert not encoding.scalar
     stored = load_split(folder, "train")
     coded = encoding.code_stored(stored)
     assert coded.shape[1] == encoding.channels
@@ -192,7 +198,7 @@ def test_every_lattice_code_gives_back_the_chorales_notes_exactly(spec, prepared
     true_pitch, true_duration, true_delta = _notes_of(truth)
     assert np.array_equal(pitch, true_pitch)
     assert np.array_equal(pitch, load_pitches(folder, "train"))
-    if spec[1] == "grid":
+    if spec[1] in ("grid", "classes"):
         on = (np.abs(true_duration * 4 - np.rint(true_duration * 4)) < 1e-6) & \
             (np.abs(true_delta * 4 - np.rint(true_delta * 4)) < 1e-6)
         assert on.mean() > 0.98
@@ -208,6 +214,7 @@ def test_every_lattice_code_gives_back_the_chorales_notes_exactly(spec, prepared
 
 @pytest.mark.parametrize("spec", [("helix", "grid", "symmetric", True),
                                   ("pitch_class", "grid", "symmetric", False),
+                                  ("helix", "classes", "symmetric", True),
                                   ("midi", "log", "symmetric", True)], ids=lambda s: "-".join(map(str, s)))
 def test_code_groups_hold_every_code_the_chorales_use(spec, prepared_by_encoding):
     """What a softmax head predicts over: the groups tile the channels, and every note's code of each
@@ -245,6 +252,27 @@ def test_the_lattice_decodes_noisy_values_to_the_nearest_code(prepared_by_encodi
     assert _notes_of(encoding.uncode(coded))[2][0, 0, 2] == 0.0
     coded[0, -1, 0, 0] = -0.3  # not a chord: at least one grid step, even where the delta channel says 0
     assert _notes_of(encoding.uncode(coded))[2][0, 0, 0] == 0.25
+
+
+def test_time_classes_decode_a_blend_of_two_durations_to_one_of_them(prepared_by_encoding):
+    """Halfway between an eighth's code and a quarter's, the log time alone (`grid`) decodes to the dotted
+    eighth between them; with `classes` the one-hot decides, and the blend is one of the two."""
+    classes = Encoding.from_stats(load_stats(prepared_by_encoding[("helix", "classes", "symmetric", True)]))
+    grid = Encoding.from_stats(load_stats(prepared_by_encoding[("helix", "grid", "symmetric", True)]))
+    raw = np.array([[[[midi_hz(60), midi_hz(60)]], [[0.5, 1.0]], [[1.0, 1.0]]]])
+    for encoding, expected in ((grid, {0.75}), (classes, {0.5, 1.0})):
+        coded = encoding.code(raw)
+        blend = (coded[..., :1] + coded[..., 1:]) / 2
+        blend[:, encoding.class_channels[:1]] += 0.01  # a hair towards the eighth's class
+        assert set(_notes_of(encoding.uncode(blend))[1].ravel().tolist()) <= expected
+    assert _notes_of(classes.uncode(blend))[1].ravel().tolist() == [0.5]
+    assert classes.class_channels and not grid.class_channels
+
+
+def test_time_classes_refuse_a_grid_too_fine_for_the_range():
+    with pytest.raises(DmcError, match="time classes would give duration 512 classes"):
+        Encoding(lo=(100.0, 1 / 32, 0.0), hi=(1000.0, 16.0, 1.0), pitch="helix", time="classes",
+                 scale="symmetric", chord=True, grid=1 / 32)
 
 
 def midi_hz(p: int) -> float:

@@ -134,6 +134,17 @@ def test_a_softmax_head_is_refused_where_it_has_nothing_to_predict_over():
     assert validate({**params, "features": "original", "layout": "grid"})["layout"] == "grid"
 
 
+def test_a_hybrid_objective_needs_one_hot_classes():
+    params = repo_params()
+    params["diffusion"]["prediction"] = "hybrid"
+    with pytest.raises(DmcError, match="hybrid predicts x_0 for one-hot classes"):
+        validate(params)  # the default's times are on the grid, not in classes
+    params["features"] = {**params["features"], "time": "classes"}
+    assert validate(params)["diffusion"]["prediction"] == "hybrid"
+    with pytest.raises(DmcError, match="'diffusion.loss_weight' must be none with prediction hybrid"):
+        validate({**params, "diffusion": {**params["diffusion"], "loss_weight": "min_snr"}})
+
+
 def test_inpainting_is_the_grid_layouts_own():
     params = repo_params()
     inpainting = {**params["diffusion"], "inpainting": True}

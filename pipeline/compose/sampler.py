@@ -64,7 +64,8 @@ class Sampler:
                  "step_clip": {"dynamic_threshold": (0.995, 1.0)},
                  "dynamic": {"dynamic_threshold": (0.995, math.inf)}, "none": {}}[self.guard]
         codes = encoding.code_groups() if config.get("prediction") == "softmax" else None
-        return GaussianDiffusion(**config, **guard, codes=codes).to(device)
+        x0_channels = encoding.class_channels if config.get("prediction") == "hybrid" else ()
+        return GaussianDiffusion(**config, **guard, codes=codes, x0_channels=x0_channels).to(device)
 
 
 def denoise_window(model: Denoiser, diffusion: Any, sampler: Sampler, known: torch.Tensor,

@@ -26,6 +26,11 @@ Those three numbers are what prepare stores. The model may see them through a *l
   decode to the nearest pitch of the train split's range.
 - time `grid`: the stored log time, decoded to the nearest multiple of the data's grid (stats.json
   `grid`: 1/4 beat for the chorales); on data without a grid it is the plain log time.
+- time `classes`: the stored log time beside a ±1 one-hot over the grid's multiples in the train range
+  (delta's from 0, its own class), decoded to the nearest code. Neighbouring
+  durations are a fixed distance apart however close their logs lie, so a value the network is unsure of
+  is a choice between classes, not a blend of them that decodes to a third (an eighth and a quarter
+  averaged to a dotted eighth). On data without a grid it is the plain log time too.
 - `chord`: one more channel, +1 where a note starts with the one before it (delta 0), else -1. A chord
   is then a class of its own, not a point at the edge of the delta range that noise smears into small
   positive deltas; where it is set, delta decodes to 0, elsewhere to at least one grid step.
@@ -47,8 +52,9 @@ from pipeline.errors import DmcError
 FEATURES = ("frequency", "duration", "delta")
 PITCH_CODES = {"helix": 2, "pitch_class": 12}  # lattice pitch codes -> channels beside the height
 PITCH = ("frequency", "log_frequency", "midi", *PITCH_CODES)
-TIME = ("linear", "log", "grid")
-STORED = {"helix": "midi", "pitch_class": "midi", "grid": "log"}  # what prepare stores for a lattice kind
+TIME = ("linear", "log", "grid", "classes")
+# What prepare stores for a lattice kind:
+STORED = {"helix": "midi", "pitch_class": "midi", "grid": "log", "classes": "log"}
 FIFTHS = 7  # semitones per step round the circle of fifths
 SCALE = ("minmax", "symmetric", "standard")
 TIME_UNIT = 0.125  # beats (a 32nd note): log time is log2(1 + beats / TIME_UNIT)
@@ -56,6 +62,7 @@ ORIGINAL = {"pitch": "frequency", "time": "linear", "scale": "minmax", "chord": 
 # Candidate rhythmic grids in beats, coarsest first; the data's grid is the first that holds GRID_SHARE.
 GRIDS = (1.0, 1 / 2, 1 / 3, 1 / 4, 1 / 6, 1 / 8, 1 / 12, 1 / 16, 1 / 24, 1 / 32)
 GRID_SHARE = 0.99
+MAX_TIME_CLASSES = 128  # time `classes`: more grid multiples than this in the train range are refused
 
 
 def _pitch(values: np.ndarray, kind: str, inverse: bool = False) -> np.ndarray:
@@ -170,6 +177,11 @@ class Encoding:
         _check(self.pitch, self.time, self.scale)
         if self.scale == "standard" and (self.mean is None or self.std is None):
             raise DmcError("features: scale 'standard' needs the train split's mean and std")
+        for feature in (1, 2):
+            if len(self._classes(feature)) > MAX_TIME_CLASSES:
+                raise DmcError(f"features: time classes would give {FEATURES[feature]} "
+                               f"{len(self._classes(feature))} classes (grid {self.grid:g} beats up to "
+                               f"{self.hi[feature]:g}), more than {MAX_TIME_CLASSES}; use time: grid")
 
     # -- the two directions ----------------------------------------------------------------------------
 
@@ -196,9 +208,23 @@ class Encoding:
 
     @property
     def channels(self) -> int:
-        """Channels the model sees per note: pitch (1, or the height plus its code), duration, delta, and
-        the chord channel when there is one."""
-        return 3 + PITCH_CODES.get(self.pitch, 0) + int(self.chord)
+        """Channels the model sees per note: pitch (1, or the height plus its code), duration and delta (1
+        each, or the log time plus its classes), and the chord channel when there is one."""
+        return self._groups()[-1].stop
+
+    @property
+    def class_channels(self) -> list[int]:
+        """The model's one-hot ±1 channels: pitch_class's twelve and the time classes."""
+        groups = self._groups()
+        pitch = range(1, groups[0].stop) if self.pitch == "pitch_class" else range(0)
+        return [*pitch, *range(groups[1].start + 1, groups[1].stop), *range(groups[2].start + 1, groups[2].stop)]
+
+    def _groups(self) -> list[slice]:
+        """The model's channels of the pitch, the duration, the delta and (when there is one) the chord."""
+        widths = [1 + PITCH_CODES.get(self.pitch, 0), 1 + len(self._classes(1)), 1 + len(self._classes(2))]
+        widths += [1] * int(self.chord)
+        ends = np.cumsum([0, *widths])
+        return [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
 
     def code(self, raw: np.ndarray, axis: int = 1) -> np.ndarray:
         """Raw features (Hz, beats, beats) -> the model's channels along `axis` (float64)."""
@@ -213,7 +239,13 @@ class Encoding:
         if self.pitch in PITCH_CODES:
             offset, scale = self._affine()
             parts.append(self._pitch_code(np.rint(x[0] * scale[0] + offset[0])))  # stored pitch is MIDI
-        parts.append(x[1:])
+        for feature in (1, 2):
+            parts.append(x[feature:feature + 1])
+            classes = self._classes(feature)
+            if len(classes):
+                index = self._nearest_point(x[feature], classes)
+                parts.append(np.where(np.arange(len(classes)).reshape((-1,) + (1,) * index.ndim) == index,
+                                      1.0, -1.0))
         if self.chord:  # delta 0 is the lowest stored delta value: the log of 0 beats
             zero = (_time(np.zeros(1), self.time)[0] - self._affine()[0][2]) / self._affine()[1][2]
             parts.append(np.where(np.abs(x[2] - zero) < 1e-6, 1.0, -1.0)[None])
@@ -224,14 +256,24 @@ class Encoding:
         train split's range and, for the lattice kinds, the nearest point of its lattice."""
         x = np.moveaxis(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0), axis, 0)
         k = PITCH_CODES.get(self.pitch, 0)
+        groups = self._groups()
         low, high = (b.reshape((3,) + (1,) * (x.ndim - 1)) for b in self.bounds)
-        stored = np.clip(np.stack([x[0], x[1 + k], x[2 + k]]), low, high)
+        stored = np.clip(np.stack([x[g.start] for g in groups[:3]]), low, high)
         raw = self.decode(stored, axis=0)
-        if self.time == "grid" and self.grid:
-            raw[1] = self._on_grid(stored[1], 1, first=1)
-            raw[2] = self._on_grid(stored[2], 2, first=1 if self.chord else 0)
+        for feature in (1, 2):
+            classes = self._classes(feature)
+            if len(classes):
+                beats, table = self._time_table(feature)
+                code = np.concatenate([stored[feature:feature + 1], x[groups[feature]][1:]])
+                distance = _distances(code.reshape(len(code), -1), table)
+                if feature == 2 and self.chord:  # the chord channel alone gives delta 0 (below)
+                    distance[0] = np.inf
+                nearest = distance.argmin(axis=0)
+                raw[feature] = beats[nearest].reshape(raw[feature].shape)
+            elif self.time == "grid" and self.grid:
+                raw[feature] = self._on_grid(stored[feature], feature, self._first(feature))
         if self.chord:
-            raw[2] = np.where(x[3 + k] > 0, 0.0, raw[2])
+            raw[2] = np.where(x[groups[3].start] > 0, 0.0, raw[2])
         if self.pitch in PITCH_CODES:
             pitches, table = self._pitch_table()
             width = raw.shape[-1]
@@ -248,9 +290,13 @@ class Encoding:
         (`GaussianDiffusion`, prediction `softmax`)."""
         k = PITCH_CODES.get(self.pitch, 0)
         groups: list[tuple[int, np.ndarray | None]] = [(1 + k, self._pitch_table()[1] if k else None)]
-        on_grid = self.time == "grid" and bool(self.grid)
+        on_grid = self.time in ("grid", "classes") and bool(self.grid)
         for feature, first in ((1, 1), (2, 0)):
-            groups.append((1, self._grid_points(feature, first)[1][:, None] if on_grid else None))
+            if len(self._classes(feature)):
+                table = self._time_table(feature)[1]
+                groups.append((table.shape[1], table))
+            else:
+                groups.append((1, self._grid_points(feature, first)[1][:, None] if on_grid else None))
         if self.chord:
             groups.append((1, np.array([[-1.0], [1.0]])))
         return groups
@@ -258,12 +304,11 @@ class Encoding:
     @property
     def model_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per channel, the range the model's values of real notes lie in: the stored bounds for the height
-        and the times, [-1, 1] for the pitch code and the chord channel."""
-        low, high = self.bounds
-        code = np.ones(PITCH_CODES.get(self.pitch, 0))
-        chord = np.ones(int(self.chord))
-        return (np.concatenate([low[:1], -code, low[1:], -chord]),
-                np.concatenate([high[:1], code, high[1:], chord]))
+        and the log times, [-1, 1] for the pitch code, the time classes and the chord channel."""
+        low, high = np.full(self.channels, -1.0), np.ones(self.channels)
+        for group, lo, hi in zip(self._groups(), *self.bounds, strict=False):  # the chord's group is ±1
+            low[group.start], high[group.start] = lo, hi
+        return low, high
 
     def _pitch_code(self, midi: np.ndarray) -> np.ndarray:
         """[k, ...] code channels (the height aside) of MIDI pitches: the fifths circle, or ±1 classes."""
@@ -290,11 +335,33 @@ class Encoding:
         """Stored times of `feature` (1 duration, 2 delta) -> beats: the nearest multiple k·grid with
         k >= `first`, within the train range, nearest in the stored (log) space."""
         beats, points = self._grid_points(feature, first)
-        i = np.clip(np.searchsorted(points, stored), 1, len(points) - 1) if len(points) > 1 else \
-            np.zeros(stored.shape, dtype=np.int64)
-        if len(points) > 1:
-            i = np.where(np.abs(stored - points[i - 1]) <= np.abs(points[i] - stored), i - 1, i)
-        return beats[i]
+        return beats[self._nearest_point(stored, points)]
+
+    @staticmethod
+    def _nearest_point(stored: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Index of the nearest of the ascending `points` to each stored value (the lower one on a tie)."""
+        stored = np.asarray(stored)
+        if len(points) < 2:
+            return np.zeros(stored.shape, dtype=np.int64)
+        i = np.clip(np.searchsorted(points, stored), 1, len(points) - 1)
+        return np.where(np.abs(stored - points[i - 1]) <= np.abs(points[i] - stored), i - 1, i)
+
+    def _first(self, feature: int) -> int:
+        """The smallest grid multiple a decoded time takes: one step for a duration, and for a delta where
+        a chord channel carries the zeros; else 0."""
+        return 1 if feature == 1 or self.chord else 0
+
+    def _classes(self, feature: int) -> np.ndarray:
+        """Stored values of the time classes of `feature` (1 duration, 2 delta); none unless time is
+        `classes` on data with a grid."""
+        if self.time != "classes" or not self.grid:
+            return np.zeros(0)
+        return self._grid_points(feature, 1 if feature == 1 else 0)[1]
+
+    def _time_table(self, feature: int) -> tuple[np.ndarray, np.ndarray]:
+        """The time classes of `feature`: in beats [K], and their codes, the log time first [K, 1 + K]."""
+        beats, points = self._grid_points(feature, 1 if feature == 1 else 0)
+        return beats, np.concatenate([points[:, None], 2.0 * np.eye(len(points)) - 1.0], axis=1)
 
     def _grid_points(self, feature: int, first: int) -> tuple[np.ndarray, np.ndarray]:
         """The multiples k·grid (k >= `first`) within the train range of `feature`: in beats, and stored."""

@@ -15,6 +15,12 @@ on their grid, the chord flag) the network gives one logit per code, trained by 
 code x_0 holds; its x_0 estimate is the softmax's expected code, which the samplers use as an x0
 prediction. Continuous groups are predicted as x_0 under squared error.
 
+`hybrid` predicts x_0 for the one-hot class channels (`Encoding.class_channels`: time `classes`, pitch
+`pitch_class`), as Analog Bits does for its bits, and epsilon for every other channel. An epsilon network
+that is unsure between classes predicts their blend, which the nearest-code decode turns into a choice
+made by noise; an x_0 target makes it commit. x_0 everywhere commits the pitch too, and the pieces became
+monotonous (benchmarks/README.md), so the geometric codes keep epsilon.
+
 `inpainting` trains the network to fill in what is not given, as Stable Diffusion's inpainting model and
 Coconet do: besides x_t it reads the given entries and a mask of them (one flag per position), clean at
 every noise level, and learns only the entries that are not given. Replacement inpainting alone shows the
@@ -34,7 +40,8 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}  # ours -> diffusers' beta_schedule
 PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample",
-               "softmax": "sample"}  # -> diffusers' prediction_type
+               "softmax": "sample", "hybrid": "sample"}  # -> diffusers' prediction_type
+X0_OUT = ("softmax", "hybrid")  # predictions whose sampling net hands the scheduler an x_0 estimate
 LOSS_WEIGHTS = ("none", "min_snr")
 SAMPLERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler",
             "unipc": "UniPCMultistepScheduler"}  # -> diffusers' class, imported when first used
@@ -76,7 +83,7 @@ class GaussianDiffusion(nn.Module):
     def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  schedule: str = "linear", prediction: str = "epsilon", loss_weight: str = "none",
                  min_snr_gamma: float = 5.0, self_condition: bool = False, inpainting: bool = False,
-                 codes: Sequence[tuple[int, Any]] | None = None,
+                 codes: Sequence[tuple[int, Any]] | None = None, x0_channels: Sequence[int] = (),
                  clip_sample: tuple[float | Sequence[float], float | Sequence[float]] | None = None,
                  dynamic_threshold: tuple[float, float] | None = None):
         super().__init__()
@@ -95,6 +102,14 @@ class GaussianDiffusion(nn.Module):
         self.prediction = prediction
         self.loss_weight = loss_weight
         self.min_snr_gamma = min_snr_gamma
+        if prediction == "hybrid":
+            if not len(x0_channels):
+                raise ValueError("prediction hybrid needs one-hot class channels (time classes, pitch_class)")
+            if loss_weight != "none":
+                raise ValueError("prediction hybrid mixes two targets; it takes no loss_weight")
+        # hybrid: 1 where the network predicts x_0, 0 where it predicts epsilon, per channel
+        self.register_buffer("x0_mask", torch.zeros(max(x0_channels, default=-1) + 1), persistent=False)
+        self.x0_mask[list(x0_channels)] = 1.0
         # When set, every sampling step clips its estimate of x_0 to the data's range. At large t,
         # x_0 = (x_t - √(1-ᾱ)ε)/√ᾱ multiplies the network's error by up to 1/√ᾱ ≈ 150, and an undertrained
         # network's samples then blow up far outside the data's range.
@@ -183,6 +198,8 @@ class GaussianDiffusion(nn.Module):
             return noise
         if self.prediction == "x0":
             return x0
+        if self.prediction == "hybrid":
+            return torch.where(self._x0_where(x0), x0, noise)
         a = _gather(self.alphas_cumprod, t, x0.ndim)
         return a.sqrt() * noise - (1 - a).sqrt() * x0  # v (Salimans & Ho 2022)
 
@@ -266,11 +283,20 @@ class GaussianDiffusion(nn.Module):
             return (x - (1 - a).sqrt() * out) / a.sqrt()
         if self.prediction == "x0":
             return out
+        if self.prediction == "hybrid":
+            return torch.where(self._x0_where(x), out, (x - (1 - a).sqrt() * out) / a.sqrt())
         return a.sqrt() * x - (1 - a).sqrt() * out
 
+    def _x0_where(self, x: Tensor) -> Tensor:
+        """hybrid: a bool mask over x's channels [1, C, 1, ...], set where the network predicts x_0."""
+        mask = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+        mask[:len(self.x0_mask)] = self.x0_mask.bool()
+        return mask.view(1, -1, *([1] * (x.ndim - 2)))
+
     def output_for(self, x0: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        """The network output that implies `x0` at x_t: the inverse of `predicted_x0`."""
-        if self.prediction == "x0":
+        """The network output that implies `x0` at x_t: the inverse of `predicted_x0`, except that a hybrid
+        network's sampling output is x_0 itself (`guarded`)."""
+        if self.prediction in ("x0", "hybrid"):
             return x0
         a = _gather(self.alphas_cumprod, t, x.ndim)
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
@@ -281,9 +307,11 @@ class GaussianDiffusion(nn.Module):
         output rather than inside each scheduler works the same for every sampler, and the DDIM step then
         uses the noise the clipped x_0 implies, as the original DDIM clip does. A softmax head's estimate,
         a mean of codes, is inside their range already: its output becomes that estimate, the x0
-        prediction its scheduler expects."""
+        prediction its scheduler expects. So does a hybrid network's, whose targets differ by channel."""
         if self.prediction == "softmax":
             return lambda x, t: self.expected_code(model(x, t))
+        if self.prediction == "hybrid":
+            model = self._as_x0(model)
         if self.clip_sample is None:
             return model
         low, high = self.clip_sample
@@ -293,10 +321,13 @@ class GaussianDiffusion(nn.Module):
             shape = (1, -1, *([1] * (x.ndim - 2)))
             lo = torch.as_tensor(low, dtype=x.dtype, device=x.device).reshape(shape)
             hi = torch.as_tensor(high, dtype=x.dtype, device=x.device).reshape(shape)
-            x0 = self.predicted_x0(out, x, t)
+            x0 = out if self.prediction == "hybrid" else self.predicted_x0(out, x, t)
             return self.output_for(torch.maximum(torch.minimum(x0, hi), lo), x, t)
 
         return clipped
+
+    def _as_x0(self, model: Denoiser) -> Denoiser:
+        return lambda x, t: self.predicted_x0(model(x, t).to(x.dtype), x, t)
 
     # -- sampling -----------------------------------------------------------------------------------------
 
@@ -389,8 +420,8 @@ class GaussianDiffusion(nn.Module):
         def net(x_t: Tensor, t: Tensor) -> Tensor:
             nonlocal estimate
             out = guarded(x_t, t).to(x_t.dtype)
-            # A softmax head's guarded output is its x_0 estimate already.
-            x0 = out if self.prediction == "softmax" else self.predicted_x0(out, x_t, t)
+            # A softmax or hybrid head's guarded output is its x_0 estimate already.
+            x0 = out if self.prediction in X0_OUT else self.predicted_x0(out, x_t, t)
             estimate = x0.clamp(-1, 1)
             return out
 

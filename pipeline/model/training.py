@@ -352,11 +352,12 @@ class Transposer:
 
 
 def build(settings: TrainSettings, config: UNetConfig, device: torch.device,
-          codes: list[tuple[int, Any]] | None = None
+          codes: list[tuple[int, Any]] | None = None, x0_channels: list[int] | None = None
           ) -> tuple[UNet, EMA, torch.optim.Optimizer, GaussianDiffusion]:
     """A fresh U-Net, its EMA copy, AdamW and the diffusion process, on `device`. `codes`
-    (`Encoding.code_groups`) is what a softmax head predicts over; the U-Net's output follows it."""
-    diffusion = GaussianDiffusion(**settings.diffusion, codes=codes).to(device)
+    (`Encoding.code_groups`) is what a softmax head predicts over; the U-Net's output follows it.
+    `x0_channels` (`Encoding.class_channels`) are where a hybrid network predicts x_0."""
+    diffusion = GaussianDiffusion(**settings.diffusion, codes=codes, x0_channels=x0_channels or ()).to(device)
     out_features = diffusion.output_channels(config.features)
     if out_features != config.features:
         config = dataclasses.replace(config, out_features=out_features)
@@ -448,8 +449,10 @@ def _train(settings: TrainSettings, data: TrainData, models_dir: Path, metrics_d
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
     random.seed(settings.seed)
-    codes = Encoding.from_stats(data.stats).code_groups() if settings.prediction == "softmax" else None
-    model, ema, opt, diffusion = build(settings, config, device, codes)
+    encoding = Encoding.from_stats(data.stats)
+    codes = encoding.code_groups() if settings.prediction == "softmax" else None
+    x0_channels = encoding.class_channels if settings.prediction == "hybrid" else None
+    model, ema, opt, diffusion = build(settings, config, device, codes, x0_channels)
     fp = fingerprint(settings, data)
     ckpt_path = checkpoint_path(models_dir)
     if rank.main:  # a kill during a write leaves its temp file (5 MB for a tiny checkpoint) behind
