@@ -47,8 +47,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    "of this checkout, else the shipped bach model)")
     # Sampler options default to None: GenerateOptions holds the defaults, and importing it here would
     # load torch for every `dmc` command.
-    p.add_argument("--sampler", help="ddpm (all T steps), ddim, dpm++ or unipc")
-    p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--sampler", help="ddpm (all T steps; the default for note-layout models), ddim, dpm++ or "
+                   "unipc")
+    p.add_argument("--steps", type=int, help="denoising steps of ddim, dpm++ or unipc (alone: DDIM)")
     p.add_argument("--eta", type=float, help="DDIM noise: 0 deterministic, 1 like DDPM")
     p.add_argument("--guard", help="keep x_0 estimates in the data's range: clip, step_clip, dynamic or none")
     p.add_argument("--chord-snap", type=float, metavar="BEATS", help="shorter deltas become chords")
@@ -77,6 +78,8 @@ def _run_generate(args: argparse.Namespace) -> None:
     sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta),
                                  ("guard", args.guard), ("chord_snap", args.chord_snap),
                                  ("quantize", args.quantize)) if v is not None}
+    if args.steps is not None and args.sampler is None:  # a step count asks for a sampler that takes one
+        sampler["sampler"] = "ddim"
     opts = GenerateOptions(
         **sampler, n=args.n, length=args.length, batch_size=args.batch_size, seed=args.seed,
         tempo=args.tempo, audio=args.audio, plot=args.plot, prompt=args.prompt,

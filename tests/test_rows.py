@@ -55,7 +55,7 @@ def written_rows(path: Path) -> list:
 
 
 def options(**kw) -> GenerateOptions:
-    return GenerateOptions(steps=4, device="cpu", progress=False, **kw)
+    return GenerateOptions(sampler="ddim", steps=4, device="cpu", progress=False, **kw)
 
 
 def test_a_kept_soprano_comes_back_note_for_note_over_several_windows(satb_project, chorale, tmp_path):

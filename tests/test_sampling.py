@@ -170,6 +170,18 @@ def test_the_same_seed_writes_byte_identical_midi_files(checkpoint, tmp_path):
         assert (runs[0] / names[0]).read_bytes() != (runs[2] / names[0]).read_bytes(), sampler
 
 
+def test_a_sampler_left_unchosen_is_the_layouts_own():
+    """DDPM's 1000 steps for a note-layout model (its best OA), DDIM for a grid model's many windows; a
+    chosen sampler stays chosen, and the sample stage takes params' own."""
+    assert GenerateOptions().sampler_for(grid=False) == "ddpm"
+    assert GenerateOptions().sampler_for(grid=True) == "ddim"
+    assert GenerateOptions(sampler="unipc").sampler_for(grid=False) == "unipc"
+    params = {"seed": 0, "sample": {"n": 2, "sampler": "ddim", "steps": 5, "eta": 0.0, "length": 16,
+                                    "tempo": 120.0, "quantize": "", "guard": "step_clip", "chord_snap": 0.0,
+                                    "audio": "", "plot": False}}
+    assert GenerateOptions.from_params(params).sampler_for(grid=False) == "ddim"
+
+
 def test_ddpm_visits_every_timestep_and_ddim_only_the_asked_steps(checkpoint):
     from pipeline.model.unet import load_trained
 

@@ -407,6 +407,6 @@ def test_a_softmax_head_trains_on_the_chorales_lattice_and_its_model_composes(ba
               for line in (tmp_path / "metrics" / "train_loss.csv").read_text().splitlines()[1:]]
     know_nothing = sum(np.log(len(table)) for _, table in groups)
     assert losses[0] > 0.9 * know_nothing and losses[-1] < losses[0], losses
-    summary = generate_files(tmp_path / "out", GenerateOptions(n=1, steps=4, progress=False, device="cpu"),
-                             tmp_path / "models" / "model.pt", log=_quiet)
+    opts = GenerateOptions(n=1, sampler="ddim", steps=4, progress=False, device="cpu")
+    summary = generate_files(tmp_path / "out", opts, tmp_path / "models" / "model.pt", log=_quiet)
     assert len(summary["files"]) == 1

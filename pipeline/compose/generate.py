@@ -48,7 +48,7 @@ def load_sampler(checkpoint: str | Path | None, opts: GenerateOptions,
     from pipeline.data.encoding import Encoding
     from pipeline.model.unet import default_device, load_trained
 
-    sampler = Sampler(opts.sampler, opts.steps, opts.eta, opts.guard)
+    sampler = Sampler(opts.sampler_for(grid=False), opts.steps, opts.eta, opts.guard)
     chosen = resolve_model(checkpoint)
     if chosen.notice:
         log(chosen.notice)

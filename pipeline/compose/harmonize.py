@@ -260,8 +260,8 @@ def harmonize_files(melody: str | Path, out_dir: str | Path, opts: Any, model_pa
     from pipeline.compose.sampler import Sampler
     from pipeline.evaluate.voice_leading import voice_leading
 
-    model = load_grid_model(model_path, Sampler(opts.sampler, opts.steps, opts.eta, opts.guard),
-                            opts.device or "cpu")
+    sampler = Sampler(opts.sampler_for(grid=True), opts.steps, opts.eta, opts.guard)
+    model = load_grid_model(model_path, sampler, opts.device or "cpu")
     kept = melody_rows(melody, model.groups, keep)
     plan(kept, model)  # refuses a melody that does not fit before any denoising
     start = time.perf_counter()
@@ -286,8 +286,8 @@ def generate_grid_files(out_dir: str | Path, opts: Any, model_path: Path, log: A
     from pipeline.compose.prompts import check_keep
     from pipeline.compose.sampler import Sampler
 
-    model = load_grid_model(model_path, Sampler(opts.sampler, opts.steps, opts.eta, opts.guard),
-                            opts.device or "cpu")
+    sampler = Sampler(opts.sampler_for(grid=True), opts.steps, opts.eta, opts.guard)
+    model = load_grid_model(model_path, sampler, opts.device or "cpu")
     if opts.prompt is not None and not opts.keep:
         raise DmcError("--prompt with a grid-layout model needs --keep GROUPS (the parts to keep, e.g. "
                        "soprano); continuing a prompt is the note layout's")

@@ -238,8 +238,8 @@ def harmonize_checkout(checkpoint: str | Path | None, opts: Any, prepared_dir: s
     grid_path = grid_model_path(checkpoint)
     grid_model = None
     if grid_path is not None:
-        grid_model = load_grid_model(grid_path, Sampler(opts.sampler, opts.steps, opts.eta, opts.guard),
-                                     opts.device or "cpu")
+        sampler = Sampler(opts.sampler_for(grid=True), opts.steps, opts.eta, opts.guard)
+        grid_model = load_grid_model(grid_path, sampler, opts.device or "cpu")
         loaded = LoadedModel(grid_model.model, grid_model.stats, None, grid_model.diffusion,
                              grid_model.sampler, grid_model.device)
     else:
