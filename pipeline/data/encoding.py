@@ -27,10 +27,10 @@ Those three numbers are what prepare stores. The model may see them through a *l
 - time `grid`: the stored log time, decoded to the nearest multiple of the data's grid (stats.json
   `grid`: 1/4 beat for the chorales); on data without a grid it is the plain log time.
 - time `classes`: the stored log time beside a ±1 one-hot over the grid's multiples in the train range
-  (delta's from 0, its own class), decoded to the nearest code. Neighbouring
-  durations are a fixed distance apart however close their logs lie, so a value the network is unsure of
-  is a choice between classes, not a blend of them that decodes to a third (an eighth and a quarter
-  averaged to a dotted eighth). On data without a grid it is the plain log time too.
+  (delta's from 0, its own class), decoded to the nearest code. Neighbouring durations are a fixed
+  distance apart however close their logs lie, so a value the network is unsure of is a choice between
+  classes, not a blend of them that decodes to a third (an eighth and a quarter averaged to a dotted
+  eighth). On data without a grid it is the plain log time too.
 - `chord`: one more channel, +1 where a note starts with the one before it (delta 0), else -1. A chord
   is then a class of its own, not a point at the edge of the delta range that noise smears into small
   positive deltas; where it is set, delta decodes to 0, elsewhere to at least one grid step.
@@ -290,7 +290,7 @@ class Encoding:
         (`GaussianDiffusion`, prediction `softmax`)."""
         k = PITCH_CODES.get(self.pitch, 0)
         groups: list[tuple[int, np.ndarray | None]] = [(1 + k, self._pitch_table()[1] if k else None)]
-        on_grid = self.time in ("grid", "classes") and bool(self.grid)
+        on_grid = self.time == "grid" and bool(self.grid)
         for feature, first in ((1, 1), (2, 0)):
             if len(self._classes(feature)):
                 table = self._time_table(feature)[1]
