@@ -196,10 +196,29 @@ def sample_and_score(params: dict[str, Any], prepared: Path, model: Path, sample
     return flat, summary["seconds"]
 
 
-def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces: int,
-               device: str | None, seed: int = 0, sample_seed: int | None = None) -> dict[str, Any]:
+def run_folder(trained: str, preset: str, steps: int, seed: int) -> Path:
+    """Where a trained configuration's model, metrics and samples live."""
+    return RUNS / (f"{trained}-{preset}-{steps}" + (f"-seed{seed}" if seed else ""))
+
+
+def train_config(params: dict[str, Any], folder: Path, device: str | None) -> Path:
+    """`folder`/models/model.pt trained from `params`, unless it is there already (variants and
+    `train_runs.py`'s models are reused); `folder`/train.json holds the training metrics and seconds."""
     from pipeline.model import train_data, training
 
+    model = folder / "models" / "model.pt"
+    if not model.is_file():
+        settings = training.TrainSettings.from_params(params)
+        start = time.perf_counter()
+        data = train_data.load_data(prepared_for(params), params["seq_len"], settings.key)
+        metrics = training.train(settings, data, models_dir=folder / "models", metrics_dir=folder / "metrics",
+                                 device=device, log=lambda *_: None)
+        write_json(folder / "train.json", {**metrics, "seconds": round(time.perf_counter() - start, 1)})
+    return model
+
+
+def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces: int,
+               device: str | None, seed: int = 0, sample_seed: int | None = None) -> dict[str, Any]:
     trained, _, variant = name.partition("@")
     if trained not in CONFIGS or (variant and variant not in VARIANTS):
         raise SystemExit(f"unknown configuration {name!r}; see --list")
@@ -207,15 +226,8 @@ def run_config(name: str, base: dict[str, Any], steps: int, preset: str, pieces:
                  **VARIANTS.get(variant, {})}
     params = with_overrides(base, overrides)
     prepared = prepared_for(params)
-    folder = RUNS / (f"{trained}-{preset}-{steps}" + (f"-seed{seed}" if seed else ""))
-    model = folder / "models" / "model.pt"
-    if not model.is_file():  # train once per (config, preset, steps); variants reuse the model
-        settings = training.TrainSettings.from_params(params)
-        start = time.perf_counter()
-        metrics = training.train(settings, train_data.load_data(prepared, params["seq_len"], settings.key),
-                                 models_dir=folder / "models", metrics_dir=folder / "metrics",
-                                 device=device, log=lambda *_: None)
-        write_json(folder / "train.json", {**metrics, "seconds": round(time.perf_counter() - start, 1)})
+    folder = run_folder(trained, preset, steps, seed)
+    model = train_config(params, folder, device)
     train_info = json.loads((folder / "train.json").read_text())
     samples = folder / f"samples-{variant or 'base'}"
     if sample_seed is not None:  # the same model, sampled (and its baselines drawn) with another seed

@@ -11,9 +11,7 @@ benchmarks/runs/prepared), since a GPU machine may not have the raw MIDI files.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,9 +26,6 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=quality.RUNS)
     ap.add_argument("--preset", default="tiny")
     args = ap.parse_args()
-    from pipeline.files import write_json
-    from pipeline.model import train_data, training
-
     name, seed, steps = args.run.split(":")
     if name not in quality.CONFIGS:
         raise SystemExit(f"unknown configuration {name!r}; see quality.py --list")
@@ -38,15 +33,9 @@ def main() -> None:
     overrides = {**quality.ORIGINAL, **quality.CONFIGS[name], "preset": args.preset, "steps": int(steps),
                  "seed": int(seed)}
     params = quality.with_overrides(quality.load_params(quality.ROOT / "params.yaml"), overrides)
-    prepared = quality.prepared_for(params)
-    folder = quality.RUNS / (f"{name}-{args.preset}-{steps}" + (f"-seed{seed}" if int(seed) else ""))
-    settings = training.TrainSettings.from_params(params)
-    start = time.perf_counter()
-    metrics = training.train(settings, train_data.load_data(prepared, params["seq_len"], settings.key),
-                             models_dir=folder / "models", metrics_dir=folder / "metrics", device=args.device,
-                             log=lambda *_: None)
-    write_json(folder / "train.json", {**metrics, "seconds": round(time.perf_counter() - start, 1)})
-    print(args.run, json.dumps(metrics), flush=True)
+    folder = quality.run_folder(name, args.preset, int(steps), int(seed))
+    quality.train_config(params, folder, args.device)
+    print(args.run, (folder / "train.json").read_text(), flush=True)
 
 
 if __name__ == "__main__":
