@@ -178,10 +178,10 @@ class Encoding:
         if self.scale == "standard" and (self.mean is None or self.std is None):
             raise DmcError("features: scale 'standard' needs the train split's mean and std")
         for feature in (1, 2):
-            if len(self._classes(feature)) > MAX_TIME_CLASSES:
-                raise DmcError(f"features: time classes would give {FEATURES[feature]} "
-                               f"{len(self._classes(feature))} classes (grid {self.grid:g} beats up to "
-                               f"{self.hi[feature]:g}), more than {MAX_TIME_CLASSES}; use time: grid")
+            if (n := len(self._classes(feature))) > MAX_TIME_CLASSES:
+                raise DmcError(f"features: time classes would give {FEATURES[feature]} {n} classes (grid "
+                               f"{self.grid:g} beats up to {self.hi[feature]:g}), more than "
+                               f"{MAX_TIME_CLASSES}; use time: grid")
 
     # -- the two directions ----------------------------------------------------------------------------
 
@@ -352,8 +352,8 @@ class Encoding:
         return 1 if feature == 1 or self.chord else 0
 
     def _classes(self, feature: int) -> np.ndarray:
-        """Stored values of the time classes of `feature` (1 duration, 2 delta); none unless time is
-        `classes` on data with a grid."""
+        """Stored values of the time classes of `feature` (1 duration, from one grid step; 2 delta, from
+        0); none unless time is `classes` on data with a grid."""
         if self.time != "classes" or not self.grid:
             return np.zeros(0)
         return self._grid_points(feature, 1 if feature == 1 else 0)[1]

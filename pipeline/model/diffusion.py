@@ -107,9 +107,7 @@ class GaussianDiffusion(nn.Module):
                 raise ValueError("prediction hybrid needs one-hot class channels (time classes, pitch_class)")
             if loss_weight != "none":
                 raise ValueError("prediction hybrid mixes two targets; it takes no loss_weight")
-        # hybrid: 1 where the network predicts x_0, 0 where it predicts epsilon, per channel
-        self.register_buffer("x0_mask", torch.zeros(max(x0_channels, default=-1) + 1), persistent=False)
-        self.x0_mask[list(x0_channels)] = 1.0
+        self.x0_channels = list(x0_channels)  # hybrid: where the network predicts x_0, not epsilon
         # When set, every sampling step clips its estimate of x_0 to the data's range. At large t,
         # x_0 = (x_t - √(1-ᾱ)ε)/√ᾱ multiplies the network's error by up to 1/√ᾱ ≈ 150, and an undertrained
         # network's samples then blow up far outside the data's range.
@@ -290,7 +288,7 @@ class GaussianDiffusion(nn.Module):
     def _x0_where(self, x: Tensor) -> Tensor:
         """hybrid: a bool mask over x's channels [1, C, 1, ...], set where the network predicts x_0."""
         mask = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
-        mask[:len(self.x0_mask)] = self.x0_mask.bool()
+        mask[self.x0_channels] = True
         return mask.view(1, -1, *([1] * (x.ndim - 2)))
 
     def output_for(self, x0: Tensor, x: Tensor, t: Tensor) -> Tensor:
